@@ -1,0 +1,48 @@
+"""flexmtl: flexible multi-task learning -- networks that learn how tasks share layers."""
+
+from flexmtl.errors import (
+    ConfigError,
+    DataNotFoundError,
+    FlexMTLError,
+    ShapeError,
+    TrainingDiverged,
+    UnknownNameError,
+)
+from flexmtl.models import MultiTaskModel, build_model
+from flexmtl.sharing import (
+    CORES,
+    ParallelOrdering,
+    PermutedOrdering,
+    SharedCore,
+    SingleTaskCore,
+    SoftOrdering,
+    make_core,
+)
+from flexmtl.tasks import Split, Task
+from flexmtl.training import TrainConfig, Trainer, TrainResult, seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataNotFoundError",
+    "FlexMTLError",
+    "ShapeError",
+    "TrainingDiverged",
+    "UnknownNameError",
+    "MultiTaskModel",
+    "build_model",
+    "CORES",
+    "SharedCore",
+    "ParallelOrdering",
+    "PermutedOrdering",
+    "SingleTaskCore",
+    "SoftOrdering",
+    "make_core",
+    "Split",
+    "Task",
+    "TrainConfig",
+    "Trainer",
+    "TrainResult",
+    "seed_everything",
+]

@@ -1,0 +1,432 @@
+"""Plots of a run folder (Meyerson & Miikkulainen, ICLR 2018, Figs. 2, 4 and 5).
+
+* :func:`plot_learning_curves` -- Fig. 5b: summed validation loss by step, per method.
+* :func:`plot_soft_order` -- Fig. 4d: the learned scale of each shared layer at each depth,
+  per task, with the strongest path drawn.
+* :func:`plot_scale_trajectories` -- Fig. 4b-c: how the scales of tasks diverge and move
+  towards a hard ordering over training.
+* :func:`plot_sweep` -- Figs. 2 / 4a: test accuracy per method against the swept value.
+* :func:`plot_run` -- all of the above for a run folder written by
+  :func:`flexmtl.runner.run_experiment`, into ``RUN/plots/``.
+
+Importing this module needs matplotlib (``pip install 'flexmtl[plots]'``); the runner
+relies on the ImportError to skip plotting when it is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from flexmtl.analysis.stats import t_quantile_975  # noqa: E402
+
+__all__ = [
+    "plot_learning_curves",
+    "plot_run",
+    "plot_scale_trajectories",
+    "plot_soft_order",
+    "plot_sweep",
+    "strongest_path",
+]
+
+DPI = 120
+MAX_TASK_PANELS = 10
+MAX_PAIR_LINES = 10
+_LINESTYLES = ("-", "--", ":", "-.")
+_METHOD_COLORS = {"single": "tab:gray", "parallel": "tab:blue", "permuted": "tab:orange",
+                  "soft": "tab:green"}
+
+Snapshots = Sequence[tuple[int, Any]]
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def strongest_path(scales_for_task: Any) -> list[int]:
+    """The strongest layer at each depth: ``argmax_j s[j, k]`` for ``[layers, depths]`` scales.
+
+    This is the path drawn in Fig. 4d (and :meth:`SoftOrdering.layer_order`).
+    """
+    s = _numpy(scales_for_task)
+    if s.ndim != 2:
+        raise ValueError(f"scales of one task must be [layers, depths], got shape {s.shape}")
+    return [int(j) for j in s.argmax(axis=0)]
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def _task_names(names: Sequence[str] | None, n: int) -> list[str]:
+    names = list(names or [])
+    return [names[t] if t < len(names) else f"task {t}" for t in range(n)]
+
+
+def _save(fig: plt.Figure, out_path: str | Path) -> Path:
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _color(method: str, index: int) -> str:
+    return _METHOD_COLORS.get(method, f"C{(index + 4) % 10}")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _mean_ci(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% CI half-width over axis 0, ignoring NaN (half-width NaN where n < 2)."""
+    n = np.sum(~np.isnan(values), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(values, axis=0) / n
+        sq = np.nansum((values - mean) ** 2, axis=0)
+        std = np.sqrt(sq / (n - 1))
+    t = np.array([t_quantile_975(int(k) - 1) if k >= 2 else math.nan for k in n])
+    return mean, t * std / np.sqrt(np.maximum(n, 1))
+
+
+# ---------------------------------------------------------------------- run folder
+
+
+def _point_dir(run_dir: Path) -> tuple[Path, str | None]:
+    """Folder of the primary sweep point (or ``run_dir`` itself) and its label."""
+    results = _read_json(run_dir / "results.json")
+    sweep = (results or {}).get("sweep")
+    if sweep:
+        key, value = sweep["key"], sweep["primary"]
+    else:
+        config = _read_json(run_dir / "config.json") or {}
+        manifest_sweep = config.get("sweep") if results is None else None
+        if not manifest_sweep:
+            return run_dir, None
+        key = manifest_sweep["key"]
+        value = (config.get("config") or {}).get(key, manifest_sweep["values"][-1])
+    label = f"{key}={value}"
+    return run_dir / label, label
+
+
+def _method_dirs(point_dir: Path, run_dir: Path) -> dict[str, Path]:
+    """Method folders (those holding ``seed-*`` folders), in the run's method order."""
+    if not point_dir.is_dir():
+        return {}
+    found = {p.name: p for p in point_dir.iterdir()
+             if p.is_dir() and any(s.is_dir() for s in p.glob("seed-*"))}
+    listed = list(((_read_json(run_dir / "results.json") or {}).get("methods") or {}))
+    listed += (_read_json(run_dir / "config.json") or {}).get("methods") or []
+    order = [m for m in dict.fromkeys(listed) if m in found] + sorted(set(found) - set(listed))
+    return {m: found[m] for m in order}
+
+
+def _seed_dirs(method_dir: Path) -> list[Path]:
+    def seed(p: Path) -> int:
+        try:
+            return int(p.name.split("-", 1)[1])
+        except ValueError:
+            return 1 << 30
+
+    return sorted((p for p in method_dir.glob("seed-*") if p.is_dir()), key=seed)
+
+
+def _read_eval_log(path: Path, key: str) -> dict[int, float]:
+    """``{step: value}`` of column ``key`` of an ``eval_log.csv`` (empty when unreadable)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    out = {}
+    for row in rows:
+        try:
+            out[int(row["step"])] = float(row[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _curves(run_dir: Path, key: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str | None]:
+    """Per method: steps and the ``[seeds, steps]`` matrix (NaN where a seed lacks a step)."""
+    point, label = _point_dir(run_dir)
+    curves = {}
+    for method, mdir in _method_dirs(point, run_dir).items():
+        logs = [_read_eval_log(s / "eval_log.csv", key) for s in _seed_dirs(mdir)]
+        logs = [log for log in logs if log]
+        if not logs:
+            continue
+        steps = np.array(sorted(set().union(*logs)))
+        values = np.array([[log.get(int(s), math.nan) for s in steps] for log in logs])
+        if np.isnan(values).all():
+            continue
+        curves[method] = (steps, values)
+    return curves, label
+
+
+def _load_snapshots(seed_dir: Path) -> list[tuple[int, torch.Tensor]]:
+    """The scale snapshots of a run: ``sharing.pt``, or ``last.pt`` of an unfinished run."""
+    for name in ("sharing.pt", "last.pt"):
+        path = seed_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # a torn or foreign file: nothing to plot from it
+            continue
+        snaps = state.get("sharing") if isinstance(state, dict) else None
+        if snaps:
+            return [(int(step), s) for step, s in snaps if _numpy(s).ndim == 3]
+    return []
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def plot_learning_curves(run_dir: str | Path, out_path: str | Path, key: str = "loss") -> Path:
+    """Fig. 5b: validation ``key`` by step, mean over seeds with a shaded 95% CI, per method.
+
+    ``key`` is an ``eval_log.csv`` column: ``loss`` (summed over tasks), ``accuracy`` (mean
+    over tasks), or ``loss/<task>`` / ``accuracy/<task>``. Sweep runs show the primary point.
+    Raises FileNotFoundError when no method folder has an eval log with that column.
+    """
+    run_dir = Path(run_dir)
+    curves, label = _curves(run_dir, key)
+    if not curves:
+        raise FileNotFoundError(f"no eval_log.csv with column {key!r} under {run_dir}")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for i, (method, (steps, values)) in enumerate(curves.items()):
+        mean, ci = _mean_ci(values)
+        color = _color(method, i)
+        ax.plot(steps, mean, color=color, lw=1.8, label=f"{method} ({len(values)} seed{'s' * (len(values) > 1)})")
+        ok = ~np.isnan(ci)
+        if ok.any():
+            ax.fill_between(steps[ok], (mean - ci)[ok], (mean + ci)[ok], color=color,
+                            alpha=0.2, lw=0)
+    what = {"loss": "validation loss (sum over tasks)",
+            "accuracy": "validation accuracy (mean over tasks)"}.get(key, f"validation {key}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(what)
+    ax.set_title(f"{what} by step" + (f" [sweep point {label}]" if label else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(title="mean ± 95% CI over seeds", fontsize=8, title_fontsize=8)
+    return _save(fig, out_path)
+
+
+def plot_soft_order(scales: Any, out_path: str | Path,
+                    task_names: Sequence[str] | None = None, title: str | None = None) -> Path:
+    """Fig. 4d: per task, the scale of each shared layer (rows) at each depth (columns).
+
+    ``scales`` is ``[tasks, layers, depths]``; shading uses one colour scale over [0, 1] and
+    the strongest path (:func:`strongest_path`) is drawn on top. At most
+    ``MAX_TASK_PANELS`` tasks are shown.
+    """
+    s = _numpy(scales)
+    if s.ndim != 3:
+        raise ValueError(f"scales must be [tasks, layers, depths], got shape {s.shape}")
+    tasks, layers, depths = s.shape
+    shown = min(tasks, MAX_TASK_PANELS)
+    names = _task_names(task_names, tasks)
+    ncols = min(shown, 5)
+    nrows = math.ceil(shown / ncols)
+    cell = min(0.55, 6.0 / max(layers, depths))
+    width, height = cell * depths + 0.8, cell * layers + 0.8
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True,
+                             figsize=(max(width * ncols + 1.4, 6.4), height * nrows + 0.6),
+                             layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.1, hspace=0.06)
+    image = None
+    for t, ax in enumerate(axes.flat):
+        if t >= shown:
+            ax.set_visible(False)
+            continue
+        image = ax.imshow(s[t], origin="lower", cmap="Greys", vmin=0.0, vmax=1.0,
+                          aspect="equal", interpolation="nearest")
+        ax.plot(range(depths), strongest_path(s[t]), color="tab:red", lw=2, marker="o",
+                ms=5, label="strongest path")
+        ax.set_title(names[t], fontsize=9)
+        ax.set_xticks(range(depths))
+        ax.set_yticks(range(layers))
+        if t % ncols == 0:
+            ax.set_ylabel("shared layer")
+        if t // ncols == nrows - 1 or t + ncols >= shown:
+            ax.set_xlabel("depth")
+    fig.colorbar(image, ax=axes, shrink=0.9, label="scale $s_{t,j,k}$")
+    extra = f" (first {shown} of {tasks} tasks)" if shown < tasks else ""
+    fig.suptitle((title or "learned soft order; red: strongest layer at each depth") + extra,
+                 fontsize=10)
+    return _save(fig, out_path)
+
+
+def _pair_distances(s: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Task pairs and ``[snapshots, pairs]`` mean over depths of ``||s[t,:,k] - s[u,:,k]||``."""
+    pairs = list(itertools.combinations(range(s.shape[1]), 2))
+    d = np.array([[np.linalg.norm(snap[t] - snap[u], axis=0).mean() for t, u in pairs]
+                  for snap in s]).reshape(len(s), len(pairs))
+    return pairs, d
+
+
+def plot_scale_trajectories(snapshots: Snapshots, out_path: str | Path,
+                            task_names: Sequence[str] | None = None) -> Path:
+    """Fig. 4b-c: the scales over training.
+
+    Top left (Fig. 4b): per pair of tasks, the layer-wise L2 distance between their scale
+    vectors ``s[t, :, k]``, averaged over depths (the mean and range over pairs when there
+    are more than ``MAX_PAIR_LINES`` pairs). Top right (Fig. 4c): the hardness
+    ``max_j s[t, j, k]`` averaged over depths, per task (1 = a hard ordering). Bottom: every
+    scale ``s[t, j, k]`` of the first two tasks (colour: layer j, line style: depth k).
+    """
+    if not snapshots:
+        raise ValueError("no scale snapshots to plot")
+    steps = np.array([int(step) for step, _ in snapshots])
+    s = np.stack([_numpy(x) for _, x in snapshots])  # [snapshots, tasks, layers, depths]
+    if s.ndim != 4:
+        raise ValueError(f"snapshots must be [tasks, layers, depths], got {s.shape[1:]}")
+    _, tasks, layers, depths = s.shape
+    names = _task_names(task_names, tasks)
+    detail = min(tasks, 2)
+    fig = plt.figure(figsize=(11, 7.4), layout="constrained")
+    grid = fig.add_gridspec(2, 2)
+    ax_dist, ax_hard = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+
+    pairs, dist = _pair_distances(s)
+    if not pairs:
+        ax_dist.text(0.5, 0.5, "one task: no pairs", ha="center", va="center",
+                     transform=ax_dist.transAxes)
+    elif len(pairs) <= MAX_PAIR_LINES:
+        for p, (t, u) in enumerate(pairs):
+            ax_dist.plot(steps, dist[:, p], marker=".", label=f"{names[t]} vs {names[u]}")
+        ax_dist.legend(fontsize=7, ncols=2 if len(pairs) > 5 else 1)
+    else:
+        ax_dist.fill_between(steps, dist.min(axis=1), dist.max(axis=1), alpha=0.2,
+                             color="C0", lw=0, label="range over pairs")
+        ax_dist.plot(steps, dist.mean(axis=1), color="C0", marker=".",
+                     label=f"mean over {len(pairs)} pairs")
+        ax_dist.legend(fontsize=8)
+    ax_dist.set(xlabel="step", ylabel="distance (mean over depths)",
+                title="(b) layer-wise distance between tasks' scales")
+
+    hard = s.max(axis=2).mean(axis=2)  # [snapshots, tasks]
+    if tasks <= 5:
+        for t in range(tasks):
+            ax_hard.plot(steps, hard[:, t], marker=".", label=names[t])
+    else:
+        ax_hard.fill_between(steps, hard.min(axis=1), hard.max(axis=1), color="k", alpha=0.12,
+                             lw=0, label="range over tasks")
+    ax_hard.plot(steps, hard.mean(axis=1), color="k", lw=2.2, label="mean over tasks")
+    if np.allclose(s.sum(axis=2), 1.0, atol=1e-3):  # softmax gate: uniform start is 1/L
+        ax_hard.axhline(1.0 / layers, color="gray", ls=":", lw=1, label="uniform (1/L)")
+    ax_hard.set_ylim(0, 1.05)
+    ax_hard.set(xlabel="step", ylabel="hardness (max over layers, mean over depths)",
+                title="(c) move towards a hard ordering (1 = hard)")
+    ax_hard.legend(fontsize=7, loc="lower right")
+
+    for t in range(detail):
+        ax = fig.add_subplot(grid[1, t] if detail == 2 else grid[1, :])
+        for j, k in itertools.product(range(layers), range(depths)):
+            ax.plot(steps, s[:, t, j, k], color=f"C{j % 10}",
+                    ls=_LINESTYLES[k % len(_LINESTYLES)], lw=1.4)
+        ax.set_ylim(0, 1.05)
+        ax.set(xlabel="step", ylabel="scale $s_{t,j,k}$", title=f"(c) scales of {names[t]}")
+        handles = [Line2D([], [], color=f"C{j % 10}", label=f"layer {j}") for j in range(layers)]
+        handles += [Line2D([], [], color="k", ls=_LINESTYLES[k % len(_LINESTYLES)],
+                           label=f"depth {k}") for k in range(depths)]
+        ax.legend(handles=handles, fontsize=7, ncols=2, loc="best")
+    fig.suptitle("soft-order scales over training", fontsize=11)
+    return _save(fig, out_path)
+
+
+def plot_sweep(results: dict, out_path: str | Path, metric: str = "test_accuracy") -> Path:
+    """Figs. 2 / 4a: ``metric`` (mean ± 95% CI over seeds) per method vs the swept value."""
+    sweep = results.get("sweep") or {}
+    points = sweep.get("points") or []
+    if not points:
+        raise ValueError("results have no sweep points")
+    values = [p["value"] for p in points]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    x = np.array(values, dtype=float) if numeric else np.arange(len(values), dtype=float)
+    methods = list(dict.fromkeys(m for p in points for m in p["methods"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    log_x = numeric and x.min() > 0 and x.max() / x.min() >= 8
+    for i, method in enumerate(methods):
+        dodge = 0.03 * (i - (len(methods) - 1) / 2)  # keep error bars of methods apart
+        xm = x * 2 ** dodge if log_x else x + dodge * (np.ptp(x) or 1.0)
+        summ = [p["methods"].get(method, {}).get("metrics", {}).get(metric) for p in points]
+        mean = np.array([m["mean"] if m else math.nan for m in summ], dtype=float)
+        ci = np.array([m.get("ci95", math.nan) if m else math.nan for m in summ], dtype=float)
+        ax.errorbar(xm, mean, yerr=np.nan_to_num(ci), color=_color(method, i), marker="o",
+                    capsize=3, lw=1.6, label=method)
+    if log_x:
+        ax.set_xscale("log", base=2 if all(float(v).is_integer() for v in values) else 10)
+    ax.set_xticks(x, [str(v) for v in values])
+    ax.minorticks_off()
+    ax.set_xlabel(str(sweep.get("key", "sweep value")))
+    ax.set_ylabel(metric.replace("_", " ") + " (mean over tasks)")
+    ax.set_title(f"{results.get('experiment', '')}: {metric.replace('_', ' ')} "
+                 "(mean ± 95% CI over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_path)
+
+
+# ---------------------------------------------------------------------- run
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write the plots of a run folder into ``run_dir/plots`` and return their paths.
+
+    ``learning_curves.png`` (Fig. 5b) when any eval log exists; for the ``soft`` method
+    (seed 0, primary sweep point) ``soft_order.png`` (Fig. 4d, final snapshot) and
+    ``scale_trajectories.png`` (Fig. 4b-c); for sweeps ``sweep.png`` (Figs. 2 / 4a).
+    What has no data is skipped.
+    """
+    run_dir = Path(run_dir)
+    out = run_dir / "plots"
+    written: list[Path] = []
+    if _curves(run_dir, "loss")[0]:
+        written.append(plot_learning_curves(run_dir, out / "learning_curves.png"))
+
+    point, label = _point_dir(run_dir)
+    soft_dir = _method_dirs(point, run_dir).get("soft")
+    seeds = _seed_dirs(soft_dir) if soft_dir is not None else []
+    if seeds:
+        seed_dir = next((p for p in seeds if p.name == "seed-0"), seeds[0])
+        snaps = _load_snapshots(seed_dir)
+        if snaps:
+            result = _read_json(seed_dir / "result.json") or {}
+            names = [t.get("name", "") for t in result.get("tasks") or []] or None
+            step, final = snaps[-1]
+            where = f"soft, {seed_dir.name}" + (f", {label}" if label else "")
+            written.append(plot_soft_order(
+                final, out / "soft_order.png", names,
+                title=f"learned soft order at step {step} ({where}); red: strongest path"))
+            written.append(plot_scale_trajectories(snaps, out / "scale_trajectories.png",
+                                                   names))
+
+    results = _read_json(run_dir / "results.json") or {}
+    points = (results.get("sweep") or {}).get("points") or []
+    if any("test_accuracy" in m.get("metrics", {}) for p in points
+           for m in p.get("methods", {}).values()):
+        written.append(plot_sweep(results, out / "sweep.png"))
+    return written

@@ -1,0 +1,127 @@
+"""Command line: ``flexmtl list | run | plot``. Thin: it parses, then calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from flexmtl.errors import FlexMTLError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flexmtl",
+        description="Flexible multi-task learning: run the papers' experiments and your own.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="experiments, methods, config keys and data status")
+
+    run = sub.add_parser("run", help="run an experiment (all methods x seeds), resumable")
+    run.add_argument("experiment", help="experiment name (see `flexmtl list`)")
+    run.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="config overrides, e.g. dropout=0.5 width=64")
+    run.add_argument("--methods", help="comma-separated methods (default: the experiment's)")
+    run.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    run.add_argument("--steps", type=int, help="training steps per run")
+    run.add_argument("--out", help="run folder (default runs/EXPERIMENT); reruns resume")
+    run.add_argument("--config", help="JSON or YAML file of config keys")
+    run.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                     help="sweep one config key (default: the experiment's own sweep, if any)")
+    run.add_argument("--no-sweep", action="store_true", help="run only the configured point")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--no-plots", action="store_true", help="skip plotting at the end")
+
+    plot = sub.add_parser("plot", help="redraw the plots of a run folder")
+    plot.add_argument("run_dir")
+    return p
+
+
+def _cmd_list() -> None:
+    from flexmtl.data import data_status
+    from flexmtl.experiments import EXPERIMENTS
+
+    print("Experiments (flexmtl run NAME):")
+    for name in EXPERIMENTS.names():
+        exp = EXPERIMENTS.get(name)
+        print(f"  {name:<14} {exp.summary}  [{exp.paper}]")
+        default = exp.default_methods or exp.methods
+        print(f"  {'':<14} methods: {', '.join(exp.methods)} (default: {', '.join(default)})")
+        keys = ", ".join(f"{k}={v!r}" for k, v in exp.defaults.items())
+        print(f"  {'':<14} config: {keys}")
+        if exp.sweep:
+            print(f"  {'':<14} default sweep: {exp.sweep[0]} over {list(exp.sweep[1])}")
+    print("\nData:")
+    for row in data_status():
+        mark = "present" if row["present"] else "missing"
+        using = row["using"] or "nothing (a run would fail)"
+        exact = "" if row["exact"] else " [not the paper's data]"
+        print(f"  {row['name']:<14} {mark:<8} looks in {row['looks_in']}")
+        print(f"  {'':<14} {'':<8} using: {using}{exact}")
+        if row["to_get"]:
+            print(f"  {'':<14} {'':<8} to get it: {row['to_get']}")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from flexmtl.runner import run_experiment
+
+    sweep: object = True
+    if args.no_sweep:
+        sweep = None
+    elif args.sweep:
+        key, sep, values = args.sweep.partition("=")
+        if not sep or not values:
+            raise FlexMTLError(f"--sweep expects KEY=V1,V2,..., got {args.sweep!r}")
+        sweep = (key, values.split(","))
+    run_experiment(
+        args.experiment,
+        methods=args.methods.split(",") if args.methods else None,
+        seeds=args.seeds,
+        steps=args.steps,
+        out_dir=args.out,
+        config_file=args.config,
+        overrides=args.overrides,
+        sweep=sweep,
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+    )
+
+
+def _cmd_plot(run_dir: str) -> None:
+    from pathlib import Path
+
+    if not Path(run_dir).is_dir():
+        raise FlexMTLError(f"run folder {run_dir} does not exist")
+    try:
+        from flexmtl.analysis.plots import plot_run
+    except ImportError as exc:
+        raise FlexMTLError("plotting needs matplotlib: pip install 'flexmtl[plots]'") from exc
+    paths = plot_run(run_dir)
+    if not paths:
+        print(f"nothing to plot in {run_dir}")
+    for path in paths:
+        print(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            _cmd_list()
+        elif args.command == "run":
+            _cmd_run(args)
+        elif args.command == "plot":
+            _cmd_plot(args.run_dir)
+    except FlexMTLError as exc:
+        print(f"flexmtl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nflexmtl: interrupted; rerun the same command to resume from the last "
+              "checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Exceptions with messages that tell the user what to do next."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FlexMTLError(Exception):
+    """Base class of every error flexmtl raises on purpose."""
+
+
+class UnknownNameError(FlexMTLError, KeyError):
+    """An experiment, method, config key or data set name that does not exist."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        msg = f"unknown {kind} {name!r}.{hint} Known: {', '.join(known) or '(none)'}."
+        super().__init__(msg)
+        self.kind, self.name, self.known, self.suggestions = kind, name, known, close
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0])
+
+
+class ShapeError(FlexMTLError, ValueError):
+    """Blocks, encoders or inputs whose shapes do not fit together."""
+
+
+class DataNotFoundError(FlexMTLError, FileNotFoundError):
+    """A data set that is not on this machine; the message says what to get and where."""
+
+
+class TrainingDiverged(FlexMTLError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ConfigError(FlexMTLError, ValueError):
+    """A configuration value that is malformed or out of range."""

@@ -1,0 +1,171 @@
+"""Experiments registered by name, and their configuration.
+
+An :class:`Experiment` knows its paper protocol as a flat dict of defaults, how to build
+its tasks for a seed, and how to build the model of each method. Configurations are
+resolved as: defaults < config file (JSON or YAML) < ``key=value`` overrides; unknown keys
+are errors with close suggestions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from flexmtl.errors import ConfigError, UnknownNameError
+from flexmtl.registry import Registry
+from flexmtl.tasks import Task
+from flexmtl.training import TrainConfig
+
+#: keys every experiment has, passed to :class:`~flexmtl.training.TrainConfig`
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed", "progress"))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A paper experiment: data, models per method, protocol defaults.
+
+    Args:
+        name: registry name (``flexmtl run NAME``).
+        summary: one line for ``flexmtl list``.
+        paper: the figure / section it reproduces.
+        defaults: every configurable key with its default (training keys included).
+        build_tasks: ``(config, seed) -> tasks``.
+        build_model: ``(method, tasks, config, seed) -> model``.
+        methods: the methods it supports; ``default_methods`` run when none are named.
+        sweep: a default ``(key, values)`` swept by ``flexmtl run`` (e.g. samples per task).
+        data: the data sources it reads (names from ``flexmtl.data.data_status``).
+    """
+
+    name: str
+    summary: str
+    paper: str
+    defaults: Mapping[str, Any]
+    build_tasks: Callable[[dict, int], list[Task]]
+    build_model: Callable[[str, list[Task], dict, int], nn.Module]
+    methods: tuple[str, ...] = ("single", "parallel", "permuted", "soft")
+    default_methods: tuple[str, ...] | None = None
+    sweep: tuple[str, tuple] | None = None
+    data: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def check_methods(self, methods: Sequence[str]) -> list[str]:
+        for m in methods:
+            if m not in self.methods:
+                raise UnknownNameError(f"method of experiment {self.name!r}", m, self.methods)
+        return list(methods)
+
+    def resolve_config(
+        self,
+        config_file: str | Path | None = None,
+        overrides: Mapping[str, Any] | Sequence[str] = (),
+    ) -> dict:
+        """Defaults, then the config file, then overrides (``{"k": v}`` or ``["k=v"]``)."""
+        cfg = dict(self.defaults)
+        if config_file is not None:
+            cfg = self._merge(cfg, load_config_file(config_file), f"config file {config_file}")
+        if not isinstance(overrides, Mapping):
+            overrides = parse_overrides(overrides)
+        return self._merge(cfg, overrides, "override")
+
+    def _merge(self, cfg: dict, updates: Mapping[str, Any], origin: str) -> dict:
+        for key, value in updates.items():
+            if key not in self.defaults:
+                raise UnknownNameError(f"config key of experiment {self.name!r} ({origin})",
+                                       key, self.defaults)
+            cfg[key] = coerce(value, self.defaults[key], key)
+        return cfg
+
+    def train_config(self, cfg: Mapping[str, Any], seed: int, progress: bool) -> TrainConfig:
+        return TrainConfig(**{k: cfg[k] for k in TRAIN_KEYS if k in cfg}, seed=seed,
+                           progress=progress)
+
+
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+
+
+def register_experiment(experiment: Experiment) -> Experiment:
+    """Add an experiment (built-in or user-defined) to :data:`EXPERIMENTS`."""
+    return EXPERIMENTS.register(experiment.name, experiment)
+
+
+def get_experiment(name: str) -> Experiment:
+    return EXPERIMENTS.get(name)
+
+
+def train_defaults(**overrides: Any) -> dict:
+    """Training keys with the :class:`TrainConfig` defaults, updated by ``overrides``."""
+    base = TrainConfig()
+    out = {k: getattr(base, k) for k in TRAIN_KEYS}
+    out.update(overrides)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A flat mapping of config keys from a ``.json`` or ``.yaml``/``.yml`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ConfigError("reading YAML configs needs PyYAML: pip install 'flexmtl[yaml]'"
+                              ) from exc
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def coerce(value: Any, default: Any, key: str) -> Any:
+    """Convert ``value`` (often a string from the command line) to the type of ``default``."""
+    if default is None or not isinstance(value, str):
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{key} must be a number, got {value!r}")
+            return type(default)(value) if isinstance(default, float) else _as_int(value, key)
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return low in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, (tuple, list)):
+            kind = type(default[0]) if default else str
+            return tuple(kind(v) for v in value.split(",") if v)
+    except ValueError:
+        raise ConfigError(
+            f"{key}={value!r}: expected {type(default).__name__} like {default!r}"
+        ) from None
+    return value
+
+
+def _as_int(value: float, key: str) -> int:
+    if float(value) != int(value):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    return int(value)

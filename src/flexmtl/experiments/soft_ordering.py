@@ -1,0 +1,176 @@
+"""Experiments of the soft layer ordering paper (Meyerson & Miikkulainen, ICLR 2018).
+
+* ``random-tasks`` -- Sec. 3.2, Fig. 2: fitting two tasks of random labels.
+* ``mnist-pairs`` -- Sec. 4.1, Fig. 4: digit1-vs-digit2 binary tasks.
+* ``uci`` -- Sec. 4.2, Fig. 5: ten UCI classification data sets trained jointly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from flexmtl.data import UCI_TASKS, load_mnist, load_uci, random_binary_tasks
+from flexmtl.errors import ConfigError
+from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
+from flexmtl.models import MultiTaskModel, build_model
+from flexmtl.sharing import make_core
+from flexmtl.tasks import Task
+
+ORDERING_METHODS = ("single", "parallel", "permuted", "soft")
+
+
+def dense_blocks(width: int, layers: int, activation: str = "relu") -> list[nn.Module]:
+    """``layers`` dense blocks ``width -> width`` each followed by ``activation``."""
+    act = {"relu": nn.ReLU, "linear": nn.Identity}
+    if activation not in act:
+        raise ConfigError(f"activation must be one of {sorted(act)}, got {activation!r}")
+    return [nn.Sequential(nn.Linear(width, width), act[activation]()) for _ in range(layers)]
+
+
+def ordering_core_kwargs(method: str, cfg: dict) -> dict:
+    kwargs: dict = {"dropout": cfg["dropout"]}
+    if method == "soft":
+        kwargs.update(gate=cfg["gate"], depth=cfg["depth"] or None)
+    return kwargs
+
+
+def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Shuffle ``range(n)`` with ``seed`` and cut it into consecutive parts of ``fractions``."""
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum([int(round(f * n)) for f in fractions[:-1]])
+    return np.split(order, cuts)
+
+
+# ---------------------------------------------------------------------- random tasks
+
+
+def _random_tasks(cfg: dict, seed: int) -> list[Task]:
+    data = random_binary_tasks(2, cfg["n"], cfg["m"], seed)
+    note = (f"random task: {cfg['n']} samples, x ~ U[0,1]^{cfg['m']}, y ~ U{{0,1}}; "
+            "test = the training samples (the experiment measures how well they are fit)")
+    return [Task(f"random{i}", "binary", (x, y), (x, y), (x, y), note=note)
+            for i, (x, y) in enumerate(data)]
+
+
+def _random_tasks_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
+    m, act = cfg["m"], cfg["activation"]
+    kwargs = ordering_core_kwargs(method, cfg)
+    if method == "permuted":  # Eq. 4: the two tasks use the two layers in opposite orders
+        kwargs["permutations"] = [[0, 1], [1, 0]]
+    core = make_core(method, dense_blocks(m, 2, act), 2, seed=seed, **kwargs)
+    shared_output = nn.Linear(m, 1)  # O: one classification layer shared by both tasks
+    return MultiTaskModel(core, [nn.Identity(), nn.Identity()], [shared_output, shared_output],
+                          [t.name for t in tasks])
+
+
+register_experiment(Experiment(
+    name="random-tasks",
+    summary="two tasks of random binary labels: fit accuracy vs samples per task",
+    paper="soft ordering Sec. 3.2, Fig. 2",
+    defaults={
+        **train_defaults(steps=2000, batch_size=4096, lr=1e-3, eval_every=100,
+                         select_on="last", threads=1),
+        "n": 256, "m": 128, "activation": "linear", "dropout": 0.0, "gate": "softmax",
+        "depth": 0,
+    },
+    build_tasks=_random_tasks,
+    build_model=_random_tasks_model,
+    default_methods=("parallel", "permuted"),
+    sweep=("n", (64, 128, 256, 512, 1024)),
+    data=("random",),
+    notes=("linear (Fig. 2a): m=128 activation=linear; ReLU (Fig. 2b): m=16 activation=relu",
+           "full-batch Adam; 'test' accuracy is the fit of the training samples"),
+))
+
+
+# ---------------------------------------------------------------------- MNIST digit pairs
+
+
+def digit_pairs(num_tasks: int, seed: int) -> list[tuple[int, int]]:
+    """Random digit pairs: without replacement within a task, with replacement across (A.1)."""
+    rng = np.random.default_rng(seed)
+    return [tuple(int(d) for d in rng.choice(10, size=2, replace=False)) for _ in range(num_tasks)]
+
+
+def _mnist_pair_tasks(cfg: dict, seed: int) -> list[Task]:
+    data = load_mnist(allow_subset=cfg["allow_subset"])
+    tasks = []
+    for i, (a, b) in enumerate(digit_pairs(cfg["num_tasks"], seed)):
+        train = np.flatnonzero((data.train_y == a) | (data.train_y == b))
+        test = np.flatnonzero((data.test_y == a) | (data.test_y == b))
+        tr, va = split_indices(len(train), (1 - cfg["val_fraction"], cfg["val_fraction"]), seed)
+        x, y = data.train_x[train], (data.train_y[train] == b).astype(np.float32)
+        tasks.append(Task(
+            f"pair{i}", "binary", (x[tr], y[tr]), (x[va], y[va]),
+            (data.test_x[test], (data.test_y[test] == b).astype(np.float32)),
+            note=f"{a} vs {b}; {data.source}", info={"digits": [a, b]},
+        ))
+    return tasks
+
+
+def _mnist_pairs_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
+    width = cfg["width"]
+    core = make_core(method, dense_blocks(width, cfg["layers"]), len(tasks), seed=seed,
+                     **ordering_core_kwargs(method, cfg))
+    return build_model(tasks, core, encoder=cfg["encoder"], decoder="sigmoid")
+
+
+register_experiment(Experiment(
+    name="mnist-pairs",
+    summary="MNIST digit1-vs-digit2 binary tasks, frozen random encoders, 4 dense core layers",
+    paper="soft ordering Sec. 4.1, Fig. 4",
+    defaults={
+        **train_defaults(steps=1000, batch_size=32, lr=1e-3, eval_every=50, threads=1),
+        "num_tasks": 10, "width": 64, "layers": 4, "depth": 0, "dropout": 0.5,
+        "gate": "softmax", "encoder": "frozen", "val_fraction": 0.1, "allow_subset": True,
+    },
+    build_tasks=_mnist_pair_tasks,
+    build_model=_mnist_pairs_model,
+    data=("mnist",),
+    notes=("validation: a fixed fraction of each pair's training images (the paper gives no "
+           "validation protocol); test: the test images of the two digits",),
+))
+
+
+# ---------------------------------------------------------------------- UCI
+
+
+def _uci_tasks(cfg: dict, seed: int) -> list[Task]:
+    names = cfg["tasks"] or UCI_TASKS
+    tasks = []
+    for name in names:
+        d = load_uci(name, allow_stand_in=cfg["allow_stand_in"])
+        # split fixed across trials (A.2): seed 0, not the run's seed
+        test_frac = cfg["test_fraction"]
+        tr, va, te = split_indices(len(d.x), ((1 - test_frac) * 0.8, (1 - test_frac) * 0.2,
+                                              test_frac), 0)
+        tasks.append(Task(name, "multiclass", (d.x[tr], d.y[tr]), (d.x[va], d.y[va]),
+                          (d.x[te], d.y[te]), num_outputs=d.num_classes, note=d.source,
+                          info={"exact": d.exact, "stand_in_for": d.stand_in_for}))
+    return tasks
+
+
+def _uci_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
+    core = make_core(method, dense_blocks(cfg["width"], cfg["layers"]), len(tasks), seed=seed,
+                     **ordering_core_kwargs(method, cfg))
+    return build_model(tasks, core, encoder="learned", decoder="softmax")
+
+
+register_experiment(Experiment(
+    name="uci",
+    summary="ten UCI classification sets trained jointly (offline: stand-ins named in output)",
+    paper="soft ordering Sec. 4.2, Fig. 5",
+    defaults={
+        **train_defaults(steps=1500, batch_size=32, lr=1e-3, eval_every=50, threads=1),
+        "tasks": (), "width": 32, "layers": 4, "depth": 0, "dropout": 0.8, "gate": "softmax",
+        "test_fraction": 0.2, "allow_stand_in": True,
+    },
+    build_tasks=_uci_tasks,
+    build_model=_uci_model,
+    data=("uci",),
+    notes=("the paper reports only validation loss (fixed 80/20 split); flexmtl holds out "
+           "test_fraction of each set as a test split first, then splits the rest 80/20 into "
+           "train/validation, fixed across seeds",
+           "dropout 0.8 is the paper's 'dropout rate' in Keras semantics: 80% of units dropped"),
+))

@@ -1,0 +1,150 @@
+"""Multi-task models: task encoders -> a shared core -> task decoders.
+
+``y_i = D_i(core(E_i(x_i), i))`` (soft ordering paper, Eqs. 2, 3, 7). Encoders and
+decoders are task specific unless stated; the core decides how tasks share layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
+from flexmtl.sharing import SharedCore
+from flexmtl.tasks import Task
+
+ENCODERS = ("learned", "frozen", "identity", "shared")
+DECODERS = ("softmax", "sigmoid", "linear", "gap")
+
+#: which decoder suits which task kind (the loss lives in :class:`~flexmtl.tasks.Task`)
+DEFAULT_DECODER = {"multiclass": "softmax", "binary": "sigmoid", "regression": "linear"}
+_DECODER_KINDS = {"softmax": "multiclass", "sigmoid": "binary", "linear": "regression",
+                  "gap": "regression"}
+
+
+def _check_name(kind: str, name: str, known: Sequence[str]) -> None:
+    if name not in known:
+        raise UnknownNameError(kind, name, known)
+
+
+class GlobalAveragePool(nn.Module):
+    """Mean over all non-batch dimensions, one output per example (Sec. 5 decoder)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.flatten(1).mean(dim=1, keepdim=True)
+
+
+def dense_encoder(in_shape: Sequence[int], out_features: int, frozen: bool = False) -> nn.Module:
+    """Dense ReLU layer from the flattened input to ``out_features``; ``frozen`` = random, fixed."""
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), out_features), nn.ReLU())
+    if frozen:
+        enc.requires_grad_(False)
+    return enc
+
+
+def make_decoder(kind: str, feature_shape: Sequence[int], num_outputs: int) -> nn.Module:
+    """Task head on the core's output: ``softmax``/``sigmoid``/``linear`` dense, or ``gap``."""
+    _check_name("decoder", kind, DECODERS)
+    if kind == "gap":
+        if num_outputs != 1:
+            raise ConfigError("the global-average-pooling decoder has exactly one output")
+        return GlobalAveragePool()
+    out = 1 if kind == "sigmoid" else num_outputs
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), out))
+
+
+class MultiTaskModel(nn.Module):
+    """``decoders[i](core(encoders[i](x), i))`` for each task ``i``.
+
+    Args:
+        core: a :class:`~flexmtl.sharing.SharedCore` (or any module with the same
+            ``core(h, task)`` signature and a ``feature_shape`` attribute).
+        encoders: one module per task (the same module may appear several times to share it).
+        decoders: one module per task.
+        task_names: optional names, for messages and results.
+    """
+
+    def __init__(
+        self,
+        core: SharedCore,
+        encoders: Sequence[nn.Module],
+        decoders: Sequence[nn.Module],
+        task_names: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        if len(encoders) != core.num_tasks or len(decoders) != core.num_tasks:
+            raise ConfigError(
+                f"need one encoder and one decoder per task: core has {core.num_tasks} tasks, "
+                f"got {len(encoders)} encoders and {len(decoders)} decoders"
+            )
+        self.core = core
+        self.encoders = nn.ModuleList(encoders)
+        self.decoders = nn.ModuleList(decoders)
+        self.task_names = list(task_names or [f"task{i}" for i in range(core.num_tasks)])
+
+    @property
+    def num_tasks(self) -> int:
+        return self.core.num_tasks
+
+    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        h = self.encoders[task](x)
+        if tuple(h.shape[1:]) != tuple(self.core.feature_shape):
+            raise ShapeError(
+                f"encoder of task {self.task_names[task]!r} produced shape {tuple(h.shape[1:])} "
+                f"per example but the shared core expects {tuple(self.core.feature_shape)}"
+            )
+        return self.decoders[task](self.core(h, task))
+
+
+def build_model(
+    tasks: Sequence[Task],
+    core: SharedCore,
+    encoder: str = "learned",
+    decoder: str | None = None,
+) -> MultiTaskModel:
+    """Encoders and decoders for ``tasks`` around ``core``.
+
+    ``encoder``: ``learned`` (dense ReLU per task), ``frozen`` (random dense ReLU, not
+    trained), ``identity`` (the input already has the core's shape) or ``shared`` (one
+    learned dense ReLU for all tasks; needs equal input shapes). ``decoder``: ``softmax``,
+    ``sigmoid``, ``linear`` or ``gap``; by default the one that suits each task's kind.
+    """
+    _check_name("encoder", encoder, ENCODERS)
+    feature_shape = tuple(core.feature_shape)
+    if len(feature_shape) != 1 and encoder in ("learned", "frozen", "shared"):
+        raise ConfigError(
+            f"the {encoder!r} encoder is dense and produces vectors, but the core acts on "
+            f"shape {feature_shape}; use encoder='identity' or pass your own encoders to "
+            "MultiTaskModel"
+        )
+    width = feature_shape[0]
+    encoders: list[nn.Module] = []
+    if encoder == "shared":
+        shapes = {t.input_shape for t in tasks}
+        if len(shapes) != 1:
+            raise ShapeError(f"a shared encoder needs equal input shapes, got {sorted(shapes)}")
+        shared = dense_encoder(tasks[0].input_shape, width)
+        encoders = [shared] * len(tasks)
+    for task in tasks if encoder != "shared" else ():
+        if encoder == "identity":
+            if task.input_shape != feature_shape:
+                raise ShapeError(
+                    f"task {task.name!r} has input shape {task.input_shape}; the identity "
+                    f"encoder needs the core's shape {feature_shape}"
+                )
+            encoders.append(nn.Identity())
+        else:
+            encoders.append(dense_encoder(task.input_shape, width, frozen=encoder == "frozen"))
+    decoders = []
+    for task in tasks:
+        kind = decoder or DEFAULT_DECODER[task.kind]
+        _check_name("decoder", kind, DECODERS)
+        if _DECODER_KINDS[kind] != task.kind:
+            raise ConfigError(
+                f"decoder {kind!r} does not suit task {task.name!r} of kind {task.kind!r}"
+            )
+        decoders.append(make_decoder(kind, feature_shape, task.num_outputs))
+    return MultiTaskModel(core, encoders, decoders, [t.name for t in tasks])

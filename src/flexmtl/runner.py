@@ -1,0 +1,225 @@
+"""Run an experiment: every method x seed (x sweep value), resumable, summarised over seeds.
+
+Run folder layout::
+
+    OUT/config.json                 resolved config, methods, seeds, sweep
+    OUT/[KEY=VALUE/]METHOD/seed-S/  one training run (logs, checkpoints, result.json)
+    OUT/results.json                mean and 95% CI per method (and per sweep value)
+    OUT/plots/*.png                 learning curves, learned orders, scale trajectories
+
+A finished (sweep value, method, seed) has a ``result.json`` and is not redone; an
+unfinished one resumes from its ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flexmtl.analysis.stats import format_mean_ci, summarize
+from flexmtl.errors import ConfigError, UnknownNameError
+from flexmtl.experiments import get_experiment
+from flexmtl.experiments.base import Experiment, coerce
+from flexmtl.training import Trainer, seed_everything
+
+RESULTS_VERSION = 1
+
+
+def run_experiment(
+    name: str,
+    methods: Sequence[str] | None = None,
+    seeds: int = 3,
+    steps: int | None = None,
+    out_dir: str | Path | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] = (),
+    sweep: tuple[str, Sequence[Any]] | None | bool = True,
+    progress: bool = True,
+    plots: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run ``methods`` of experiment ``name`` for ``seeds`` seeds; return the results dict.
+
+    ``sweep``: True uses the experiment's default sweep (if any), False/None runs the
+    single configured point, or ``(key, values)`` sweeps ``key``.
+    """
+    exp = get_experiment(name)
+    methods = exp.check_methods(methods or exp.default_methods or exp.methods)
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    cfg = exp.resolve_config(config_file, overrides)
+    if steps is not None:
+        cfg = exp.resolve_config(None, {**cfg, "steps": steps})
+    points = _sweep_points(exp, cfg, sweep)
+    out = Path(out_dir) if out_dir is not None else Path("runs") / name
+    manifest = {
+        "experiment": name, "config": cfg, "methods": methods, "seeds": list(range(seeds)),
+        "sweep": None if points is None else {"key": points[0], "values": list(points[1])},
+    }
+    _write_or_check_manifest(out, manifest)
+    log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder {out}")
+    for note in exp.notes:
+        log(f"  note: {note}")
+
+    point_results = []
+    values = [None] if points is None else list(points[1])
+    data_sources: dict[str, str] = {}
+    start = time.perf_counter()
+    for value in values:
+        point_cfg = dict(cfg) if value is None else {**cfg, points[0]: value}
+        point_dir = out if value is None else out / f"{points[0]}={value}"
+        runs = {}
+        for method in methods:
+            runs[method] = [
+                _run_one(exp, method, seed, point_cfg, point_dir / method / f"seed-{seed}",
+                         progress, data_sources, log)
+                for seed in range(seeds)
+            ]
+        point_results.append({"value": value, "methods": _aggregate(runs)})
+    results = _results(exp, manifest, point_results, data_sources, time.perf_counter() - start)
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True))
+    log(format_table(results))
+    if plots:
+        _plot(out, log)
+    return results
+
+
+def _sweep_points(exp: Experiment, cfg: dict, sweep) -> tuple[str, tuple] | None:
+    if sweep is True:
+        sweep = exp.sweep
+    if not sweep:
+        return None
+    key, values = sweep
+    if key not in exp.defaults:
+        raise UnknownNameError(f"sweep key of experiment {exp.name!r}", key, exp.defaults)
+    return key, tuple(coerce(v, exp.defaults[key], key) for v in values)
+
+
+def _write_or_check_manifest(out: Path, manifest: dict) -> None:
+    path = out / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        same = {k: old.get(k) for k in ("experiment", "config", "sweep")}
+        new = json.loads(json.dumps({k: manifest[k] for k in ("experiment", "config", "sweep")}))
+        if same != new:
+            diff = sorted(k for k in new["config"] if (old.get("config") or {}).get(k)
+                          != new["config"][k])
+            raise ConfigError(
+                f"run folder {out} holds a run with a different configuration "
+                f"(differs in: {', '.join(diff) or 'experiment/sweep'}); pass another --out "
+                "folder or delete this one"
+            )
+        # more methods or seeds may be added to an existing run folder
+        manifest = {**manifest,
+                    "methods": list(dict.fromkeys(old["methods"] + manifest["methods"])),
+                    "seeds": sorted(set(old["seeds"]) | set(manifest["seeds"]))}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log) -> dict:
+    done = run_dir / "result.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+        log(f"  {method:>9} seed {seed}: done before (test loss {result['test']['loss']:.4f})")
+        return result
+    seed_everything(seed)
+    tasks = exp.build_tasks(cfg, seed)
+    for t in tasks:
+        data_sources.setdefault(t.name, t.note)
+    seed_everything(seed)
+    model = exp.build_model(method, tasks, cfg, seed)
+    trainer = Trainer(model, tasks, exp.train_config(cfg, seed, progress), out_dir=run_dir)
+    resumed = trainer.step
+    res = trainer.fit()
+    result = {
+        "method": method, "seed": seed, "best_step": res.best_step, "steps": res.steps,
+        "seconds": res.seconds, "resumed_from": resumed, "val": res.val, "test": res.test,
+        "tasks": [{"name": t.name, "note": t.note, **t.info} for t in tasks],
+    }
+    done.write_text(json.dumps(result, indent=2, allow_nan=True))
+    test = res.test if res.test["tasks"] else res.val
+    log(f"  {method:>9} seed {seed}: test loss {test['loss']:.4f} accuracy "
+        f"{test['accuracy']:.4f} (best step {res.best_step}, {res.seconds:.1f}s)")
+    return result
+
+
+def _aggregate(runs: dict[str, list[dict]]) -> dict:
+    out = {}
+    for method, results in runs.items():
+        metrics = {}
+        for split in ("test", "val"):
+            for key in ("loss", "accuracy"):
+                vals = [r[split][key] for r in results]
+                if all(isinstance(v, (int, float)) and not math.isnan(v) for v in vals):
+                    metrics[f"{split}_{key}"] = summarize(vals)
+        metrics["train_seconds"] = summarize([r["seconds"] for r in results])
+        per_task: dict[str, dict] = {}
+        for name in results[0]["test"]["tasks"]:
+            per_task[name] = {
+                f"test_{key}": summarize([r["test"]["tasks"][name][key] for r in results])
+                for key in ("loss", "accuracy")
+                if not any(math.isnan(r["test"]["tasks"][name][key]) for r in results)
+            }
+        out[method] = {"metrics": metrics, "per_task": per_task,
+                       "seeds": [r["seed"] for r in results],
+                       "best_steps": [r["best_step"] for r in results]}
+    return out
+
+
+def _results(exp, manifest, points, data_sources, seconds) -> dict:
+    sweep = manifest["sweep"]
+    main = points[-1]
+    if sweep is not None:
+        primary = manifest["config"][sweep["key"]]
+        main = next((p for p in points if p["value"] == primary), points[-1])
+    return {
+        "version": RESULTS_VERSION,
+        "experiment": exp.name,
+        "paper": exp.paper,
+        "config": manifest["config"],
+        "seeds": manifest["seeds"],
+        "data": data_sources,
+        "notes": list(exp.notes),
+        "test_loss_is": "sum over tasks of the mean per-example loss",
+        "test_accuracy_is": "mean over tasks of the per-task accuracy",
+        "methods": main["methods"],
+        "sweep": None if sweep is None else {
+            "key": sweep["key"], "primary": main["value"], "points": points},
+        "wall_seconds": seconds,
+    }
+
+
+def format_table(results: dict) -> str:
+    """A text table of mean ± 95% CI per method (and sweep value)."""
+    lines = []
+    sweep = results.get("sweep")
+    blocks = [(None, results["methods"])] if sweep is None else [
+        (f"{sweep['key']}={p['value']}", p["methods"]) for p in sweep["points"]]
+    header = f"{'method':>10}  {'test loss (sum)':>22}  {'test accuracy (mean)':>22}"
+    for label, methods in blocks:
+        lines.append(f"\n{results['experiment']}" + (f" [{label}]" if label else ""))
+        lines.append(header)
+        for method, entry in methods.items():
+            m = entry["metrics"]
+            loss = format_mean_ci(m["test_loss"]) if "test_loss" in m else "-"
+            acc = format_mean_ci(m["test_accuracy"]) if "test_accuracy" in m else "-"
+            lines.append(f"{method:>10}  {loss:>22}  {acc:>22}")
+    n = len(results["seeds"])
+    lines.append(f"(mean ± 95% CI over {n} seed(s))" if n > 1 else "(one seed: no interval)")
+    return "\n".join(lines)
+
+
+def _plot(out: Path, log) -> None:
+    try:
+        from flexmtl.analysis.plots import plot_run
+    except ImportError:
+        log("plots skipped: install matplotlib (pip install 'flexmtl[plots]') and run "
+            f"`flexmtl plot {out}`")
+        return
+    for path in plot_run(out):
+        log(f"  plot: {path}")

@@ -1,0 +1,310 @@
+"""How tasks order a set of shared layers (Meyerson & Miikkulainen, ICLR 2018, Sec. 3).
+
+A *shared core* holds L shape-preserving blocks ``W_1..W_L`` (dense, conv or any user
+``nn.Module`` whose output shape equals its input shape) and applies them at D depths.
+Each block includes its own nonlinearity ``phi``. Four ways to do it:
+
+* :class:`ParallelOrdering` -- Eq. 2: every task applies ``W_1, ..., W_D`` in order.
+* :class:`PermutedOrdering` -- Eq. 3: task ``i`` applies ``W_{sigma_i(1)}, ..., W_{sigma_i(D)}``
+  for a permutation ``sigma_i`` drawn before training.
+* :class:`SoftOrdering` -- Eq. 7: ``y^k = sum_j s[i, j, k] * W_j(y^{k-1})`` with the scales
+  ``s[i, :, k]`` a softmax over the *layers* (or independent sigmoids, Sec. 5).
+* :class:`SingleTaskCore` -- each task trains its own copy of the blocks in parallel order.
+
+Dropout is applied to the output of each shared layer, before any scaling (Sec. 3.3).
+All cores share one call signature, ``core(h, task) -> h``, so models, trainers and the
+fused implementations that follow can treat them alike.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from flexmtl.errors import ConfigError, ShapeError
+
+__all__ = [
+    "SharedCore",
+    "ParallelOrdering",
+    "PermutedOrdering",
+    "SoftOrdering",
+    "SingleTaskCore",
+    "infer_feature_shape",
+    "random_permutations",
+]
+
+
+def infer_feature_shape(block: nn.Module) -> tuple[int, ...]:
+    """Per-example input shape of ``block`` read from its first dense or conv layer.
+
+    Only the dense case is unambiguous; for convolutions the spatial size is unknown, so
+    callers with conv blocks must pass ``feature_shape`` explicitly.
+    """
+    for module in block.modules():
+        if isinstance(module, nn.Linear):
+            return (module.in_features,)
+        if isinstance(module, nn.modules.conv._ConvNd):
+            break
+    raise ShapeError(
+        f"cannot infer the feature shape of block {type(block).__name__}; pass "
+        "feature_shape=(C, H, W) (the per-example shape every shared block maps to itself)"
+    )
+
+
+@torch.no_grad()
+def _probe(block: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Output shape (without batch) of ``block`` on a dummy batch of two inputs."""
+    was_training = block.training
+    block.eval()
+    try:
+        param = next(block.parameters(), None)
+        kwargs = {"dtype": param.dtype, "device": param.device} if param is not None else {}
+        out = block(torch.zeros(2, *shape, **kwargs))
+    except Exception as exc:  # the block's own message, plus what we tried
+        raise ShapeError(
+            f"shared block {type(block).__name__} failed on an input of per-example shape "
+            f"{shape}: {exc}"
+        ) from exc
+    finally:
+        block.train(was_training)
+    return tuple(out.shape[1:])
+
+
+def random_permutations(
+    num_tasks: int, depth: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One random permutation of ``range(depth)`` per task, shape ``[num_tasks, depth]``."""
+    return torch.stack([torch.randperm(depth, generator=generator) for _ in range(num_tasks)])
+
+
+class SharedCore(nn.Module):
+    """Base class: a list of shared blocks applied at ``depth`` depths, per task.
+
+    Args:
+        blocks: the shared layers. Every block must map ``feature_shape`` to itself so that
+            it can sit at any depth; this is checked here, when the core is built.
+        num_tasks: number of tasks T.
+        depth: number of depths D (default: the number of blocks).
+        dropout: drop probability applied to each shared layer's output (PyTorch/Keras
+            semantics: the fraction of units zeroed).
+        feature_shape: per-example shape the blocks act on; inferred for dense blocks.
+    """
+
+    #: whether this core can use fewer or more depths than blocks
+    allows_depth_mismatch = False
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        num_tasks: int,
+        depth: int | None = None,
+        dropout: float = 0.0,
+        feature_shape: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        blocks = list(blocks)
+        if not blocks:
+            raise ConfigError("a shared core needs at least one block")
+        if not all(isinstance(b, nn.Module) for b in blocks):
+            raise ConfigError("every shared block must be a torch.nn.Module")
+        if num_tasks < 1:
+            raise ConfigError(f"num_tasks must be >= 1, got {num_tasks}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        depth = len(blocks) if depth is None else int(depth)
+        if depth < 1:
+            raise ConfigError(f"depth must be >= 1, got {depth}")
+        if depth != len(blocks) and not self.allows_depth_mismatch:
+            raise ConfigError(
+                f"{type(self).__name__} applies each of its {len(blocks)} blocks once, so "
+                f"depth must equal the number of blocks (got depth={depth}); only soft "
+                "ordering can use a different number of depths"
+            )
+        shape = tuple(feature_shape) if feature_shape is not None else None
+        self.feature_shape = shape or infer_feature_shape(blocks[0])
+        for j, block in enumerate(blocks):
+            out = _probe(block, self.feature_shape)
+            if out != self.feature_shape:
+                raise ShapeError(
+                    f"shared block {j} ({type(block).__name__}) maps per-example shape "
+                    f"{self.feature_shape} to {out}; every shared block must preserve the "
+                    "shape so that it can be applied at any depth"
+                )
+        self.blocks = nn.ModuleList(blocks)
+        self.num_tasks = num_tasks
+        self.depth = depth
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def _check_task(self, task: int) -> None:
+        if not 0 <= task < self.num_tasks:
+            raise IndexError(f"task index {task} out of range for {self.num_tasks} tasks")
+
+    def _check_input(self, h: torch.Tensor) -> None:
+        if tuple(h.shape[1:]) != self.feature_shape:
+            raise ShapeError(
+                f"shared core expects inputs of shape (batch, {', '.join(map(str, self.feature_shape))}), "
+                f"got {tuple(h.shape)}; check the encoder output size"
+            )
+
+    def layer_order(self, task: int) -> list[int]:
+        """Index of the block applied at each depth for ``task`` (hard orderings)."""
+        raise NotImplementedError
+
+    def forward(self, h: torch.Tensor, task: int) -> torch.Tensor:
+        self._check_task(task)
+        self._check_input(h)
+        for j in self.layer_order(task):
+            h = self.dropout(self.blocks[j](h))
+        return h
+
+
+class ParallelOrdering(SharedCore):
+    """Eq. 2: all tasks apply the shared blocks in the same order."""
+
+    def layer_order(self, task: int) -> list[int]:
+        return list(range(self.depth))
+
+
+class PermutedOrdering(SharedCore):
+    """Eq. 3: task ``i`` applies the blocks in its own order ``sigma_i``, fixed before training.
+
+    Args:
+        permutations: ``[num_tasks, depth]`` orders to use; drawn with ``generator`` (seed it
+            from the run's seed) when not given.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        num_tasks: int,
+        depth: int | None = None,
+        dropout: float = 0.0,
+        feature_shape: Sequence[int] | None = None,
+        permutations: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(blocks, num_tasks, depth, dropout, feature_shape)
+        if permutations is None:
+            perms = random_permutations(num_tasks, self.depth, generator)
+        else:
+            perms = torch.as_tensor(permutations, dtype=torch.long)
+        expected = torch.arange(self.depth)
+        if perms.shape != (num_tasks, self.depth) or any(
+            not torch.equal(p.sort().values, expected) for p in perms
+        ):
+            raise ConfigError(
+                f"permutations must be a [{num_tasks}, {self.depth}] tensor whose rows are "
+                f"permutations of 0..{self.depth - 1}, got {perms.tolist()}"
+            )
+        self.register_buffer("permutations", perms)
+
+    def layer_order(self, task: int) -> list[int]:
+        return self.permutations[task].tolist()
+
+
+class SingleTaskCore(SharedCore):
+    """Baseline: every task trains its own copy of the blocks (parallel order, no sharing).
+
+    Copies are re-initialised (``reset_parameters``) so tasks do not start identical.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        num_tasks: int,
+        depth: int | None = None,
+        dropout: float = 0.0,
+        feature_shape: Sequence[int] | None = None,
+    ):
+        super().__init__(blocks, num_tasks, depth, dropout, feature_shape)
+        copies = [self.blocks]
+        for _ in range(num_tasks - 1):
+            clone = copy.deepcopy(self.blocks)
+            for module in clone.modules():
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+            copies.append(clone)
+        del self.blocks
+        self.task_blocks = nn.ModuleList(copies)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.task_blocks[0])
+
+    def forward(self, h: torch.Tensor, task: int) -> torch.Tensor:
+        self._check_task(task)
+        self._check_input(h)
+        for block in self.task_blocks[task]:
+            h = self.dropout(block(h))
+        return h
+
+
+class SoftOrdering(SharedCore):
+    """Eq. 7: each task learns a soft order of the shared blocks.
+
+    ``scale_logits`` has shape ``[tasks, layers, depths]`` and starts at zero, so every
+    scale starts equal. With ``gate="softmax"`` (the paper's Eq. 7) the scales at each
+    (task, depth) are a softmax over the layers and sum to one; with ``gate="sigmoid"``
+    (Sec. 5) each scale is an independent sigmoid in (0, 1).
+
+    The number of blocks may differ from ``depth`` (a generalisation; the paper uses equal).
+    """
+
+    allows_depth_mismatch = True
+    GATES = ("softmax", "sigmoid")
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        num_tasks: int,
+        depth: int | None = None,
+        dropout: float = 0.0,
+        feature_shape: Sequence[int] | None = None,
+        gate: str = "softmax",
+    ):
+        super().__init__(blocks, num_tasks, depth, dropout, feature_shape)
+        if gate not in self.GATES:
+            raise ConfigError(f"gate must be one of {self.GATES}, got {gate!r}")
+        self.gate = gate
+        self.scale_logits = nn.Parameter(torch.zeros(num_tasks, self.num_layers, self.depth))
+
+    def scales(self, task: int | None = None) -> torch.Tensor:
+        """Scales ``s[task, layer, depth]`` (all tasks when ``task`` is None)."""
+        logits = self.scale_logits if task is None else self.scale_logits[task]
+        if self.gate == "softmax":
+            return torch.softmax(logits, dim=-2)  # over layers (Eq. 7), never over depths
+        return torch.sigmoid(logits)
+
+    def sharing_snapshot(self) -> torch.Tensor:
+        """What the trainer logs over training: the scales ``[tasks, layers, depths]``."""
+        return self.scales()
+
+    def layer_order(self, task: int) -> list[int]:
+        """The strongest layer at each depth (the path drawn in Fig. 4d)."""
+        return self.scales(task).argmax(dim=0).tolist()
+
+    def forward(
+        self, h: torch.Tensor, task: int, scales: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Apply the core for ``task``; ``scales`` ([layers, depths]) overrides the learned ones."""
+        self._check_task(task)
+        self._check_input(h)
+        s = self.scales(task) if scales is None else scales
+        if s.shape != (self.num_layers, self.depth):
+            raise ShapeError(
+                f"scales must have shape [layers, depths] = [{self.num_layers}, {self.depth}], "
+                f"got {tuple(s.shape)}"
+            )
+        extra = (1,) * len(self.feature_shape)
+        for k in range(self.depth):
+            outs = self.dropout(torch.stack([block(h) for block in self.blocks]))  # [L, B, ...]
+            h = (s[:, k].reshape(-1, 1, *extra) * outs).sum(dim=0)
+        return h

@@ -1,0 +1,108 @@
+"""What a task is: a name, its data splits, its output kind, loss and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flexmtl.errors import ConfigError, ShapeError
+
+KINDS = ("multiclass", "binary", "regression")
+
+
+class Split(NamedTuple):
+    """Inputs ``x`` ``[N, *input_shape]`` and targets ``y`` ``[N]`` (or ``[N, outputs]``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def as_split(data, kind: str) -> Split:
+    """Turn ``(x, y)`` arrays or tensors into a :class:`Split` with checked dtypes and sizes."""
+    x, y = data
+    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
+    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
+    y = y.long() if kind == "multiclass" else y.float()
+    if len(x) != len(y):
+        raise ShapeError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
+    if len(x) == 0:
+        raise ShapeError("a data split is empty")
+    return Split(x, y)
+
+
+@dataclass
+class Task:
+    """One task of a multi-task problem.
+
+    Args:
+        name: unique name (used in logs and results).
+        kind: ``"multiclass"`` (softmax + cross-entropy), ``"binary"`` (one sigmoid output +
+            binary cross-entropy) or ``"regression"`` (mean squared error).
+        train, val, test: ``(x, y)`` pairs; ``val`` selects the checkpoint and ``test`` is
+            evaluated once at the end. Either may be None.
+        num_outputs: classes for ``multiclass``; 1 for ``binary``; output size for
+            ``regression`` (inferred when omitted).
+        note: where the data came from (shown in run output and results).
+    """
+
+    name: str
+    kind: str
+    train: Split
+    val: Split | None = None
+    test: Split | None = None
+    num_outputs: int = 0
+    note: str = ""
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        self.train = as_split(self.train, self.kind)
+        self.val = None if self.val is None else as_split(self.val, self.kind)
+        self.test = None if self.test is None else as_split(self.test, self.kind)
+        for split in (self.val, self.test):
+            if split is not None and split.x.shape[1:] != self.train.x.shape[1:]:
+                raise ShapeError(
+                    f"task {self.name!r}: split input shape {tuple(split.x.shape[1:])} differs "
+                    f"from train {tuple(self.train.x.shape[1:])}"
+                )
+        if not self.num_outputs:
+            if self.kind == "multiclass":
+                self.num_outputs = int(self.train.y.max()) + 1
+            elif self.kind == "binary":
+                self.num_outputs = 1
+            else:
+                self.num_outputs = 1 if self.train.y.ndim == 1 else self.train.y.shape[1]
+        if self.kind == "multiclass":
+            for split in (self.train, self.val, self.test):
+                if split is not None and (split.y.min() < 0 or split.y.max() >= self.num_outputs):
+                    raise ShapeError(
+                        f"task {self.name!r}: labels must lie in 0..{self.num_outputs - 1}"
+                    )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss of a batch: cross-entropy, binary cross-entropy or squared error."""
+        if self.kind == "multiclass":
+            return F.cross_entropy(output, target)
+        if self.kind == "binary":
+            return F.binary_cross_entropy_with_logits(output.reshape(target.shape), target)
+        return F.mse_loss(output.reshape(target.shape), target)
+
+    def correct(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Number of correct predictions in a batch (None for regression)."""
+        if self.kind == "multiclass":
+            return (output.argmax(dim=1) == target).sum()
+        if self.kind == "binary":
+            return ((output.reshape(target.shape) > 0).float() == target).sum()
+        return None

@@ -1,0 +1,21 @@
+"""Training: schedules, the multi-task trainer, checkpoints."""
+
+from flexmtl.training.checkpoint import atomic_save, load_checkpoint, seed_everything
+from flexmtl.training.sampler import TaskBatchSampler
+from flexmtl.training.schedules import SCHEDULES, JointSchedule, RoundRobinSchedule, Schedule
+from flexmtl.training.trainer import OPTIMIZERS, TrainConfig, Trainer, TrainResult
+
+__all__ = [
+    "atomic_save",
+    "load_checkpoint",
+    "seed_everything",
+    "TaskBatchSampler",
+    "SCHEDULES",
+    "Schedule",
+    "JointSchedule",
+    "RoundRobinSchedule",
+    "OPTIMIZERS",
+    "TrainConfig",
+    "Trainer",
+    "TrainResult",
+]

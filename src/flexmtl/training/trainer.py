@@ -1,0 +1,374 @@
+"""The multi-task trainer: schedules, validation, checkpoint selection, resume, logs.
+
+Protocol (soft ordering paper, appendix A): each step draws one random batch per task and
+the schedule turns their losses into updates (``joint``: one update from the summed
+losses). The model is validated every ``eval_every`` steps; the checkpoint with the best
+validation score (summed validation loss by default) is kept, and the test splits are
+evaluated once, at the end, on that checkpoint. A run writes into ``out_dir``:
+
+* ``train_log.csv`` -- per-step training losses (every ``log_every`` steps);
+* ``eval_log.csv`` -- validation metrics at every evaluation;
+* ``last.pt`` -- model, optimiser, sampler and RNG state (atomic; a killed run resumes);
+* ``best.pt`` -- the selected model;
+* ``sharing.pt`` -- the core's sharing parameters over training (e.g. soft-order scales).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flexmtl.errors import ConfigError, TrainingDiverged
+from flexmtl.registry import Registry
+from flexmtl.tasks import Split, Task
+from flexmtl.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from flexmtl.training.sampler import TaskBatchSampler
+from flexmtl.training.schedules import SCHEDULES
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("adam", torch.optim.Adam)
+OPTIMIZERS.register("sgd", torch.optim.SGD)
+OPTIMIZERS.register("rmsprop", torch.optim.RMSprop)
+
+SELECT_ON = ("val_loss", "val_accuracy", "last")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (one method, one seed)."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "joint"
+    eval_every: int = 50
+    log_every: int = 1
+    checkpoint_every: int = 0  # 0: at every evaluation
+    select_on: str = "val_loss"
+    eval_batch_size: int = 1024
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default (1 is fastest for tiny layers)
+    progress: bool = True
+
+    def validate(self) -> None:
+        OPTIMIZERS.get(self.optimizer)
+        SCHEDULES.get(self.schedule)
+        if self.select_on not in SELECT_ON:
+            raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        for name in ("steps", "batch_size", "eval_every", "log_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: the selected step and per-task test metrics."""
+
+    best_step: int
+    best_score: float
+    val: dict
+    test: dict
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a :class:`~flexmtl.models.MultiTaskModel` (or any ``model(x, task)``) on tasks.
+
+    Args:
+        model: module called as ``model(x, task_index)``.
+        tasks: the tasks, in the model's task order.
+        config: a :class:`TrainConfig`.
+        out_dir: run folder for logs and checkpoints; None keeps everything in memory.
+        resume: continue from ``out_dir/last.pt`` when it exists.
+        callbacks: called as ``fn(trainer, step)`` after every step (for tests and tools).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[Task],
+        config: TrainConfig | None = None,
+        out_dir: str | Path | None = None,
+        resume: bool = True,
+        callbacks: Sequence[Callable[[Trainer, int], None]] = (),
+    ):
+        self.config = config or TrainConfig()
+        self.config.validate()
+        if not tasks:
+            raise ConfigError("no tasks to train")
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.device = torch.device(self.config.device)
+        self.model = model.to(self.device)
+        self.tasks = list(tasks)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.callbacks = list(callbacks)
+        cfg = self.config
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.schedule = SCHEDULES.get(cfg.schedule)()
+        self.sampler = TaskBatchSampler([len(t.train) for t in self.tasks], cfg.batch_size, cfg.seed)
+        self.task_order_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.train_data = [self._to_device(t.train) for t in self.tasks]
+        self.step = 0
+        self.best_score = math.inf
+        self.best_step = -1
+        self.history: list[dict] = []  # one entry per evaluation
+        self.sharing: list[tuple[int, torch.Tensor]] = []
+        self.last_checkpoint_step: int | None = None
+        self._best_in_memory: dict | None = None
+        if resume and self.out_dir is not None and (self.out_dir / "last.pt").exists():
+            self._resume(self.out_dir / "last.pt")
+
+    # ------------------------------------------------------------------ data and metrics
+    def _to_device(self, split: Split) -> Split:
+        return Split(split.x.to(self.device), split.y.to(self.device))
+
+    def _batch(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.sampler.next(task).to(self.device)
+        data = self.train_data[task]
+        return data.x[idx], data.y[idx]
+
+    def _loss(self, task: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.tasks[task].loss(self.model(x, task), y)
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> dict:
+        """Mean loss and accuracy of every task on ``split`` (``train``/``val``/``test``).
+
+        Returns ``{"tasks": {name: {"loss", "accuracy"}}, "loss": sum of task losses,
+        "accuracy": mean task accuracy}``; tasks without that split are left out.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        per_task = {}
+        try:
+            for t, task in enumerate(self.tasks):
+                data = getattr(task, split)
+                if data is None:
+                    continue
+                total_loss, correct = 0.0, 0.0
+                for start in range(0, len(data), self.config.eval_batch_size):
+                    x = data.x[start : start + self.config.eval_batch_size].to(self.device)
+                    y = data.y[start : start + self.config.eval_batch_size].to(self.device)
+                    out = self.model(x, t)
+                    total_loss += float(task.loss(out, y)) * len(x)
+                    c = task.correct(out, y)
+                    correct += float(c) if c is not None else math.nan
+                per_task[task.name] = {
+                    "loss": total_loss / len(data),
+                    "accuracy": correct / len(data),
+                }
+        finally:
+            self.model.train(was_training)
+        if not per_task:
+            return {"tasks": {}, "loss": math.nan, "accuracy": math.nan}
+        return {
+            "tasks": per_task,
+            "loss": sum(m["loss"] for m in per_task.values()),
+            "accuracy": sum(m["accuracy"] for m in per_task.values()) / len(per_task),
+        }
+
+    def _score(self, metrics: dict) -> float:
+        """Lower is better."""
+        if self.config.select_on == "val_accuracy":
+            return -metrics["accuracy"]
+        if self.config.select_on == "last":
+            return -self.step
+        return metrics["loss"]
+
+    def _check(self, value: torch.Tensor, task_indices: Sequence[int]) -> None:
+        if torch.isfinite(value):
+            return
+        names = ", ".join(self.tasks[t].name for t in task_indices)
+        where = (
+            f"the last good checkpoint is {self.out_dir / 'last.pt'} (step "
+            f"{self.last_checkpoint_step})"
+            if self.last_checkpoint_step is not None
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDiverged(
+            f"loss became {float(value.detach())} at step {self.step + 1} (tasks: {names}); training "
+            f"stopped and {where}. Try a lower learning rate or check the inputs for NaN."
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _snapshot_sharing(self) -> None:
+        snap = getattr(self.model, "core", None)
+        fn = getattr(snap, "sharing_snapshot", None)
+        if callable(fn):
+            self.sharing.append((self.step, fn().detach().cpu().clone()))
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "task_order_generator": self.task_order_generator.get_state(),
+            "rng": rng_state(),
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "history": self.history,
+            "sharing": self.sharing,
+            "config": asdict(self.config),
+        }
+
+    def _save_last(self) -> None:
+        if self.out_dir is None:
+            return
+        atomic_save(self.state_dict(), self.out_dir / "last.pt")
+        self.last_checkpoint_step = self.step
+
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(path, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.task_order_generator.set_state(state["task_order_generator"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.best_score = state["best_score"]
+        self.best_step = state["best_step"]
+        self.history = state["history"]
+        self.sharing = state["sharing"]
+        self.last_checkpoint_step = self.step
+        # rows a killed run logged after its last checkpoint are dropped (they are redone)
+        for name in ("train_log.csv", "eval_log.csv"):
+            _truncate_csv(self.out_dir / name, self.step)
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> TrainResult:
+        """Train to ``config.steps`` (resuming where a previous run stopped) and test once."""
+        cfg = self.config
+        start_time = time.perf_counter()
+        train_log = _CsvLog(self.out_dir, "train_log.csv")
+        eval_log = _CsvLog(self.out_dir, "eval_log.csv")
+        if self.step == 0:
+            self._snapshot_sharing()
+        bar = _progress(cfg.steps, self.step, cfg.progress)
+        self.model.train()
+        try:
+            while self.step < cfg.steps:
+                losses = self.schedule.step(
+                    len(self.tasks), self._batch, self._loss, self.optimizer,
+                    self.task_order_generator, self._check,
+                )
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    row = {"step": self.step, "loss": sum(losses)}
+                    row.update({f"loss/{t.name}": v for t, v in zip(self.tasks, losses)})
+                    train_log.write(row)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    self._evaluate_and_select(eval_log)
+                    bar.set_postfix(loss=f"{sum(losses):.4f}", val=f"{self.history[-1]['loss']:.4f}")
+                every = cfg.checkpoint_every or cfg.eval_every
+                if self.step % every == 0 or self.step == cfg.steps:
+                    self._save_last()
+                bar.update(1)
+                for callback in self.callbacks:
+                    callback(self, self.step)
+        finally:
+            bar.close()
+            train_log.close()
+            eval_log.close()
+        return self._finish(time.perf_counter() - start_time)
+
+    def _evaluate_and_select(self, eval_log: _CsvLog) -> None:
+        metrics = self.evaluate("val")
+        has_val = bool(metrics["tasks"])
+        score = self._score(metrics) if has_val else -self.step
+        entry = {"step": self.step, "loss": metrics["loss"], "accuracy": metrics["accuracy"]}
+        for name, m in metrics["tasks"].items():
+            entry[f"loss/{name}"] = m["loss"]
+            entry[f"accuracy/{name}"] = m["accuracy"]
+        self.history.append(entry)
+        eval_log.write(entry)
+        self._snapshot_sharing()
+        if score < self.best_score:
+            self.best_score, self.best_step = score, self.step
+            if self.out_dir is not None:
+                atomic_save({"step": self.step, "model": self.model.state_dict()},
+                            self.out_dir / "best.pt")
+            else:
+                self._best_in_memory = {k: v.detach().clone()
+                                        for k, v in self.model.state_dict().items()}
+
+    def _finish(self, seconds: float) -> TrainResult:
+        if self.out_dir is not None:
+            atomic_save({"sharing": self.sharing}, self.out_dir / "sharing.pt")
+            best = load_checkpoint(self.out_dir / "best.pt", self.device)["model"]
+        else:
+            best = self._best_in_memory or self.model.state_dict()
+        last_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(best)
+        val, test = self.evaluate("val"), self.evaluate("test")
+        self.final_state = last_state
+        return TrainResult(
+            best_step=self.best_step, best_score=self.best_score, val=val, test=test,
+            steps=self.step, seconds=seconds, history=self.history,
+        )
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, leave=False,
+                dynamic_ncols=True, desc="train")
+
+
+class _CsvLog:
+    """Appends dict rows to a CSV file; the header is fixed by the first row written."""
+
+    def __init__(self, out_dir: Path | None, name: str):
+        self.path = out_dir / name if out_dir is not None else None
+        self.file = None
+        self.writer = None
+
+    def write(self, row: dict) -> None:
+        if self.path is None:
+            return
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            exists = self.path.exists() and self.path.stat().st_size > 0
+            self.file = open(self.path, "a", newline="", buffering=1)  # line-buffered
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            if not exists:
+                self.writer.writeheader()
+        self.writer.writerow(row)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = self.writer = None
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:]
+                        if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= last_step]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(kept)

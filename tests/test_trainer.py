@@ -1,0 +1,172 @@
+"""The multi-task trainer: protocol, determinism, resume, selection, divergence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flexmtl import Task, TrainConfig, Trainer, TrainingDiverged, build_model, make_core
+from flexmtl.experiments.soft_ordering import dense_blocks
+
+
+def make_tasks(num=2, n=60, features=(5, 7), seed=0):
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for i in range(num):
+        f = features[i % len(features)]
+        x = rng.random((n, f)).astype(np.float32)
+        y = (x[:, 0] > 0.5).astype(np.int64) + (x[:, 1] > 0.5)
+        tasks.append(Task(f"t{i}", "multiclass", (x[:40], y[:40]), (x[40:50], y[40:50]),
+                          (x[50:], y[50:]), num_outputs=3))
+    return tasks
+
+
+def make_model(method="soft", tasks=None, seed=0, encoder="learned", dropout=0.2):
+    tasks = tasks or make_tasks()
+    torch.manual_seed(seed)
+    core = make_core(method, dense_blocks(8, 3), len(tasks), seed=seed, dropout=dropout)
+    return build_model(tasks, core, encoder=encoder)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_joint_step_is_one_adam_update_of_the_summed_loss():
+    tasks = make_tasks()
+    model = make_model(tasks=tasks, dropout=0.0)
+    reference = make_model(tasks=tasks, dropout=0.0)
+    reference.load_state_dict(model.state_dict())
+    cfg = TrainConfig(steps=1, batch_size=8, eval_every=1, progress=False, seed=3)
+    trainer = Trainer(model, tasks, cfg)
+    # the same batches, drawn by a fresh sampler with the same seed
+    from flexmtl.training import TaskBatchSampler
+
+    sampler = TaskBatchSampler([len(t.train) for t in tasks], 8, 3)
+    opt = torch.optim.Adam(reference.parameters(), lr=cfg.lr)
+    loss = sum(t.loss(reference(t.train.x[i], k), t.train.y[i])
+               for k, t in enumerate(tasks) for i in [sampler.next(k)])
+    loss.backward()
+    opt.step()
+    trainer.fit()
+    for (k, a), b in zip(trainer.final_state.items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_training_learns_and_reports_per_task_metrics(tmp_path):
+    tasks = make_tasks()
+    trainer = Trainer(make_model(tasks=tasks), tasks,
+                      TrainConfig(steps=150, batch_size=16, eval_every=25, lr=1e-2,
+                                  progress=False), out_dir=tmp_path)
+    before = trainer.evaluate("train")["loss"]
+    result = trainer.fit()
+    assert trainer.evaluate("train")["loss"] < before
+    assert set(result.test["tasks"]) == {"t0", "t1"}
+    assert 0 <= result.test["accuracy"] <= 1
+    # checkpoint selected on validation loss, among the evaluated steps
+    best = min(result.history, key=lambda h: h["loss"])
+    assert result.best_step == best["step"]
+    assert result.val["loss"] == pytest.approx(best["loss"], rel=1e-5)
+    for name in ("train_log.csv", "eval_log.csv", "last.pt", "best.pt", "sharing.pt"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert rows[0].split(",")[:2] == ["step", "loss"] and len(rows) == 151
+    snaps = torch.load(tmp_path / "sharing.pt", weights_only=False)["sharing"]
+    assert [s for s, _ in snaps] == [0, 25, 50, 75, 100, 125, 150]
+
+
+def test_same_seed_same_result_on_cpu():
+    tasks = make_tasks()
+    runs = []
+    for _ in range(2):
+        t = Trainer(make_model(tasks=tasks), tasks,
+                    TrainConfig(steps=20, batch_size=8, eval_every=10, progress=False))
+        t.fit()
+        runs.append(t.final_state)
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+
+
+def test_frozen_encoders_do_not_change():
+    tasks = make_tasks()
+    model = make_model(tasks=tasks, encoder="frozen")
+    enc_before = params(model.encoders)
+    core_before = params(model.core)
+    Trainer(model, tasks, TrainConfig(steps=10, eval_every=5, progress=False)).fit()
+    for k, v in params(model.encoders).items():
+        assert torch.equal(v, enc_before[k]), k
+    assert any(not torch.equal(v, core_before[k]) for k, v in params(model.core).items())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    tasks = make_tasks()
+    model = make_model(tasks=tasks)
+
+    def poison(trainer, step):
+        if step == 7:
+            with torch.no_grad():
+                trainer.model.core.blocks[0][0].weight.fill_(float("nan"))
+
+    trainer = Trainer(model, tasks, TrainConfig(steps=20, eval_every=5, progress=False),
+                      out_dir=tmp_path, callbacks=[poison])
+    with pytest.raises(TrainingDiverged, match=r"step 8.*last.pt \(step 5\)"):
+        trainer.fit()
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from test_trainer import make_tasks, make_model
+    from flexmtl import Trainer, TrainConfig
+
+    def kill(trainer, step):
+        if step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    tasks = make_tasks()
+    cfg = TrainConfig(steps=30, batch_size=8, eval_every=10, progress=False)
+    result = Trainer(make_model(tasks=tasks), tasks, cfg, out_dir=sys.argv[1],
+                     callbacks=[kill]).fit()
+    print(result.test["loss"])
+""")
+
+
+def test_killed_run_resumes_exactly_where_it_stopped(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    ref = subprocess.run([sys.executable, script, tmp_path / "ref", "0"], env=env,
+                         capture_output=True, text=True, check=True)
+    killed = subprocess.run([sys.executable, script, tmp_path / "run", "25"], env=env,
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 20
+    resumed = subprocess.run([sys.executable, script, tmp_path / "run", "0"], env=env,
+                             capture_output=True, text=True, check=True)
+    assert resumed.stdout == ref.stdout
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ref_log = (tmp_path / "ref" / "train_log.csv").read_text()
+    assert (tmp_path / "run" / "train_log.csv").read_text() == ref_log
+
+
+def test_round_robin_schedule_makes_one_update_per_task():
+    tasks = make_tasks()
+    model = make_model(tasks=tasks)
+    trainer = Trainer(model, tasks, TrainConfig(steps=3, schedule="round-robin", eval_every=3,
+                                                progress=False))
+    trainer.fit()
+    assert trainer.optimizer.state_dict()["state"][0]["step"] == 6  # 3 steps x 2 tasks
+    json.dumps(trainer.history)  # history is plain data
