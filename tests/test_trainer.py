@@ -170,3 +170,12 @@ def test_round_robin_schedule_makes_one_update_per_task():
     trainer.fit()
     assert trainer.optimizer.state_dict()["state"][0]["step"] == 6  # 3 steps x 2 tasks
     json.dumps(trainer.history)  # history is plain data
+
+
+def test_fresh_start_replaces_logs_of_an_attempt_without_checkpoint(tmp_path):
+    tasks = make_tasks()
+    (tmp_path / "train_log.csv").write_text("step,loss\n1,9\n2,9\n")
+    Trainer(make_model(tasks=tasks), tasks,
+            TrainConfig(steps=4, eval_every=2, progress=False), out_dir=tmp_path).fit()
+    steps = [r.split(",")[0] for r in (tmp_path / "train_log.csv").read_text().splitlines()]
+    assert steps == ["step", "1", "2", "3", "4"]

@@ -105,7 +105,14 @@ def _cmd_plot(run_dir: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse leaves key=value overrides given after an option (`run uci --seeds 1
+        # width=8`) unparsed; they are overrides all the same
+        if args.command != "run" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "list":
             _cmd_list()

@@ -61,7 +61,8 @@ class MultiTaskModel(nn.Module):
 
     Args:
         core: a :class:`~flexmtl.sharing.SharedCore` (or any module with the same
-            ``core(h, task)`` signature and a ``feature_shape`` attribute).
+            ``core(h, task)`` signature and ``num_tasks``, ``feature_shape`` (input) and
+            ``output_shape`` attributes).
         encoders: one module per task (the same module may appear several times to share it).
         decoders: one module per task.
         task_names: optional names, for messages and results.
@@ -146,5 +147,5 @@ def build_model(
             raise ConfigError(
                 f"decoder {kind!r} does not suit task {task.name!r} of kind {task.kind!r}"
             )
-        decoders.append(make_decoder(kind, feature_shape, task.num_outputs))
+        decoders.append(make_decoder(kind, core.output_shape, task.num_outputs))
     return MultiTaskModel(core, encoders, decoders, [t.name for t in tasks])

@@ -67,11 +67,11 @@ def run_experiment(
 
     point_results = []
     values = [None] if points is None else list(points[1])
-    data_sources: dict[str, str] = {}
     start = time.perf_counter()
     for value in values:
         point_cfg = dict(cfg) if value is None else {**cfg, points[0]: value}
         point_dir = out if value is None else out / f"{points[0]}={value}"
+        data_sources: dict[str, str] = {}  # per point: e.g. a swept n changes the data
         runs = {}
         for method in methods:
             runs[method] = [
@@ -79,8 +79,8 @@ def run_experiment(
                          progress, data_sources, log)
                 for seed in range(seeds)
             ]
-        point_results.append({"value": value, "methods": _aggregate(runs)})
-    results = _results(exp, manifest, point_results, data_sources, time.perf_counter() - start)
+        point_results.append({"value": value, "methods": _aggregate(runs), "data": data_sources})
+    results = _results(exp, manifest, point_results, time.perf_counter() - start)
     (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True))
     log(format_table(results))
     if plots:
@@ -101,7 +101,7 @@ def _sweep_points(exp: Experiment, cfg: dict, sweep) -> tuple[str, tuple] | None
 
 def _write_or_check_manifest(out: Path, manifest: dict) -> None:
     path = out / "config.json"
-    if path.exists():
+    if path.exists() and _has_runs(out):
         old = json.loads(path.read_text())
         same = {k: old.get(k) for k in ("experiment", "config", "sweep")}
         new = json.loads(json.dumps({k: manifest[k] for k in ("experiment", "config", "sweep")}))
@@ -121,10 +121,18 @@ def _write_or_check_manifest(out: Path, manifest: dict) -> None:
     path.write_text(json.dumps(manifest, indent=2))
 
 
+def _has_runs(out: Path) -> bool:
+    """Whether ``out`` holds a run worth protecting: a checkpoint or a finished result (an
+    attempt that failed before its first checkpoint, e.g. on a bad value, holds neither)."""
+    return any(next(out.rglob(name), None) is not None for name in ("last.pt", "result.json"))
+
+
 def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log) -> dict:
     done = run_dir / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
+        for t in result.get("tasks") or []:  # a rerun's results still name the data
+            data_sources.setdefault(t["name"], t.get("note", ""))
         log(f"  {method:>9} seed {seed}: done before (test loss {result['test']['loss']:.4f})")
         return result
     seed_everything(seed)
@@ -171,7 +179,7 @@ def _aggregate(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def _results(exp, manifest, points, data_sources, seconds) -> dict:
+def _results(exp, manifest, points, seconds) -> dict:
     sweep = manifest["sweep"]
     main = points[-1]
     if sweep is not None:
@@ -183,7 +191,7 @@ def _results(exp, manifest, points, data_sources, seconds) -> dict:
         "paper": exp.paper,
         "config": manifest["config"],
         "seeds": manifest["seeds"],
-        "data": data_sources,
+        "data": main["data"],
         "notes": list(exp.notes),
         "test_loss_is": "sum over tasks of the mean per-example loss",
         "test_accuracy_is": "mean over tasks of the per-task accuracy",

@@ -9,6 +9,7 @@ are errors with close suggestions.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -143,7 +144,9 @@ def coerce(value: Any, default: Any, key: str) -> Any:
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{key} must be a number, got {value!r}")
-            return type(default)(value) if isinstance(default, float) else _as_int(value, key)
+            if isinstance(default, float):
+                return _not_nan(float(value), key)
+            return _as_int(value, key)
         return value
     try:
         if isinstance(default, bool):
@@ -154,7 +157,7 @@ def coerce(value: Any, default: Any, key: str) -> Any:
         if isinstance(default, int):
             return int(value)
         if isinstance(default, float):
-            return float(value)
+            return _not_nan(float(value), key)
         if isinstance(default, (tuple, list)):
             kind = type(default[0]) if default else str
             return tuple(kind(v) for v in value.split(",") if v)
@@ -162,6 +165,13 @@ def coerce(value: Any, default: Any, key: str) -> Any:
         raise ConfigError(
             f"{key}={value!r}: expected {type(default).__name__} like {default!r}"
         ) from None
+    return value
+
+
+def _not_nan(value: float, key: str) -> float:
+    # NaN passes every range check (all comparisons are False), so it is refused here
+    if math.isnan(value):
+        raise ConfigError(f"{key} must be a number, got nan")
     return value
 
 

@@ -142,6 +142,11 @@ class SharedCore(nn.Module):
     def num_layers(self) -> int:
         return len(self.blocks)
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Per-example output shape (orderings preserve the shape)."""
+        return self.feature_shape
+
     def _check_task(self, task: int) -> None:
         if not 0 <= task < self.num_tasks:
             raise IndexError(f"task index {task} out of range for {self.num_tasks} tasks")

@@ -137,6 +137,9 @@ class Trainer:
         self._best_in_memory: dict | None = None
         if resume and self.out_dir is not None and (self.out_dir / "last.pt").exists():
             self._resume(self.out_dir / "last.pt")
+        elif self.out_dir is not None:  # a fresh start: logs of an earlier attempt are stale
+            for name in ("train_log.csv", "eval_log.csv"):
+                (self.out_dir / name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ data and metrics
     def _to_device(self, split: Split) -> Split:
