@@ -179,3 +179,43 @@ def test_fresh_start_replaces_logs_of_an_attempt_without_checkpoint(tmp_path):
             TrainConfig(steps=4, eval_every=2, progress=False), out_dir=tmp_path).fit()
     steps = [r.split(",")[0] for r in (tmp_path / "train_log.csv").read_text().splitlines()]
     assert steps == ["step", "1", "2", "3", "4"]
+
+
+def test_parameter_groups_skip_l2_on_biases_and_sharing_parameters():
+    from flexmtl.training.trainer import parameter_groups
+
+    model = make_model("soft")
+    groups = {g["name"]: g for g in parameter_groups(
+        model, TrainConfig(lr=0.01, weight_decay=0.1, sharing_lr=0.5))}
+    assert groups["sharing"]["params"] == [model.core.scale_logits]
+    assert groups["sharing"]["lr"] == 0.5 and groups["sharing"]["weight_decay"] == 0.0
+    assert all(p.ndim == 1 for p in groups["biases"]["params"])
+    assert groups["biases"]["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in groups["weights"]["params"])
+    assert groups["weights"]["weight_decay"] == 0.1
+    counted = sum(len(g["params"]) for g in groups.values())
+    assert counted == sum(1 for p in model.parameters() if p.requires_grad)
+    model.core.sharing_lr_multiplier = 4.0  # e.g. Gumbel-Matrix: tasks x lr
+    groups = {g["name"]: g for g in parameter_groups(model, TrainConfig(lr=0.01))}
+    assert groups["sharing"]["lr"] == pytest.approx(0.04)
+
+
+def test_core_regularization_is_added_to_each_task_loss():
+    tasks = make_tasks()
+    model = make_model(tasks=tasks, dropout=0.0)
+    trainer = Trainer(model, tasks, TrainConfig(progress=False))
+    x, y = tasks[1].train
+    plain = trainer._loss(1, x, y).detach()
+    model.core.regularization = lambda task: torch.tensor(10.0 * (task + 1))
+    assert float(trainer._loss(1, x, y).detach()) == pytest.approx(float(plain) + 20.0)
+
+
+def test_gradient_clipping_bounds_the_update_norm():
+    tasks = make_tasks()
+    model = make_model(tasks=tasks, dropout=0.0)
+    trainer = Trainer(model, tasks, TrainConfig(optimizer="sgd", lr=1.0, clip_grad_norm=0.01,
+                                                progress=False))
+    before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    trainer._update(1000 * trainer._loss(0, *tasks[0].train), [0])
+    after = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    assert float((after - before).norm()) == pytest.approx(0.01, rel=1e-4)

@@ -288,6 +288,10 @@ class SoftOrdering(SharedCore):
             return torch.softmax(logits, dim=-2)  # over layers (Eq. 7), never over depths
         return torch.sigmoid(logits)
 
+    def sharing_parameters(self) -> list[nn.Parameter]:
+        """Parameters that decide the sharing (own optimiser group, no weight decay)."""
+        return [self.scale_logits]
+
     def sharing_snapshot(self) -> torch.Tensor:
         """What the trainer logs over training: the scales ``[tasks, layers, depths]``."""
         return self.scales()

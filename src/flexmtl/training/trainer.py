@@ -48,7 +48,9 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2; never applied to biases or to sharing parameters
+    sharing_lr: float = 0.0  # lr of the sharing parameters (0: lr x the core's multiplier)
+    clip_grad_norm: float = 0.0  # 0: no clipping
     schedule: str = "joint"
     eval_every: int = 50
     log_every: int = 1
@@ -72,6 +74,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "sharing_lr", "clip_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -120,10 +125,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks)
         cfg = self.config
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(parameter_groups(model, cfg))
         self.schedule = SCHEDULES.get(cfg.schedule)()
         self.sampler = TaskBatchSampler([len(t.train) for t in self.tasks], cfg.batch_size, cfg.seed)
         self.task_order_generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -151,7 +153,18 @@ class Trainer:
         return data.x[idx], data.y[idx]
 
     def _loss(self, task: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.tasks[task].loss(self.model(x, task), y)
+        """Task loss plus the core's regularisation for this task (e.g. a budget penalty)."""
+        loss = self.tasks[task].loss(self.model(x, task), y)
+        regularization = getattr(getattr(self.model, "core", None), "regularization", None)
+        return loss + regularization(task) if callable(regularization) else loss
+
+    def _update(self, loss: torch.Tensor, task_indices: Sequence[int]) -> None:
+        self._check(loss, task_indices)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+        self.optimizer.step()
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict:
@@ -271,10 +284,8 @@ class Trainer:
         self.model.train()
         try:
             while self.step < cfg.steps:
-                losses = self.schedule.step(
-                    len(self.tasks), self._batch, self._loss, self.optimizer,
-                    self.task_order_generator, self._check,
-                )
+                losses = self.schedule.step(len(self.tasks), self._batch, self._loss,
+                                            self._update, self.task_order_generator)
                 self.step += 1
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     row = {"step": self.step, "loss": sum(losses)}
@@ -329,6 +340,28 @@ class Trainer:
             best_step=self.best_step, best_score=self.best_score, val=val, test=test,
             steps=self.step, seconds=seconds, history=self.history,
         )
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Optimiser groups: weights (with L2), biases and norms (no L2), sharing parameters.
+
+    Sharing parameters are those the core returns from ``sharing_parameters()`` (soft-order
+    scales, allocation logits). They get ``cfg.sharing_lr``, or ``cfg.lr`` times the core's
+    ``sharing_lr_multiplier`` (the Gumbel-Matrix rule of thumb: number of tasks), and no L2.
+    """
+    core = getattr(model, "core", None)
+    sharing_fn = getattr(core, "sharing_parameters", None)
+    sharing = [p for p in (sharing_fn() if callable(sharing_fn) else []) if p.requires_grad]
+    ids = {id(p) for p in sharing}
+    trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
+    groups = [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "weights"},
+              {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "name": "biases"}]
+    if sharing:
+        lr = cfg.sharing_lr or cfg.lr * getattr(core, "sharing_lr_multiplier", 1.0)
+        groups.append({"params": sharing, "lr": lr, "weight_decay": 0.0, "name": "sharing"})
+    return [g for g in groups if g["params"]]
 
 
 def _progress(total: int, initial: int, enabled: bool):
