@@ -148,6 +148,8 @@ def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log)
         "method": method, "seed": seed, "best_step": res.best_step, "steps": res.steps,
         "seconds": res.seconds, "resumed_from": resumed, "val": res.val, "test": res.test,
         "tasks": [{"name": t.name, "note": t.note, **t.info} for t in tasks],
+        # measured on the selected checkpoint, which fit() has loaded into the model
+        "analysis": exp.analyze(model, tasks, cfg) if exp.analyze else {},
     }
     done.write_text(json.dumps(result, indent=2, allow_nan=True))
     test = res.test if res.test["tasks"] else res.val
@@ -166,6 +168,8 @@ def _aggregate(runs: dict[str, list[dict]]) -> dict:
                 if all(isinstance(v, (int, float)) and not math.isnan(v) for v in vals):
                     metrics[f"{split}_{key}"] = summarize(vals)
         metrics["train_seconds"] = summarize([r["seconds"] for r in results])
+        for key in results[0].get("analysis", {}):
+            metrics[key] = summarize([r["analysis"][key] for r in results])
         per_task: dict[str, dict] = {}
         for name in results[0]["test"]["tasks"]:
             per_task[name] = {
@@ -203,20 +207,27 @@ def _results(exp, manifest, points, seconds) -> dict:
 
 
 def format_table(results: dict) -> str:
-    """A text table of mean ± 95% CI per method (and sweep value)."""
+    """A text table of mean ± 95% CI per method (and sweep value).
+
+    Columns: test loss, test accuracy, and any analysis metric of the experiment.
+    """
     lines = []
     sweep = results.get("sweep")
     blocks = [(None, results["methods"])] if sweep is None else [
         (f"{sweep['key']}={p['value']}", p["methods"]) for p in sweep["points"]]
-    header = f"{'method':>10}  {'test loss (sum)':>22}  {'test accuracy (mean)':>22}"
+    standard = {"test_loss", "test_accuracy", "val_loss", "val_accuracy", "train_seconds"}
+    extra = list(dict.fromkeys(k for _, methods in blocks for e in methods.values()
+                               for k in e["metrics"] if k not in standard))
+    columns = [("test_loss", "test loss (sum)"), ("test_accuracy", "test accuracy (mean)")]
+    columns += [(k, k.replace("_", " ")) for k in extra]
+    header = f"{'method':>14}" + "".join(f"  {title:>22}" for _, title in columns)
     for label, methods in blocks:
         lines.append(f"\n{results['experiment']}" + (f" [{label}]" if label else ""))
         lines.append(header)
         for method, entry in methods.items():
             m = entry["metrics"]
-            loss = format_mean_ci(m["test_loss"]) if "test_loss" in m else "-"
-            acc = format_mean_ci(m["test_accuracy"]) if "test_accuracy" in m else "-"
-            lines.append(f"{method:>10}  {loss:>22}  {acc:>22}")
+            cells = [format_mean_ci(m[k]) if k in m else "-" for k, _ in columns]
+            lines.append(f"{method:>14}" + "".join(f"  {c:>22}" for c in cells))
     n = len(results["seeds"])
     lines.append(f"(mean ± 95% CI over {n} seed(s))" if n > 1 else "(one seed: no interval)")
     return "\n".join(lines)

@@ -40,6 +40,8 @@ class Experiment:
         methods: the methods it supports; ``default_methods`` run when none are named.
         sweep: a default ``(key, values)`` swept by ``flexmtl run`` (e.g. samples per task).
         data: the data sources it reads (names from ``flexmtl.data.data_status``).
+        analyze: ``(model, tasks, config) -> {name: number}``, measured on the selected
+            checkpoint after training (e.g. active connections); summarised over seeds.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Experiment:
     sweep: tuple[str, tuple] | None = None
     data: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    analyze: Callable[[nn.Module, list[Task], dict], dict[str, float]] | None = None
 
     def check_methods(self, methods: Sequence[str]) -> list[str]:
         for m in methods:

@@ -19,7 +19,7 @@ import csv
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ class TrainConfig:
     """Settings of one training run (one method, one seed)."""
 
     steps: int = 1000
+    epochs: float = 0.0  # > 0: steps = epochs x batches per epoch of the largest task
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -74,7 +75,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "sharing_lr", "clip_grad_norm"):
+        for name in ("epochs", "weight_decay", "sharing_lr", "clip_grad_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -117,6 +118,9 @@ class Trainer:
         self.config.validate()
         if not tasks:
             raise ConfigError("no tasks to train")
+        if self.config.epochs:
+            per_epoch = max(math.ceil(len(t.train) / self.config.batch_size) for t in tasks)
+            self.config = replace(self.config, steps=math.ceil(self.config.epochs * per_epoch))
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.device = torch.device(self.config.device)
