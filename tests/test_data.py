@@ -433,7 +433,9 @@ def test_unknown_uci_name_suggests_close_match():
 
 def test_status_rows(tmp_path):
     rows = data_status(tmp_path)
-    assert [r["name"] for r in rows] == ["mnist", "fashion-mnist", *UCI_TASKS]
+    assert [r["name"] for r in rows] == ["mnist", "fashion-mnist", *UCI_TASKS, "omniglot",
+                                         "cifar-100", "celeba"]
+    rows = rows[:12]
     assert rows[2:] == uci_status(tmp_path)
     assert not rows[0]["present"] and "train-images-idx3-ubyte" in rows[0]["to_get"]
     for row in rows[2:]:

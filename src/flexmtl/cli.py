@@ -54,9 +54,14 @@ def _cmd_list() -> None:
             print(f"  {'':<14} default sweep: {exp.sweep[0]} over {list(exp.sweep[1])}")
     print("\nData:")
     for row in data_status():
-        mark = "present" if row["present"] else "missing"
+        if row["present"]:
+            mark = "present"
+        elif row["using"]:
+            mark = "built-in" if row["exact"] else "stand-in"
+        else:
+            mark = "missing"
         using = row["using"] or "nothing (a run would fail)"
-        exact = "" if row["exact"] else " [not the paper's data]"
+        exact = "" if row["exact"] or not row["using"] else " [not the paper's data]"
         print(f"  {row['name']:<14} {mark:<8} looks in {row['looks_in']}")
         print(f"  {'':<14} {'':<8} using: {using}{exact}")
         if row["to_get"]:
