@@ -48,5 +48,5 @@ def test_epochs_set_the_number_of_steps_from_the_largest_task():
     rng = np.random.default_rng(0)
     tasks = [Task(f"t{n}", "regression", (rng.random((n, 3)), rng.random(n))) for n in (10, 45)]
     model = build_model(tasks, make_core("parallel", [nn.Linear(4, 4)], 2))
-    trainer = Trainer(model, tasks, TrainConfig(epochs=2, batch_size=8, progress=False))
+    trainer = Trainer(model, tasks, TrainConfig(steps=0, epochs=2, batch_size=8, progress=False))
     assert trainer.config.steps == 2 * 6  # ceil(45 / 8) = 6 batches per epoch

@@ -153,8 +153,9 @@ def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log)
     }
     done.write_text(json.dumps(result, indent=2, allow_nan=True))
     test = res.test if res.test["tasks"] else res.val
-    log(f"  {method:>9} seed {seed}: test loss {test['loss']:.4f} accuracy "
-        f"{test['accuracy']:.4f} (best step {res.best_step}, {res.seconds:.1f}s)")
+    accuracy = "" if math.isnan(test["accuracy"]) else f" accuracy {test['accuracy']:.4f}"
+    log(f"  {method:>9} seed {seed}: test loss {test['loss']:.4f}{accuracy} "
+        f"(best step {res.best_step}, {res.seconds:.1f}s)")
     return result
 
 

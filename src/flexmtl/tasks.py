@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -50,6 +51,9 @@ class Task:
         num_outputs: classes for ``multiclass``; 1 for ``binary``; output size for
             ``regression`` (inferred when omitted).
         note: where the data came from (shown in run output and results).
+        info: extra facts about the task, copied into each run's ``result.json``.
+        augment: applied to every training batch of inputs (e.g. random crops); it may use
+            torch's global random state, which checkpoints save and restore.
     """
 
     name: str
@@ -60,6 +64,7 @@ class Task:
     num_outputs: int = 0
     note: str = ""
     info: dict = field(default_factory=dict)
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

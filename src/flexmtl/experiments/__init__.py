@@ -7,7 +7,7 @@ from flexmtl.experiments.base import (
     register_experiment,
     train_defaults,
 )
-from flexmtl.experiments import soft_ordering  # noqa: F401  (registers its experiments)
+from flexmtl.experiments import gumbel_matrix, soft_ordering  # noqa: F401  (registers them)
 
 __all__ = ["EXPERIMENTS", "Experiment", "get_experiment", "register_experiment",
            "train_defaults"]

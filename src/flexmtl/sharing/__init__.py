@@ -1,4 +1,5 @@
-"""How tasks share layers: orderings of shared blocks (soft layer ordering paper)."""
+"""How tasks share layers: orderings of shared blocks (soft layer ordering paper) and
+learned allocation of components to tasks (Gumbel-Matrix paper)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import torch
 from torch import nn
 
 from flexmtl.registry import Registry
+from flexmtl.sharing.allocation import (
+    FixedAllocation,
+    GumbelMatrixAllocation,
+    RoutedCore,
+    RoutedLayer,
+    TemperatureSchedule,
+    cosine_similarity,
+    group_tasks,
+)
 from flexmtl.sharing.ordering import (
     ParallelOrdering,
     PermutedOrdering,
@@ -55,4 +65,11 @@ __all__ = [
     "SingleTaskCore",
     "infer_feature_shape",
     "random_permutations",
+    "FixedAllocation",
+    "GumbelMatrixAllocation",
+    "RoutedCore",
+    "RoutedLayer",
+    "TemperatureSchedule",
+    "cosine_similarity",
+    "group_tasks",
 ]

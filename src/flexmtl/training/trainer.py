@@ -44,8 +44,8 @@ SELECT_ON = ("val_loss", "val_accuracy", "last")
 class TrainConfig:
     """Settings of one training run (one method, one seed)."""
 
-    steps: int = 1000
-    epochs: float = 0.0  # > 0: steps = epochs x batches per epoch of the largest task
+    steps: int = 1000  # 0: set from epochs
+    epochs: float = 0.0  # used when steps is 0: epochs x batches per epoch of the largest task
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -70,12 +70,14 @@ class TrainConfig:
             raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
-        for name in ("steps", "batch_size", "eval_every", "log_every", "eval_batch_size"):
+        if self.steps == 0 and self.epochs <= 0:
+            raise ConfigError("set steps >= 1, or steps=0 and epochs > 0")
+        for name in ("batch_size", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        for name in ("epochs", "weight_decay", "sharing_lr", "clip_grad_norm"):
+        for name in ("steps", "epochs", "weight_decay", "sharing_lr", "clip_grad_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -118,7 +120,7 @@ class Trainer:
         self.config.validate()
         if not tasks:
             raise ConfigError("no tasks to train")
-        if self.config.epochs:
+        if self.config.steps == 0:
             per_epoch = max(math.ceil(len(t.train) / self.config.batch_size) for t in tasks)
             self.config = replace(self.config, steps=math.ceil(self.config.epochs * per_epoch))
         if self.config.threads:
@@ -154,7 +156,9 @@ class Trainer:
     def _batch(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.sampler.next(task).to(self.device)
         data = self.train_data[task]
-        return data.x[idx], data.y[idx]
+        augment = self.tasks[task].augment
+        x = data.x[idx]
+        return (augment(x) if augment is not None else x), data.y[idx]
 
     def _loss(self, task: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Task loss plus the core's regularisation for this task (e.g. a budget penalty)."""
