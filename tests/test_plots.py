@@ -13,10 +13,14 @@ pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg  # noqa: E402
 import torch  # noqa: E402
 
+import flexmtl.analysis.plots as plots  # noqa: E402
 from flexmtl.analysis.plots import (  # noqa: E402
+    plot_allocation,
+    plot_allocation_trajectories,
     plot_learning_curves,
     plot_run,
     plot_scale_trajectories,
+    plot_similarity,
     plot_soft_order,
     strongest_path,
 )
@@ -165,3 +169,196 @@ def test_figures_are_closed(tmp_path):
 
     plot_run(_make_run(tmp_path / "run", None))
     assert plt.get_fignums() == []
+
+
+# ---------------------------------------------------------------------- allocation (Gumbel-Matrix)
+
+ALLOC_TASKS = ["mnist-0", "fashion-0", "mnist-1", "fashion-1", "mnist-2"]
+ALLOC_CLUSTERS = ["mnist", "fashion", "mnist", "fashion", "mnist"]
+LAYER_SIZES = [4, 2, 3]
+PATTERN = np.array([[1, 0, 1, 0, 1, 1, 0, 0, 1],
+                    [0, 1, 0, 1, 0, 1, 1, 1, 0],
+                    [1, 0, 1, 0, 1, 1, 0, 0, 1],
+                    [0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    [1, 1, 1, 0, 1, 0, 0, 1, 1]])
+
+
+def _spy(mp, name: str) -> list:
+    """Record the positional arguments of every ``plt.Axes.<name>`` call."""
+    import matplotlib.pyplot as plt
+
+    calls = []
+    original = getattr(plt.Axes, name)
+
+    def spy(ax, *args, **kwargs):
+        calls.append(args)
+        return original(ax, *args, **kwargs)
+
+    mp.setattr(plt.Axes, name, spy)
+    return calls
+
+
+def _numpy_cosine(e: np.ndarray) -> np.ndarray:
+    """Cosine similarity written out independently (zero rows: 1 with each other, else 0)."""
+    e = e.astype(float)
+    norms = np.sqrt((e * e).sum(axis=1))
+    out = np.zeros((len(e), len(e)))
+    for i in range(len(e)):
+        for j in range(len(e)):
+            if norms[i] == 0 or norms[j] == 0:
+                out[i, j] = float(norms[i] == norms[j] == 0)
+            else:
+                out[i, j] = float(e[i] @ e[j]) / (norms[i] * norms[j])
+    return out
+
+
+def test_allocation_draws_the_pattern_with_layers_and_groups(tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        images, vlines, hlines = _spy(mp, "imshow"), _spy(mp, "axvline"), _spy(mp, "axhline")
+        _check_png(plot_allocation(torch.tensor(PATTERN), tmp_path / "plain.png",
+                                   ALLOC_TASKS, LAYER_SIZES))
+        assert len(images) == 1 and np.array_equal(images[0][0], PATTERN)
+        assert [a[0] for a in vlines] == [3.5, 5.5]  # between layers of 4, 2 and 3
+        assert hlines == []
+        images.clear(), vlines.clear()
+        _check_png(plot_allocation(PATTERN, tmp_path / "grouped.png", ALLOC_TASKS,
+                                   LAYER_SIZES, groups=ALLOC_CLUSTERS))
+    # groups are kept together, in order of their first task: mnist 0, 2, 4, fashion 1, 3
+    assert np.array_equal(images[0][0], PATTERN[[0, 2, 4, 1, 3]])
+    assert [a[0] for a in hlines] == [2.5]
+    with pytest.raises(ValueError):
+        plot_allocation(PATTERN, tmp_path / "bad.png", layer_sizes=[4, 4])
+    with pytest.raises(ValueError):
+        plot_allocation(PATTERN, tmp_path / "bad.png", groups=["a", "b"])
+    with pytest.raises(ValueError):
+        plot_allocation(PATTERN[0], tmp_path / "bad.png")
+
+
+def test_similarity_is_the_cosine_of_the_embeddings(tmp_path):
+    expected = _numpy_cosine(PATTERN)
+    assert np.allclose(np.diag(expected), 1.0) and np.isclose(expected[0, 2], 1.0)
+    assert expected[3, 0] == 0.0 and expected[3, 3] == 1.0  # the all-zero row
+    with pytest.MonkeyPatch.context() as mp:
+        images = _spy(mp, "imshow")
+        _check_png(plot_similarity(PATTERN, tmp_path / "sim.png", ALLOC_TASKS))
+        _check_png(plot_similarity(PATTERN, tmp_path / "grouped.png", ALLOC_TASKS,
+                                   ALLOC_CLUSTERS))
+    assert np.allclose(images[0][0], expected)
+    order = [0, 2, 4, 1, 3]
+    assert np.allclose(images[1][0], expected[np.ix_(order, order)])
+
+
+def _probabilities(step: int) -> torch.Tensor:
+    """``[tasks, components]`` probabilities moving from 0.5 towards the pattern."""
+    target = torch.tensor(PATTERN, dtype=torch.float32)
+    return 0.5 + (target - 0.5) * min(step / 300, 0.98)
+
+
+def test_allocation_trajectories_one_line_per_component(tmp_path):
+    snaps = [(s, _probabilities(s)) for s in (0, 100, 200, 300)]
+    with pytest.MonkeyPatch.context() as mp:
+        lines = _spy(mp, "plot")
+        _check_png(plot_allocation_trajectories(snaps, tmp_path / "traj.png", LAYER_SIZES,
+                                                task=1, task_name=ALLOC_TASKS[1]))
+    assert len(lines) == sum(LAYER_SIZES)
+    for c, (steps, values) in enumerate(a[:2] for a in lines):
+        assert list(steps) == [0, 100, 200, 300]
+        assert np.allclose(values, [float(x[1, c]) for _, x in snaps])
+    with pytest.raises(ValueError):
+        plot_allocation_trajectories(snaps, tmp_path / "bad.png", [4, 4])
+    with pytest.raises(ValueError):
+        plot_allocation_trajectories(snaps, tmp_path / "bad.png", LAYER_SIZES, task=5)
+    with pytest.raises(ValueError):
+        plot_allocation_trajectories([], tmp_path / "bad.png", LAYER_SIZES)
+
+
+def _write_regression_seed(seed_dir: Path, method: str, seed: int, sharing: dict | None,
+                           snapshots: list | None) -> None:
+    """A seed folder of a routed-core run on regression tasks (accuracy is NaN)."""
+    seed_dir.mkdir(parents=True)
+    with open(seed_dir / "eval_log.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "loss", "accuracy"])
+        for step in (100, 200, 300):
+            w.writerow([step, 2.0 / step + 0.01 * seed, float("nan")])
+    tasks = [{"name": n, "note": "", "cluster": c} for n, c in zip(ALLOC_TASKS, ALLOC_CLUSTERS)]
+    result = {"method": method, "seed": seed, "tasks": tasks, "sharing": sharing,
+              "test": {"loss": 0.1, "accuracy": float("nan"), "tasks": {}}}
+    (seed_dir / "result.json").write_text(json.dumps(result, allow_nan=True))
+    if snapshots is not None:
+        torch.save({"sharing": snapshots}, seed_dir / "sharing.pt")
+
+
+def _make_allocation_run(root: Path) -> Path:
+    """A sweep (rho) of a regression experiment: ``gumbel`` (learned allocation, snapshots),
+    ``no-sharing`` (fixed allocation, no sharing.pt), ``plain`` (no sharing entry)."""
+    snaps = [(s, _probabilities(s)) for s in (0, 100, 200, 300)]
+    gumbel = {"kind": "allocation", "layer_sizes": LAYER_SIZES,
+              "probabilities": _probabilities(300).tolist(), "embeddings": PATTERN.tolist()}
+    fixed = {**gumbel, "embeddings": np.eye(5, 9, dtype=int).tolist()}
+    loss_only = {"test_loss": _summary([0.1, 0.2])}
+    for rho in (0.0, 1.0):
+        for seed in (0, 1):
+            point = root / f"rho={rho}"
+            _write_regression_seed(point / "gumbel" / f"seed-{seed}", "gumbel", seed, gumbel,
+                                   snaps)
+            _write_regression_seed(point / "no-sharing" / f"seed-{seed}", "no-sharing", seed,
+                                   fixed, None)
+            _write_regression_seed(point / "plain" / f"seed-{seed}", "plain", seed, None, None)
+    results = {"experiment": "synthetic-transfer", "seeds": [0, 1],
+               "methods": {m: {"metrics": loss_only} for m in ("gumbel", "no-sharing")},
+               "sweep": {"key": "rho", "primary": 1.0, "points": [
+                   {"value": v, "methods": {m: {"metrics": loss_only}
+                                            for m in ("gumbel", "no-sharing", "plain")}}
+                   for v in (0.0, 1.0)]}}
+    (root / "results.json").write_text(json.dumps(results))
+    return root
+
+
+def test_plot_run_allocation_method(tmp_path):
+    run = _make_allocation_run(tmp_path / "run")
+    calls = []
+    original = plots.plot_allocation
+
+    def spy(embeddings, out_path, *args, **kwargs):
+        calls.append((np.asarray(embeddings), args))
+        return original(embeddings, out_path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "plot_allocation", spy)
+        paths = plot_run(run)
+    assert sorted(p.name for p in paths) == [
+        "allocation_gumbel.png", "allocation_no-sharing.png",
+        "allocation_trajectories_gumbel.png", "learning_curves.png", "similarity_gumbel.png",
+        "similarity_no-sharing.png", "sweep.png"]  # a loss sweep: regression has no accuracy
+    for p in paths:
+        assert p.parent == run / "plots"
+        _check_png(p)
+    embeddings, (names, sizes, groups) = calls[0][0], calls[0][1][:3]
+    assert np.array_equal(embeddings, PATTERN)
+    assert (names, list(sizes), groups) == (ALLOC_TASKS, LAYER_SIZES, ALLOC_CLUSTERS)
+    with pytest.raises(FileNotFoundError):  # accuracy is NaN throughout
+        plot_learning_curves(run, tmp_path / "acc.png", key="accuracy")
+
+
+def test_plot_run_soft_method_from_sharing_kind(tmp_path):
+    run = _make_run(tmp_path / "run", None)
+    soft = _read(run / "soft" / "seed-0" / "result.json")
+    soft["sharing"] = {"kind": "soft-order", "gate": "softmax", "scales": [],
+                       "strongest_path": []}
+    (run / "soft" / "seed-0" / "result.json").write_text(json.dumps(soft))
+    # a soft-order method under another name is plotted with its name as suffix
+    renamed = run / "soft-ordering"
+    (run / "soft").rename(renamed)
+    assert {p.name for p in plot_run(run)} == {
+        "learning_curves.png", "scale_trajectories_soft-ordering.png",
+        "soft_order_soft-ordering.png"}
+    # a result.json whose sharing entry says "no sharing" wins over the name "soft"
+    renamed.rename(run / "soft")
+    soft["sharing"] = None
+    (run / "soft" / "seed-0" / "result.json").write_text(json.dumps(soft))
+    assert {p.name for p in plot_run(run)} == {"learning_curves.png"}
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())

@@ -20,10 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flexmtl.analysis.stats import format_mean_ci, summarize
 from flexmtl.errors import ConfigError, UnknownNameError
 from flexmtl.experiments import get_experiment
 from flexmtl.experiments.base import Experiment, coerce
+from flexmtl.sharing import RoutedCore, SoftOrdering
 from flexmtl.training import Trainer, seed_everything
 
 RESULTS_VERSION = 1
@@ -150,6 +153,7 @@ def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log)
         "tasks": [{"name": t.name, "note": t.note, **t.info} for t in tasks],
         # measured on the selected checkpoint, which fit() has loaded into the model
         "analysis": exp.analyze(model, tasks, cfg) if exp.analyze else {},
+        "sharing": sharing_summary(model),
     }
     done.write_text(json.dumps(result, indent=2, allow_nan=True))
     test = res.test if res.test["tasks"] else res.val
@@ -157,6 +161,26 @@ def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log)
     log(f"  {method:>9} seed {seed}: test loss {test['loss']:.4f}{accuracy} "
         f"(best step {res.best_step}, {res.seconds:.1f}s)")
     return result
+
+
+@torch.no_grad()
+def sharing_summary(model) -> dict | None:
+    """What the model learned about sharing, as plain data for ``result.json``.
+
+    Soft ordering: the scales ``[tasks][layers][depths]`` and each task's strongest path.
+    Routed cores: connection probabilities and the binary task embeddings (Sec. III-E),
+    with the number of components of each routed layer.
+    """
+    core = getattr(model, "core", None)
+    if isinstance(core, SoftOrdering):
+        return {"kind": "soft-order", "gate": core.gate, "scales": core.scales().tolist(),
+                "strongest_path": [core.layer_order(t) for t in range(core.num_tasks)]}
+    if isinstance(core, RoutedCore):
+        return {"kind": "allocation",
+                "layer_sizes": [layer.num_components for layer in core.routed_layers],
+                "probabilities": core.sharing_snapshot().tolist(),
+                "embeddings": core.embeddings().int().tolist()}
+    return None
 
 
 def _aggregate(runs: dict[str, list[dict]]) -> dict:

@@ -1,4 +1,5 @@
-"""Plots of a run folder (Meyerson & Miikkulainen, ICLR 2018, Figs. 2, 4 and 5).
+"""Plots of a run folder (soft ordering: Meyerson & Miikkulainen, ICLR 2018, Figs. 2, 4, 5;
+learned allocation: Maziarz et al., Gumbel-Matrix, Figs. 5, 6, 8).
 
 * :func:`plot_learning_curves` -- Fig. 5b: summed validation loss by step, per method.
 * :func:`plot_soft_order` -- Fig. 4d: the learned scale of each shared layer at each depth,
@@ -6,6 +7,12 @@
 * :func:`plot_scale_trajectories` -- Fig. 4b-c: how the scales of tasks diverge and move
   towards a hard ordering over training.
 * :func:`plot_sweep` -- Figs. 2 / 4a: test accuracy per method against the swept value.
+* :func:`plot_allocation` -- Gumbel-Matrix Fig. 5: the binary task embeddings (tasks x
+  components), routed layers and task groups marked.
+* :func:`plot_similarity` -- Gumbel-Matrix Fig. 6: pairwise cosine similarity of the task
+  embeddings.
+* :func:`plot_allocation_trajectories` -- Gumbel-Matrix Fig. 8: the connection
+  probabilities of one task over training, one panel per routed layer.
 * :func:`plot_run` -- all of the above for a run folder written by
   :func:`flexmtl.runner.run_experiment`, into ``RUN/plots/``.
 
@@ -30,13 +37,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from flexmtl.analysis.stats import t_quantile_975  # noqa: E402
+from flexmtl.sharing.allocation import cosine_similarity  # noqa: E402
 
 __all__ = [
+    "plot_allocation",
+    "plot_allocation_trajectories",
     "plot_learning_curves",
     "plot_run",
     "plot_scale_trajectories",
+    "plot_similarity",
     "plot_soft_order",
     "plot_sweep",
     "strongest_path",
@@ -185,8 +197,12 @@ def _curves(run_dir: Path, key: str) -> tuple[dict[str, tuple[np.ndarray, np.nda
     return curves, label
 
 
-def _load_snapshots(seed_dir: Path) -> list[tuple[int, torch.Tensor]]:
-    """The scale snapshots of a run: ``sharing.pt``, or ``last.pt`` of an unfinished run."""
+def _load_snapshots(seed_dir: Path, ndim: int = 3) -> list[tuple[int, torch.Tensor]]:
+    """The sharing snapshots of a run: ``sharing.pt``, or ``last.pt`` of an unfinished run.
+
+    Only snapshots with ``ndim`` dimensions are kept: 3 for soft-order scales
+    ``[tasks, layers, depths]``, 2 for connection probabilities ``[tasks, components]``.
+    """
     for name in ("sharing.pt", "last.pt"):
         path = seed_dir / name
         if not path.exists():
@@ -197,7 +213,7 @@ def _load_snapshots(seed_dir: Path) -> list[tuple[int, torch.Tensor]]:
             continue
         snaps = state.get("sharing") if isinstance(state, dict) else None
         if snaps:
-            return [(int(step), s) for step, s in snaps if _numpy(s).ndim == 3]
+            return [(int(step), s) for step, s in snaps if _numpy(s).ndim == ndim]
     return []
 
 
@@ -209,12 +225,14 @@ def plot_learning_curves(run_dir: str | Path, out_path: str | Path, key: str = "
 
     ``key`` is an ``eval_log.csv`` column: ``loss`` (summed over tasks), ``accuracy`` (mean
     over tasks), or ``loss/<task>`` / ``accuracy/<task>``. Sweep runs show the primary point.
-    Raises FileNotFoundError when no method folder has an eval log with that column.
+    Raises FileNotFoundError when no method folder has an eval log with a value in that
+    column (regression tasks log NaN accuracy).
     """
     run_dir = Path(run_dir)
     curves, label = _curves(run_dir, key)
     if not curves:
-        raise FileNotFoundError(f"no eval_log.csv with column {key!r} under {run_dir}")
+        raise FileNotFoundError(f"no eval_log.csv with a (non-NaN) column {key!r} under "
+                                f"{run_dir}")
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for i, (method, (steps, values)) in enumerate(curves.items()):
         mean, ci = _mean_ci(values)
@@ -382,7 +400,9 @@ def plot_sweep(results: dict, out_path: str | Path, metric: str = "test_accuracy
     ax.set_xticks(x, [str(v) for v in values])
     ax.minorticks_off()
     ax.set_xlabel(str(sweep.get("key", "sweep value")))
-    ax.set_ylabel(metric.replace("_", " ") + " (mean over tasks)")
+    over = " (sum over tasks)" if metric.endswith("_loss") else (
+        " (mean over tasks)" if metric.endswith("_accuracy") else "")
+    ax.set_ylabel(metric.replace("_", " ") + over)
     ax.set_title(f"{results.get('experiment', '')}: {metric.replace('_', ' ')} "
                  "(mean ± 95% CI over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
@@ -390,16 +410,309 @@ def plot_sweep(results: dict, out_path: str | Path, metric: str = "test_accuracy
     return _save(fig, out_path)
 
 
+# ---------------------------------------------------------------------- allocation
+
+
+def _binary(embeddings: Any) -> np.ndarray:
+    e = _numpy(embeddings)
+    if e.ndim != 2:
+        raise ValueError(f"embeddings must be [tasks, components], got shape {e.shape}")
+    return e
+
+
+def _layer_sizes(layer_sizes: Sequence[int] | None, components: int) -> list[int]:
+    sizes = [components] if layer_sizes is None else [int(c) for c in layer_sizes]
+    if sum(sizes) != components or any(c < 1 for c in sizes):
+        raise ValueError(f"layer sizes {sizes} do not add up to the {components} components")
+    return sizes
+
+
+def _group_order(groups: Sequence[Any] | None,
+                 tasks: int) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """Row order that keeps groups together, and the ``(label, start, stop)`` runs of rows.
+
+    Groups are ordered by their first task, tasks within a group by index (the identity when
+    the groups are already contiguous). No groups: the identity and no runs.
+    """
+    if groups is None:
+        return np.arange(tasks), []
+    groups = list(groups)
+    if len(groups) != tasks:
+        raise ValueError(f"{len(groups)} group labels for {tasks} tasks")
+    rank = {g: i for i, g in reversed(list(enumerate(groups)))}
+    order = np.array(sorted(range(tasks), key=lambda t: rank[groups[t]]), dtype=int)
+    runs: list[tuple[str, int, int]] = []
+    for row, t in enumerate(order):
+        if runs and runs[-1][0] == str(groups[t]):
+            runs[-1] = (runs[-1][0], runs[-1][1], row + 1)
+        else:
+            runs.append((str(groups[t]), row, row + 1))
+    return order, runs
+
+
+def _label_step(count: int, cell_pt: float, font_pt: float) -> int:
+    """Label every k-th row/column so that labels of ``font_pt`` fit in cells of ``cell_pt``."""
+    return max(1, math.ceil(font_pt * 1.15 / max(cell_pt, 1e-9))) if count > 1 else 1
+
+
+def _task_ticks(axis, order: np.ndarray, names: list[str], cell_pt: float) -> None:
+    font = min(8.0, max(5.0, 0.8 * cell_pt))
+    step = _label_step(len(order), cell_pt, font)
+    rows = list(range(0, len(order), step))
+    axis.set_ticks(rows, [names[order[r]] for r in rows], fontsize=font)
+
+
+def _mark_groups(ax, runs: list[tuple[str, int, int]], cell_pt: float, columns: bool) -> None:
+    """Lines between groups of rows (and of columns when ``columns``), labels on the right
+    (and on top)."""
+    if len(runs) < 2:
+        return
+    for _, start, _ in runs[1:]:
+        ax.axhline(start - 0.5, color="red", lw=1.6)
+        if columns:
+            ax.axvline(start - 0.5, color="red", lw=1.6)
+    font = min(9.0, max(6.0, 0.8 * cell_pt * min(stop - start for _, start, stop in runs)))
+    centers = [(start + stop - 1) / 2 for _, start, stop in runs]
+    labels = [f"{label} ({stop - start})" for label, start, stop in runs]
+    right = ax.secondary_yaxis("right")
+    right.set_ticks(centers, labels, fontsize=font)
+    right.tick_params(length=0)
+    if columns:
+        top = ax.secondary_xaxis("top")
+        narrowest = min((stop - start) * cell_pt / (len(text) * 0.62 * font)
+                        for text, (_, start, stop) in zip(labels, runs))
+        top.set_ticks(centers, labels, fontsize=font, rotation=0 if narrowest >= 1 else 90)
+        top.tick_params(length=0)
+
+
+def _cell_inches(rows: int, columns: int) -> float:
+    return float(np.clip(8.0 / max(rows, columns, 1), 0.14, 0.45))
+
+
+def plot_allocation(embeddings: Any, out_path: str | Path,
+                    task_names: Sequence[str] | None = None,
+                    layer_sizes: Sequence[int] | None = None,
+                    groups: Sequence[Any] | None = None, title: str | None = None) -> Path:
+    """Gumbel-Matrix Fig. 5: the binary task embeddings ``[tasks, components]``.
+
+    Rows are tasks, columns the components of all routed layers in order (yellow: the
+    component is allocated to the task). ``layer_sizes`` (components per routed layer) draws
+    white lines between layers and labels them on top. ``groups`` (one label per task, e.g.
+    the true cluster) keeps the tasks of a group together (ordered by their first task), draws
+    red lines between groups and labels them on the right.
+    """
+    e = _binary(embeddings)
+    tasks, components = e.shape
+    sizes = _layer_sizes(layer_sizes, components)
+    order, runs = _group_order(groups, tasks)
+    names = _task_names(task_names, tasks)
+    cell = _cell_inches(tasks, components)
+    cell_pt = cell * 72
+    fig, ax = plt.subplots(figsize=(max(components * cell + 3.4, 6.4),
+                                    max(tasks * cell + 2.0, 3.0)), layout="constrained")
+    ax.imshow(e[order], cmap="viridis", vmin=0.0, vmax=1.0, aspect="equal",
+              interpolation="nearest")
+    bounds = np.cumsum([0] + sizes)
+    for b in bounds[1:-1]:
+        ax.axvline(b - 0.5, color="white", lw=2.2)
+    # x: component index within its layer; top: the layers
+    font = min(8.0, max(5.0, 0.8 * cell_pt))
+    step = _label_step(max(sizes), cell_pt, font)
+    xs = [int(b + i) for b, c in zip(bounds, sizes) for i in range(0, c, step)]
+    ax.set_xticks(xs, [str(x - bounds[np.searchsorted(bounds, x, "right") - 1]) for x in xs],
+                  fontsize=font)
+    ax.set_xlabel("component (index within its routed layer)")
+    if len(sizes) > 1 or layer_sizes is not None:
+        top = ax.secondary_xaxis("top")
+        top.set_ticks([b + (c - 1) / 2 for b, c in zip(bounds, sizes)],
+                      [f"layer {i}" for i in range(len(sizes))], fontsize=9)
+        top.tick_params(length=0)
+    _task_ticks(ax.yaxis, order, names, cell_pt)
+    ax.set_ylabel("task")
+    _mark_groups(ax, runs, cell_pt, columns=False)
+    cmap = plt.get_cmap("viridis")
+    fig.legend(handles=[Patch(color=cmap(1.0), label="1: allocated"),
+                        Patch(color=cmap(0.0), label="0: not allocated")],
+               loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    active = 100.0 * float(e.mean()) if e.size else 0.0
+    distinct = len({tuple(row) for row in e.tolist()})
+    fig.suptitle((title or "task embeddings (binary allocations)")
+                 + f"\n{active:.0f}% of connections active, {distinct} distinct embeddings"
+                 f" of {tasks} tasks", fontsize=10)
+    return _save(fig, out_path)
+
+
+def plot_similarity(embeddings: Any, out_path: str | Path,
+                    task_names: Sequence[str] | None = None,
+                    groups: Sequence[Any] | None = None, title: str | None = None) -> Path:
+    """Gumbel-Matrix Fig. 6: pairwise cosine similarity ``[tasks, tasks]`` of the embeddings.
+
+    Uses :func:`flexmtl.sharing.allocation.cosine_similarity` (two all-zero embeddings count
+    as identical). ``groups`` orders and separates the tasks as in :func:`plot_allocation`.
+    With at most 12 tasks each cell shows its value.
+    """
+    e = _binary(embeddings)
+    tasks = e.shape[0]
+    sim = cosine_similarity(torch.as_tensor(e, dtype=torch.float64)).numpy()
+    order, runs = _group_order(groups, tasks)
+    names = _task_names(task_names, tasks)
+    cell = _cell_inches(tasks, tasks)
+    cell_pt = cell * 72
+    side = tasks * cell
+    fig, ax = plt.subplots(figsize=(max(side + 3.6, 5.6), max(side + 2.4, 4.4)),
+                           layout="constrained")
+    shown = sim[np.ix_(order, order)]
+    image = ax.imshow(shown, cmap="viridis", vmin=0.0, vmax=1.0, aspect="equal",
+                      interpolation="nearest")
+    _task_ticks(ax.yaxis, order, names, cell_pt)
+    _task_ticks(ax.xaxis, order, names, cell_pt)
+    if max(len(n) for n in names) * 0.62 * 8 > cell_pt:  # labels wider than a cell
+        plt.setp(ax.get_xticklabels(), rotation=90)
+    if tasks <= 12:
+        for i, j in itertools.product(range(tasks), repeat=2):
+            ax.text(j, i, f"{shown[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if shown[i, j] > 0.6 else "white")
+    _mark_groups(ax, runs, cell_pt, columns=True)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="cosine similarity of task embeddings")
+    fig.suptitle((title or "pairwise cosine similarity of the task embeddings")
+                 + "\n(1: same components, 0: disjoint)", fontsize=10)
+    return _save(fig, out_path)
+
+
+def plot_allocation_trajectories(snapshots: Snapshots, out_path: str | Path,
+                                 layer_sizes: Sequence[int], task: int = 0,
+                                 task_name: str | None = None,
+                                 title: str | None = None) -> Path:
+    """Gumbel-Matrix Fig. 8: the connection probabilities of one task over training.
+
+    ``snapshots`` are ``(step, probabilities [tasks, components])`` with the components of all
+    routed layers concatenated (``sharing.pt`` of a routed core); one panel per routed layer
+    shows the probability of each of its components against the step.
+    """
+    if not snapshots:
+        raise ValueError("no allocation snapshots to plot")
+    steps = np.array([int(step) for step, _ in snapshots])
+    p = np.stack([_numpy(x) for _, x in snapshots])  # [snapshots, tasks, components]
+    if p.ndim != 3:
+        raise ValueError(f"snapshots must be [tasks, components], got {p.shape[1:]}")
+    if not 0 <= task < p.shape[1]:
+        raise ValueError(f"task {task} out of range for {p.shape[1]} tasks")
+    sizes = _layer_sizes(layer_sizes, p.shape[2])
+    bounds = np.cumsum([0] + sizes)
+    ncols = min(len(sizes), 4)
+    nrows = math.ceil(len(sizes) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True,
+                             figsize=(max(3.2 * ncols, 6.4), 2.6 * nrows + 1.3),
+                             layout="constrained")
+    many = max(sizes) > 10
+    colors = [plt.get_cmap("tab20" if many else "tab10")(i % (20 if many else 10))
+              for i in range(max(sizes))]
+    for k, ax in enumerate(axes.flat):
+        if k >= len(sizes):
+            ax.set_visible(False)
+            continue
+        for c in range(sizes[k]):
+            ax.plot(steps, p[:, task, bounds[k] + c], color=colors[c], lw=1.4,
+                    marker="." if len(steps) <= 30 else None, ms=4)
+        ax.axhline(0.5, color="gray", ls=":", lw=1)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"layer {k} ({sizes[k]} components)", fontsize=9)
+        ax.grid(alpha=0.3)
+        if k % ncols == 0:
+            ax.set_ylabel("connection probability")
+        if k + ncols >= len(sizes):
+            ax.set_xlabel("step")
+            ax.xaxis.set_tick_params(labelbottom=True)
+    handles = [Line2D([], [], color=colors[c], lw=1.4, label=str(c)) for c in range(max(sizes))]
+    fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
+               ncols=min(len(handles), 16), title="component (index within its layer)",
+               title_fontsize=8)
+    name = task_name or f"task {task}"
+    fig.suptitle(title or f"connection probabilities of {name} over training", fontsize=10)
+    return _save(fig, out_path)
+
+
 # ---------------------------------------------------------------------- run
+
+
+def _sharing_kind(result: dict | None, method: str) -> str | None:
+    """``result.json``'s sharing kind; without one (older or unfinished runs) the method
+    named ``soft`` counts as soft ordering."""
+    if result is not None and "sharing" in result:
+        sharing = result["sharing"]
+        return sharing.get("kind") if isinstance(sharing, dict) else None
+    return "soft-order" if method == "soft" else None
+
+
+def _task_groups(tasks: list[dict], count: int) -> list[str] | None:
+    """The ``cluster`` of every task, when ``result.json`` names one for each."""
+    clusters = [t.get("cluster") for t in tasks if isinstance(t, dict)]
+    if len(clusters) != count or any(c is None for c in clusters):
+        return None
+    return [str(c) for c in clusters]
+
+
+def _plot_soft(method: str, seed_dir: Path, result: dict, label: str | None,
+               out: Path) -> list[Path]:
+    snaps = _load_snapshots(seed_dir, ndim=3)
+    if not snaps:
+        return []
+    names = [t.get("name", "") for t in result.get("tasks") or []] or None
+    suffix = "" if method == "soft" else f"_{method}"
+    step, final = snaps[-1]
+    where = f"{method}, {seed_dir.name}" + (f", {label}" if label else "")
+    return [
+        plot_soft_order(final, out / f"soft_order{suffix}.png", names,
+                        title=f"learned soft order at step {step} ({where}); red: strongest path"),
+        plot_scale_trajectories(snaps, out / f"scale_trajectories{suffix}.png", names),
+    ]
+
+
+def _plot_allocation(method: str, seed_dir: Path, result: dict, label: str | None,
+                     out: Path) -> list[Path]:
+    sharing = result["sharing"]
+    try:
+        embeddings = _binary(sharing["embeddings"])
+        sizes = _layer_sizes(sharing.get("layer_sizes"), embeddings.shape[1])
+    except (KeyError, TypeError, ValueError):  # a malformed entry: nothing to plot from it
+        return []
+    tasks = [t for t in result.get("tasks") or [] if isinstance(t, dict)]
+    names = [t.get("name", "") for t in tasks] or None
+    groups = _task_groups(tasks, embeddings.shape[0])
+    where = f"{method}, {seed_dir.name}" + (f", {label}" if label else "")
+    written = [
+        plot_allocation(embeddings, out / f"allocation_{method}.png", names, sizes, groups,
+                        title=f"task embeddings of the selected checkpoint\n({where})"),
+        plot_similarity(embeddings, out / f"similarity_{method}.png", names, groups,
+                        title=f"cosine similarity of the task embeddings\n({where})"),
+    ]
+    snaps = [(step, x) for step, x in _load_snapshots(seed_dir, ndim=2)
+             if tuple(_numpy(x).shape) == embeddings.shape]
+    if snaps:
+        name = (names or [None])[0]
+        written.append(plot_allocation_trajectories(
+            snaps, out / f"allocation_trajectories_{method}.png", sizes, 0, name,
+            title=f"connection probabilities of {name or 'task 0'} over training ({where})"))
+    return written
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write the plots of a run folder into ``run_dir/plots`` and return their paths.
 
-    ``learning_curves.png`` (Fig. 5b) when any eval log exists; for the ``soft`` method
-    (seed 0, primary sweep point) ``soft_order.png`` (Fig. 4d, final snapshot) and
-    ``scale_trajectories.png`` (Fig. 4b-c); for sweeps ``sweep.png`` (Figs. 2 / 4a).
-    What has no data is skipped.
+    ``learning_curves.png`` (Fig. 5b) when any eval log exists. For each method, from seed 0
+    at the primary sweep point:
+
+    * soft ordering (``result.json`` sharing kind ``soft-order``, or without that entry the
+      method named ``soft``): ``soft_order.png`` (Fig. 4d, final snapshot) and
+      ``scale_trajectories.png`` (Fig. 4b-c), suffixed ``_<method>`` for a method not named
+      ``soft``;
+    * learned allocation (sharing kind ``allocation``): ``allocation_<method>.png``
+      (Gumbel-Matrix Fig. 5), ``similarity_<method>.png`` (Fig. 6), tasks grouped by their
+      ``cluster`` when ``result.json`` names one, and ``allocation_trajectories_<method>.png``
+      (Fig. 8, first task) when ``sharing.pt`` holds snapshots.
+
+    For sweeps ``sweep.png`` (Figs. 2 / 4a): test accuracy, or test loss where no method has
+    an accuracy (regression). What has no data is skipped.
     """
     run_dir = Path(run_dir)
     out = run_dir / "plots"
@@ -408,25 +721,23 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         written.append(plot_learning_curves(run_dir, out / "learning_curves.png"))
 
     point, label = _point_dir(run_dir)
-    soft_dir = _method_dirs(point, run_dir).get("soft")
-    seeds = _seed_dirs(soft_dir) if soft_dir is not None else []
-    if seeds:
+    for method, mdir in _method_dirs(point, run_dir).items():
+        seeds = _seed_dirs(mdir)
+        if not seeds:
+            continue
         seed_dir = next((p for p in seeds if p.name == "seed-0"), seeds[0])
-        snaps = _load_snapshots(seed_dir)
-        if snaps:
-            result = _read_json(seed_dir / "result.json") or {}
-            names = [t.get("name", "") for t in result.get("tasks") or []] or None
-            step, final = snaps[-1]
-            where = f"soft, {seed_dir.name}" + (f", {label}" if label else "")
-            written.append(plot_soft_order(
-                final, out / "soft_order.png", names,
-                title=f"learned soft order at step {step} ({where}); red: strongest path"))
-            written.append(plot_scale_trajectories(snaps, out / "scale_trajectories.png",
-                                                   names))
+        result = _read_json(seed_dir / "result.json")
+        kind = _sharing_kind(result, method)
+        if kind == "soft-order":
+            written += _plot_soft(method, seed_dir, result or {}, label, out)
+        elif kind == "allocation":
+            written += _plot_allocation(method, seed_dir, result or {}, label, out)
 
     results = _read_json(run_dir / "results.json") or {}
     points = (results.get("sweep") or {}).get("points") or []
-    if any("test_accuracy" in m.get("metrics", {}) for p in points
-           for m in p.get("methods", {}).values()):
-        written.append(plot_sweep(results, out / "sweep.png"))
+    for metric in ("test_accuracy", "test_loss"):
+        if any(metric in (m.get("metrics") or {}) for p in points
+               for m in (p.get("methods") or {}).values()):
+            written.append(plot_sweep(results, out / "sweep.png", metric))
+            break
     return written
