@@ -485,6 +485,18 @@ def _mark_groups(ax, runs: list[tuple[str, int, int]], cell_pt: float, columns: 
         top.tick_params(length=0)
 
 
+def _legend_below(fig: plt.Figure, **kwargs: Any) -> None:
+    """A figure legend below the axes, outside them (layout-aware from matplotlib 3.7)."""
+    try:
+        fig.legend(loc="outside lower center", **kwargs)
+    except ValueError:  # matplotlib 3.6 has no "outside" locations: leave room by hand
+        try:
+            fig.get_layout_engine().set(rect=(0, 0.08, 1, 0.92))
+        except (AttributeError, TypeError):
+            pass
+        fig.legend(loc="lower center", **kwargs)
+
+
 def _cell_inches(rows: int, columns: int) -> float:
     return float(np.clip(8.0 / max(rows, columns, 1), 0.14, 0.45))
 
@@ -531,9 +543,9 @@ def plot_allocation(embeddings: Any, out_path: str | Path,
     ax.set_ylabel("task")
     _mark_groups(ax, runs, cell_pt, columns=False)
     cmap = plt.get_cmap("viridis")
-    fig.legend(handles=[Patch(color=cmap(1.0), label="1: allocated"),
-                        Patch(color=cmap(0.0), label="0: not allocated")],
-               loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    _legend_below(fig, handles=[Patch(color=cmap(1.0), label="1: allocated"),
+                                Patch(color=cmap(0.0), label="0: not allocated")],
+                  ncols=2, fontsize=8, frameon=False)
     active = 100.0 * float(e.mean()) if e.size else 0.0
     distinct = len({tuple(row) for row in e.tolist()})
     fig.suptitle((title or "task embeddings (binary allocations)")
@@ -624,9 +636,9 @@ def plot_allocation_trajectories(snapshots: Snapshots, out_path: str | Path,
             ax.set_xlabel("step")
             ax.xaxis.set_tick_params(labelbottom=True)
     handles = [Line2D([], [], color=colors[c], lw=1.4, label=str(c)) for c in range(max(sizes))]
-    fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
-               ncols=min(len(handles), 16), title="component (index within its layer)",
-               title_fontsize=8)
+    _legend_below(fig, handles=handles, fontsize=7, frameon=False,
+                  ncols=min(len(handles), 16), title="component (index within its layer)",
+                  title_fontsize=8)
     name = task_name or f"task {task}"
     fig.suptitle(title or f"connection probabilities of {name} over training", fontsize=10)
     return _save(fig, out_path)

@@ -29,7 +29,12 @@ from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
 from flexmtl.experiments.soft_ordering import split_indices
 from flexmtl.models import MultiTaskModel, build_model, make_decoder
-from flexmtl.sharing.allocation import RoutedCore, RoutedLayer, cosine_similarity
+from flexmtl.sharing.allocation import (
+    RoutedCore,
+    RoutedLayer,
+    TemperatureSchedule,
+    cosine_similarity,
+)
 from flexmtl.sharing.components import (
     cluster_components,
     omniglot_components,
@@ -47,7 +52,9 @@ def routed_layer(method: str, components: Sequence[nn.Module], num_tasks: int,
     """A routed layer whose allocation is given by ``method`` and the experiment config."""
     allocation = "gumbel" if method.startswith("gumbel") else method
     return RoutedLayer(components, num_tasks, input_shape, allocation,
-                       p_init=cfg.get("p_init", 0.5), eval_mode=cfg.get("eval_mode", "greedy"))
+                       p_init=cfg.get("p_init", 0.5), eval_mode=cfg.get("eval_mode", "greedy"),
+                       temperature=TemperatureSchedule(cfg.get("tau_scale", 50.0),
+                                                       cfg.get("tau_min", 0.5)))
 
 
 def routed_core(method: str, layers: Sequence[nn.Module], num_tasks: int,
@@ -66,7 +73,9 @@ def allocation_analysis(model: nn.Module, tasks: list[Task], cfg: dict) -> dict[
 
 
 ALLOCATION_TRAINING = dict(schedule="round-robin", select_on="val_accuracy", threads=1)
-ALLOCATION_KEYS = {"p_init": 0.5, "eval_mode": "greedy", "budget": 0.75, "budget_weight": 1.0}
+#: tau(step) = max(tau_min, tau_scale / sqrt(step + 1)), step counting per-task batches
+ALLOCATION_KEYS = {"p_init": 0.5, "eval_mode": "greedy", "budget": 0.75, "budget_weight": 1.0,
+                   "tau_scale": 50.0, "tau_min": 0.5}
 
 
 # ---------------------------------------------------------------------- synthetic data
@@ -107,7 +116,8 @@ def _transfer_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.
     allocation = {"shared-bottom": [[1, 1, 1, 1], [1, 1, 1, 1]],
                   "no-sharing": [[1, 0, 1, 0], [0, 1, 0, 1]], "gumbel": "gumbel"}[method]
     layer = RoutedLayer(components, 2, (d,), allocation, combine=cfg["combine"],
-                        p_init=cfg["p_init"])
+                        p_init=cfg["p_init"],
+                        temperature=TemperatureSchedule(cfg["tau_scale"], cfg["tau_min"]))
     core = RoutedCore([layer], 2, (d,))
     return build_model(tasks, core, encoder="identity", decoder="linear")
 
@@ -121,6 +131,7 @@ register_experiment(Experiment(
                          schedule="round-robin", select_on="last", threads=1),
         "rho": 0.0, "d": 128, "c": 1.0, "m": 6, "noise": 0.01, "hidden": 4,
         "n_train": 8000, "n_val": 1000, "n_test": 1000, "combine": "mean", "p_init": 0.5,
+        "tau_scale": 50.0, "tau_min": 0.5,
     },
     build_tasks=_transfer_tasks,
     build_model=_transfer_model,
