@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import COARSE_NAMES, FINE_NAMES, write_cifar, write_omniglot
 
 from flexmtl.data import celeba, cifar, omniglot
 from flexmtl.data.celeba import CelebAIndex, celeba_status, load_celeba_index, read_celeba_image
@@ -22,8 +23,6 @@ from flexmtl.data.omniglot import (
 )
 from flexmtl.data.paths import DataFormatError
 from flexmtl.errors import ConfigError, DataNotFoundError, UnknownNameError
-
-from data_fixtures import COARSE_NAMES, FINE_NAMES, write_cifar, write_omniglot
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from data_fixtures import write_omniglot
+
 from flexmtl.data import mnist, omniglot
 from flexmtl.data.mnist import ImageData
 from flexmtl.experiments import get_experiment
@@ -132,7 +132,7 @@ def test_clusters_leave_one_out_tasks_and_embedding_analysis(tiny_images, tmp_pa
     groups = [t.info["cluster"] for t in tasks]
     assert groups == ["mnist"] * 10 + ["fashion"] * 10 + ["digits8x8"] * 10
     assert "STAND-IN" in tasks[-1].note
-    for i, t in enumerate(tasks[:10]):
+    for t in tasks[:10]:
         assert t.num_outputs == 9 and len(t.train) <= 30
         assert t.input_shape == (1, 32, 32)
         # class i is left out; the labels above i move down by one

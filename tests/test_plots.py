@@ -291,7 +291,7 @@ def _write_regression_seed(seed_dir: Path, method: str, seed: int, sharing: dict
 
 def _make_allocation_run(root: Path) -> Path:
     """A sweep (rho) of a regression experiment: ``gumbel`` (learned allocation, snapshots),
-    ``no-sharing`` (fixed allocation, no sharing.pt), ``plain`` (no sharing entry)."""
+    ``no-sharing`` (fixed allocation: constant snapshots), ``plain`` (no sharing entry)."""
     snaps = [(s, _probabilities(s)) for s in (0, 100, 200, 300)]
     gumbel = {"kind": "allocation", "layer_sizes": LAYER_SIZES,
               "probabilities": _probabilities(300).tolist(), "embeddings": PATTERN.tolist()}
@@ -303,7 +303,7 @@ def _make_allocation_run(root: Path) -> Path:
             _write_regression_seed(point / "gumbel" / f"seed-{seed}", "gumbel", seed, gumbel,
                                    snaps)
             _write_regression_seed(point / "no-sharing" / f"seed-{seed}", "no-sharing", seed,
-                                   fixed, None)
+                                   fixed, [(s, torch.eye(5, 9)) for s in (0, 100)])
             _write_regression_seed(point / "plain" / f"seed-{seed}", "plain", seed, None, None)
     results = {"experiment": "synthetic-transfer", "seeds": [0, 1],
                "methods": {m: {"metrics": loss_only} for m in ("gumbel", "no-sharing")},
@@ -331,6 +331,7 @@ def test_plot_run_allocation_method(tmp_path):
         "allocation_gumbel.png", "allocation_no-sharing.png",
         "allocation_trajectories_gumbel.png", "learning_curves.png", "similarity_gumbel.png",
         "similarity_no-sharing.png", "sweep.png"]  # a loss sweep: regression has no accuracy
+    # (no trajectories for the fixed allocation: its probabilities never change)
     for p in paths:
         assert p.parent == run / "plots"
         _check_png(p)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import math
+import re
 import statistics
 import sys
 from pathlib import Path

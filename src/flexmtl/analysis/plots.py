@@ -148,7 +148,7 @@ def _method_dirs(point_dir: Path, run_dir: Path) -> dict[str, Path]:
         return {}
     found = {p.name: p for p in point_dir.iterdir()
              if p.is_dir() and any(s.is_dir() for s in p.glob("seed-*"))}
-    listed = list(((_read_json(run_dir / "results.json") or {}).get("methods") or {}))
+    listed = list((_read_json(run_dir / "results.json") or {}).get("methods") or {})
     listed += (_read_json(run_dir / "config.json") or {}).get("methods") or []
     order = [m for m in dict.fromkeys(listed) if m in found] + sorted(set(found) - set(listed))
     return {m: found[m] for m in order}
@@ -237,7 +237,8 @@ def plot_learning_curves(run_dir: str | Path, out_path: str | Path, key: str = "
     for i, (method, (steps, values)) in enumerate(curves.items()):
         mean, ci = _mean_ci(values)
         color = _color(method, i)
-        ax.plot(steps, mean, color=color, lw=1.8, label=f"{method} ({len(values)} seed{'s' * (len(values) > 1)})")
+        seeds = f"{len(values)} seed{'s' * (len(values) > 1)}"
+        ax.plot(steps, mean, color=color, lw=1.8, label=f"{method} ({seeds})")
         ok = ~np.isnan(ci)
         if ok.any():
             ax.fill_between(steps[ok], (mean - ci)[ok], (mean + ci)[ok], color=color,
@@ -700,7 +701,9 @@ def _plot_allocation(method: str, seed_dir: Path, result: dict, label: str | Non
     ]
     snaps = [(step, x) for step, x in _load_snapshots(seed_dir, ndim=2)
              if tuple(_numpy(x).shape) == embeddings.shape]
-    if snaps:
+    history = np.stack([_numpy(x) for _, x in snaps]) if snaps else np.zeros((0, 0))
+    moving = len(snaps) > 1 and bool(np.ptp(history, axis=0).max() > 0)
+    if moving:  # a fixed allocation (shared bottom, no sharing) has no trajectory to show
         name = (names or [None])[0]
         written.append(plot_allocation_trajectories(
             snaps, out / f"allocation_trajectories_{method}.png", sizes, 0, name,
@@ -721,7 +724,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     * learned allocation (sharing kind ``allocation``): ``allocation_<method>.png``
       (Gumbel-Matrix Fig. 5), ``similarity_<method>.png`` (Fig. 6), tasks grouped by their
       ``cluster`` when ``result.json`` names one, and ``allocation_trajectories_<method>.png``
-      (Fig. 8, first task) when ``sharing.pt`` holds snapshots.
+      (Fig. 8, first task) when ``sharing.pt`` holds snapshots in which the probabilities
+      change (not for fixed allocations).
 
     For sweeps ``sweep.png`` (Figs. 2 / 4a): test accuracy, or test loss where no method has
     an accuracy (regression). What has no data is skipped.

@@ -257,7 +257,9 @@ def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
     try:
         fractions = tuple(float(f) for f in split)
     except (TypeError, ValueError):
-        raise ConfigError(f"split must be three fractions (train, val, test), got {split!r}.")
+        raise ConfigError(
+            f"split must be three fractions (train, val, test), got {split!r}."
+        ) from None
     if len(fractions) != 3 or any(not math.isfinite(f) or f < 0 for f in fractions):
         raise ConfigError(
             f"split must be three non-negative fractions (train, val, test), got {split!r}."

@@ -1,5 +1,6 @@
 """Paper experiments, registered by name (``flexmtl list`` shows them)."""
 
+from flexmtl.experiments import gumbel_matrix, soft_ordering  # noqa: F401  (registers them)
 from flexmtl.experiments.base import (
     EXPERIMENTS,
     Experiment,
@@ -7,7 +8,6 @@ from flexmtl.experiments.base import (
     register_experiment,
     train_defaults,
 )
-from flexmtl.experiments import gumbel_matrix, soft_ordering  # noqa: F401  (registers them)
 
 __all__ = ["EXPERIMENTS", "Experiment", "get_experiment", "register_experiment",
            "train_defaults"]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
+from flexmtl.sharing.ordering import probe_shape
 
 __all__ = [
     "TemperatureSchedule",
@@ -234,22 +235,6 @@ def make_allocation(
     return allocation
 
 
-@torch.no_grad()
-def _output_shape(module: nn.Module, shape: tuple[int, ...], what: str) -> tuple[int, ...]:
-    """Per-example output shape of ``module`` on a dummy batch of two (eval mode)."""
-    was_training = module.training
-    module.eval()
-    param = next(module.parameters(), None)
-    kwargs = {"dtype": param.dtype, "device": param.device} if param is not None else {}
-    try:
-        out = module(torch.zeros(2, *shape, **kwargs))
-    except Exception as exc:  # the module's own message, plus what we tried
-        raise ShapeError(f"{what} failed on an input of per-example shape {shape}: {exc}") from exc
-    finally:
-        module.train(was_training)
-    return tuple(out.shape[1:])
-
-
 class RoutedLayer(nn.Module):
     """One modular layer: components combined per task by an allocation (Sec. III).
 
@@ -291,7 +276,7 @@ class RoutedLayer(nn.Module):
             raise ConfigError("every component must be a torch.nn.Module")
         self.input_shape = tuple(input_shape)
         shapes = [
-            _output_shape(c, self.input_shape, f"component {j} ({type(c).__name__})")
+            probe_shape(c, self.input_shape, f"component {j} ({type(c).__name__})")
             for j, c in enumerate(components)
         ]
         for j, shape in enumerate(shapes):
@@ -400,7 +385,7 @@ class RoutedCore(nn.Module):
                     )
                 shape = layer.output_shape
             else:
-                shape = _output_shape(layer, shape, f"layer {i} ({type(layer).__name__})")
+                shape = probe_shape(layer, shape, f"layer {i} ({type(layer).__name__})")
         self.output_shape = shape
         self.layers = nn.ModuleList(layers)
         self.num_tasks = num_tasks

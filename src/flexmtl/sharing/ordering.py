@@ -55,21 +55,22 @@ def infer_feature_shape(block: nn.Module) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def _probe(block: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Output shape (without batch) of ``block`` on a dummy batch of two inputs."""
-    was_training = block.training
-    block.eval()
+def probe_shape(module: nn.Module, shape: Sequence[int], what: str) -> tuple[int, ...]:
+    """Per-example output shape of ``module`` on a dummy batch of two inputs (eval mode).
+
+    Used when a core is built, so that incompatible blocks fail early with ``what`` named.
+    """
+    shape = tuple(shape)
+    was_training = module.training
+    module.eval()
+    param = next(module.parameters(), None)
+    kwargs = {"dtype": param.dtype, "device": param.device} if param is not None else {}
     try:
-        param = next(block.parameters(), None)
-        kwargs = {"dtype": param.dtype, "device": param.device} if param is not None else {}
-        out = block(torch.zeros(2, *shape, **kwargs))
-    except Exception as exc:  # the block's own message, plus what we tried
-        raise ShapeError(
-            f"shared block {type(block).__name__} failed on an input of per-example shape "
-            f"{shape}: {exc}"
-        ) from exc
+        out = module(torch.zeros(2, *shape, **kwargs))
+    except Exception as exc:  # the module's own message, plus what we tried
+        raise ShapeError(f"{what} failed on an input of per-example shape {shape}: {exc}") from exc
     finally:
-        block.train(was_training)
+        module.train(was_training)
     return tuple(out.shape[1:])
 
 
@@ -126,7 +127,8 @@ class SharedCore(nn.Module):
         shape = tuple(feature_shape) if feature_shape is not None else None
         self.feature_shape = shape or infer_feature_shape(blocks[0])
         for j, block in enumerate(blocks):
-            out = _probe(block, self.feature_shape)
+            out = probe_shape(block, self.feature_shape,
+                              f"shared block {j} ({type(block).__name__})")
             if out != self.feature_shape:
                 raise ShapeError(
                     f"shared block {j} ({type(block).__name__}) maps per-example shape "
@@ -154,8 +156,9 @@ class SharedCore(nn.Module):
     def _check_input(self, h: torch.Tensor) -> None:
         if tuple(h.shape[1:]) != self.feature_shape:
             raise ShapeError(
-                f"shared core expects inputs of shape (batch, {', '.join(map(str, self.feature_shape))}), "
-                f"got {tuple(h.shape)}; check the encoder output size"
+                f"shared core expects inputs of shape (batch, "
+                f"{', '.join(map(str, self.feature_shape))}), got {tuple(h.shape)}; check the "
+                "encoder output size"
             )
 
     def layer_order(self, task: int) -> list[int]:

@@ -60,7 +60,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     seed: int = 0
     device: str = "cpu"
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default (1 is fastest for tiny layers)
+    threads: int = 0  # torch intra-op threads; 0: torch's default (1 is fastest for tiny layers)
     progress: bool = True
 
     def validate(self) -> None:
@@ -133,7 +133,8 @@ class Trainer:
         cfg = self.config
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(parameter_groups(model, cfg))
         self.schedule = SCHEDULES.get(cfg.schedule)()
-        self.sampler = TaskBatchSampler([len(t.train) for t in self.tasks], cfg.batch_size, cfg.seed)
+        self.sampler = TaskBatchSampler([len(t.train) for t in self.tasks], cfg.batch_size,
+                                        cfg.seed)
         self.task_order_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_data = [self._to_device(t.train) for t in self.tasks]
         self.step = 0
@@ -230,8 +231,8 @@ class Trainer:
             else "no checkpoint was written yet"
         )
         raise TrainingDiverged(
-            f"loss became {float(value.detach())} at step {self.step + 1} (tasks: {names}); training "
-            f"stopped and {where}. Try a lower learning rate or check the inputs for NaN."
+            f"loss became {float(value.detach())} at step {self.step + 1} (tasks: {names}); "
+            f"training stopped and {where}. Try a lower learning rate or check the inputs for NaN."
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -301,7 +302,8 @@ class Trainer:
                     train_log.write(row)
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     self._evaluate_and_select(eval_log)
-                    bar.set_postfix(loss=f"{sum(losses):.4f}", val=f"{self.history[-1]['loss']:.4f}")
+                    bar.set_postfix(loss=f"{sum(losses):.4f}",
+                                    val=f"{self.history[-1]['loss']:.4f}")
                 every = cfg.checkpoint_every or cfg.eval_every
                 if self.step % every == 0 or self.step == cfg.steps:
                     self._save_last()
