@@ -90,14 +90,28 @@ class MultiTaskModel(nn.Module):
     def num_tasks(self) -> int:
         return self.core.num_tasks
 
-    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, task: int) -> torch.Tensor:
         h = self.encoders[task](x)
         if tuple(h.shape[1:]) != tuple(self.core.feature_shape):
             raise ShapeError(
                 f"encoder of task {self.task_names[task]!r} produced shape {tuple(h.shape[1:])} "
                 f"per example but the shared core expects {tuple(self.core.feature_shape)}"
             )
-        return self.decoders[task](self.core(h, task))
+        return h
+
+    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        return self.decoders[task](self.core(self._encode(x, task), task))
+
+    def forward_tasks(self, xs: Sequence[torch.Tensor], tasks: Sequence[int]) -> list[torch.Tensor]:
+        """Outputs of several tasks at once: ``[model(x, t) for x, t in zip(xs, tasks)]``.
+
+        Cores with a ``forward_tasks`` method (the fused orderings) process all tasks in one
+        batched pass; others are called task by task.
+        """
+        hs = [self._encode(x, t) for x, t in zip(xs, tasks)]
+        fused = getattr(self.core, "forward_tasks", None)
+        hs = fused(hs, tasks) if callable(fused) else [self.core(h, t) for h, t in zip(hs, tasks)]
+        return [self.decoders[t](h) for h, t in zip(hs, tasks)]
 
 
 def build_model(

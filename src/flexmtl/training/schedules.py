@@ -16,8 +16,9 @@ from flexmtl.registry import Registry
 
 #: ``batch(task_index) -> (x, y)`` supplied by the trainer
 BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
-#: ``loss(task_index, x, y) -> scalar`` supplied by the trainer (forward + task loss)
-LossFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``losses(tasks, batches) -> [scalar per task]`` supplied by the trainer: one forward of
+#: the listed tasks (fused where the model can) and their losses
+LossFn = Callable[[Sequence[int], Sequence[tuple[torch.Tensor, torch.Tensor]]], list[torch.Tensor]]
 #: ``update(loss, task_indices)``: check, backward, clip and step, supplied by the trainer
 UpdateFn = Callable[[torch.Tensor, Sequence[int]], None]
 
@@ -34,8 +35,9 @@ class JointSchedule(Schedule):
     """Sum the losses of one batch per task; one update (soft ordering, appendix A)."""
 
     def step(self, num_tasks, batch, loss, update, generator):
-        losses = [loss(t, *batch(t)) for t in range(num_tasks)]
-        update(torch.stack(losses).sum(), range(num_tasks))
+        tasks = range(num_tasks)
+        losses = loss(tasks, [batch(t) for t in tasks])
+        update(torch.stack(losses).sum(), tasks)
         return [float(v.detach()) for v in losses]
 
 
@@ -45,7 +47,7 @@ class RoundRobinSchedule(Schedule):
     def step(self, num_tasks, batch, loss, update, generator):
         values = [0.0] * num_tasks
         for t in torch.randperm(num_tasks, generator=generator).tolist():
-            value = loss(t, *batch(t))
+            (value,) = loss([t], [batch(t)])
             update(value, [t])
             values[t] = float(value.detach())
         return values

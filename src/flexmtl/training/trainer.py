@@ -161,11 +161,26 @@ class Trainer:
         x = data.x[idx]
         return (augment(x) if augment is not None else x), data.y[idx]
 
-    def _loss(self, task: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Task loss plus the core's regularisation for this task (e.g. a budget penalty)."""
-        loss = self.tasks[task].loss(self.model(x, task), y)
+    def _losses(self, tasks: Sequence[int],
+                batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Loss of each task's batch plus the core's regularisation for that task (e.g. a
+        budget penalty); one forward for all, fused where the model supports it."""
+        xs = [x for x, _ in batches]
+        forward_tasks = getattr(self.model, "forward_tasks", None)
+        if callable(forward_tasks):
+            outs = forward_tasks(xs, tasks)
+        else:
+            outs = [self.model(x, t) for x, t in zip(xs, tasks)]
         regularization = getattr(getattr(self.model, "core", None), "regularization", None)
-        return loss + regularization(task) if callable(regularization) else loss
+        losses = []
+        for t, out, (_, y) in zip(tasks, outs, batches):
+            loss = self.tasks[t].loss(out, y)
+            losses.append(loss + regularization(t) if callable(regularization) else loss)
+        return losses
+
+    def _loss(self, task: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of one task's batch (with regularisation)."""
+        return self._losses([task], [(x, y)])[0]
 
     def _update(self, loss: torch.Tensor, task_indices: Sequence[int]) -> None:
         self._check(loss, task_indices)
@@ -293,7 +308,7 @@ class Trainer:
         self.model.train()
         try:
             while self.step < cfg.steps:
-                losses = self.schedule.step(len(self.tasks), self._batch, self._loss,
+                losses = self.schedule.step(len(self.tasks), self._batch, self._losses,
                                             self._update, self.task_order_generator)
                 self.step += 1
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
