@@ -1,0 +1,282 @@
+"""Speed benchmarks: fused vs reference (per-task loop) execution of flexmtl's models.
+
+Each configuration from the papers is timed for whole training steps (forward, backward and
+optimiser update, as the trainer runs them), once with the fused implementation and once
+with the reference loop, in the same process. Reported per configuration: steps/s of both
+and their ratio, achieved GFLOP/s of the fused step against this machine's measured fp32
+matmul peak, and peak memory (resident set size of a fresh process, or CUDA peak).
+
+Usage::
+
+    python benchmarks/bench.py                 # all configurations, results in benchmarks/results/
+    python benchmarks/bench.py --only mnist-pairs-10 --threads 1
+    python benchmarks/bench.py --main-job      # also time the README's main job (flexmtl run uci)
+
+Results are written as ``benchmarks/results/<machine>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import flexmtl as fm
+from flexmtl.experiments import get_experiment
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------- configurations
+
+
+def random_tasks(shapes, classes, n, kind="multiclass", seed=0):
+    """Tasks with random inputs of the given per-example shapes (speed does not need data)."""
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for i, (shape, k) in enumerate(zip(shapes, classes)):
+        x = rng.random((n, *shape), dtype=np.float32)
+        y = rng.integers(0, k, n) if kind == "multiclass" else rng.integers(0, 2, n)
+        tasks.append(fm.Task(f"t{i}", kind, (x, y), num_outputs=k if kind == "multiclass" else 0))
+    return tasks
+
+
+def soft_dense(width, tasks=10, layers=4, batch=64):
+    """Soft ordering over dense ReLU blocks (the width sweep)."""
+    ts = random_tasks([(width,)] * tasks, [2] * tasks, batch * 4)
+    blocks = [nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(layers)]
+    core = fm.make_core("soft", blocks, tasks, dropout=0.0)
+    model = fm.build_model(ts, core, encoder="identity")
+    flops = 3 * 2 * tasks * batch * width * width * layers * layers  # fwd + 2x bwd, L x D
+    return model, ts, dict(batch_size=batch, schedule="joint"), flops
+
+
+def mnist_pairs_10(batch=32):
+    exp = get_experiment("mnist-pairs")
+    cfg = exp.resolve_config()
+    ts = random_tasks([(784,)] * 10, [2] * 10, batch * 4, kind="binary")
+    model = exp.build_model("soft", ts, cfg, 0)
+    w, L = cfg["width"], cfg["layers"]
+    flops = 3 * 2 * 10 * batch * w * w * L * L + 2 * 2 * 10 * batch * 784 * w  # core + frozen enc
+    return model, ts, dict(batch_size=batch, schedule="joint", dropout_note=cfg["dropout"]), flops
+
+
+def uci_10(batch=32):
+    exp = get_experiment("uci")
+    cfg = exp.resolve_config()
+    features = [14, 30, 7, 24, 13, 19, 4, 8, 13, 8]
+    classes = [2, 2, 8, 2, 5, 2, 3, 2, 3, 10]
+    ts = random_tasks([(f,) for f in features], classes, batch * 4)
+    model = exp.build_model("soft", ts, cfg, 0)
+    w, L = cfg["width"], cfg["layers"]
+    flops = 3 * 2 * 10 * batch * w * w * L * L
+    return model, ts, dict(batch_size=batch, schedule="joint"), flops
+
+
+def four_mnists(batch=16):
+    exp = get_experiment("four-mnists")
+    cfg = exp.resolve_config()
+    ts = random_tasks([(1, 28, 28)] * 4, [10] * 4, batch * 4)
+    model = exp.build_model("gumbel", ts, cfg, 0)
+    # per task step, all 4 components of each layer run: 5x5 (1->4) on 24x24, 3x3 (4->4) on
+    # 10x10 and 3x3 on 3x3; x3 for forward + backward
+    conv = 4 * (24 * 24 * 4 * 25 + 10 * 10 * 4 * 4 * 9 + 3 * 3 * 4 * 4 * 9)
+    flops = 3 * 2 * 4 * batch * conv
+    return model, ts, dict(batch_size=batch, schedule="round-robin"), flops
+
+
+def omniglot_20(batch=16, size=105):
+    exp = get_experiment("omniglot")
+    cfg = exp.resolve_config(overrides={"size": size})
+    ts = random_tasks([(1, size, size)] * 20, [40] * 20, batch * 2)
+    model = exp.build_model("gumbel", ts, cfg, 0)
+    return model, ts, dict(batch_size=batch, schedule="round-robin"), None
+
+
+CONFIGS = {
+    "mnist-pairs-10": mnist_pairs_10,
+    "uci-10": uci_10,
+    "four-mnists": four_mnists,
+    "omniglot-20": omniglot_20,
+    **{f"soft-width-{w}": (lambda w=w: soft_dense(w)) for w in (64, 128, 256, 512, 1024)},
+}
+#: reference steps are slow for these; fewer repeats
+HEAVY = {"omniglot-20"}
+
+
+# ---------------------------------------------------------------------- timing
+
+
+def set_fused(model: nn.Module, fused: bool) -> bool:
+    """Switch every fusable module of ``model``; False if the model has none."""
+    found = False
+    for module in model.modules():
+        if hasattr(module, "fused"):
+            module.fused = fused
+            found = True
+    return found
+
+
+def time_steps(model, tasks, train_kwargs, device, steps, warmup, tasks_per_step=None):
+    """Seconds per training step (median over ``steps`` timed steps)."""
+    cfg = fm.TrainConfig(steps=10**9, eval_every=10**9, progress=False, device=device,
+                         **{k: v for k, v in train_kwargs.items() if k in ("batch_size",
+                                                                           "schedule")})
+    trainer = fm.Trainer(model, tasks, cfg)
+    num = tasks_per_step or len(tasks)
+
+    def step():
+        trainer.schedule.step(num, trainer._batch, trainer._losses, trainer._update,
+                              trainer.task_order_generator)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak(device, n=2048, repeats=10):
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    best = math.inf
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def run_one(name, device, steps):
+    """Benchmark one configuration in this process; returns a result row."""
+    torch.manual_seed(0)
+    model, tasks, kwargs, flops = CONFIGS[name]()
+    model.to(device)
+    heavy = name in HEAVY
+    n_steps = max(2, steps // 10) if heavy else steps
+    # omniglot: time one task step (1 of 20 tasks per "step") to keep the reference bearable
+    per = 1 if heavy else None
+    row = {"config": name, "tasks": len(tasks), "batch_size": kwargs["batch_size"],
+           "schedule": kwargs["schedule"], "timed_steps": n_steps,
+           "unit": "one task step" if heavy else "one training step (all tasks)"}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    has_fused = set_fused(model, True)
+    fused = time_steps(model, tasks, kwargs, device, n_steps, 2, per)
+    if device.startswith("cuda"):
+        row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    set_fused(model, False)
+    reference = time_steps(model, tasks, kwargs, device, n_steps, 2, per)
+    row.update(fused_steps_per_s=1 / fused, reference_steps_per_s=1 / reference,
+               speedup=reference / fused, fused_implemented=has_fused)
+    if flops is not None:
+        row["fused_gflops"] = flops / fused / 1e9
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", help="comma-separated configurations: " + ", ".join(CONFIGS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--main-job", action="store_true", help="also time `flexmtl run uci`")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.one:
+        row = run_one(args.one, args.device, args.steps)
+        if not args.device.startswith("cuda"):
+            row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(row))
+        return
+    names = args.only.split(",") if args.only else list(CONFIGS)
+    for n in names:
+        if n not in CONFIGS:
+            raise SystemExit(f"unknown configuration {n!r}; known: {', '.join(CONFIGS)}")
+    peak = matmul_peak(args.device)
+    rows = []
+    for name in names:
+        cmd = [sys.executable, __file__, "--one", name, "--device", args.device, "--steps",
+               str(args.steps), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        if "fused_gflops" in row:
+            row["fraction_of_matmul_peak"] = row["fused_gflops"] / peak
+        rows.append(row)
+        print(f"{name:>16}: fused {row['fused_steps_per_s']:8.1f}/s  reference "
+              f"{row['reference_steps_per_s']:8.1f}/s  x{row['speedup']:.2f}", flush=True)
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": args.device,
+                    "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda")
+                    else platform.processor() or platform.machine()},
+        "matmul_peak_gflops": peak,
+        "results": rows,
+    }
+    if args.main_job:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "flexmtl.cli", "run", "uci", "--no-progress",
+                        "--out", str(Path(args.out) / "main-job-run")], check=True,
+                       capture_output=True)
+        report["main_job_seconds"] = time.perf_counter() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{args.device}-{torch.get_num_threads()}threads"
+    (out / f"{tag}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{tag}.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def markdown(report) -> str:
+    m = report["machine"]
+    lines = [f"# flexmtl benchmarks: {m['device']} ({m['device_name']}), {m['threads']} "
+             f"thread(s), torch {m['torch']}", "",
+             f"fp32 matmul peak (2048x2048): {report['matmul_peak_gflops']:.1f} GFLOP/s", ""]
+    if "main_job_seconds" in report:
+        lines += [f"README main job (`flexmtl run uci`): {report['main_job_seconds']:.0f} s", ""]
+    lines += ["| config | unit | fused steps/s | reference steps/s | speed-up | fused GFLOP/s | "
+              "% of matmul peak | peak memory MB |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        g = f"{r['fused_gflops']:.1f}" if "fused_gflops" in r else "-"
+        frac = (f"{100 * r['fraction_of_matmul_peak']:.0f}%"
+                if "fraction_of_matmul_peak" in r else "-")
+        lines.append(f"| {r['config']} | {r['unit']} | {r['fused_steps_per_s']:.1f} | "
+                     f"{r['reference_steps_per_s']:.1f} | {r['speedup']:.2f}x | {g} | {frac} | "
+                     f"{r.get('peak_memory_mb', float('nan')):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
