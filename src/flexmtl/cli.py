@@ -1,4 +1,7 @@
-"""Command line: ``flexmtl list | run | plot``. Thin: it parses, then calls the library."""
+"""Command line: ``flexmtl list | run | plot``. Thin: it parses, then calls the library.
+
+``torchrun --nproc_per_node=N -m flexmtl run ...`` runs an experiment data-parallel.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-sweep", action="store_true", help="run only the configured point")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--no-plots", action="store_true", help="skip plotting at the end")
+    run.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                     help="train on cpu or cuda (auto: cuda when present); default: the "
+                          "config's device key (cpu). Under torchrun each process takes "
+                          "the GPU of its LOCAL_RANK")
+    run.add_argument("--compile", action="store_true",
+                     help="apply torch.compile to the training forward")
 
     plot = sub.add_parser("plot", help="redraw the plots of a run folder")
     plot.add_argument("run_dir")
@@ -79,6 +88,11 @@ def _cmd_run(args: argparse.Namespace) -> None:
         if not sep or not values:
             raise FlexMTLError(f"--sweep expects KEY=V1,V2,..., got {args.sweep!r}")
         sweep = (key, values.split(","))
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.compile:
+        overrides.append("compile=true")
     run_experiment(
         args.experiment,
         methods=args.methods.split(",") if args.methods else None,
@@ -86,7 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         steps=args.steps,
         out_dir=args.out,
         config_file=args.config,
-        overrides=args.overrides,
+        overrides=overrides,
         sweep=sweep,
         progress=not args.no_progress,
         plots=not args.no_plots,
@@ -126,7 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "plot":
             _cmd_plot(args.run_dir)
     except FlexMTLError as exc:
-        print(f"flexmtl: error: {exc}", file=sys.stderr)
+        from flexmtl.training import distributed
+
+        where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+        print(f"flexmtl: error{where}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nflexmtl: interrupted; rerun the same command to resume from the last "

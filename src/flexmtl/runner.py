@@ -9,6 +9,10 @@ Run folder layout::
 
 A finished (sweep value, method, seed) has a ``result.json`` and is not redone; an
 unfinished one resumes from its ``last.pt``.
+
+Under ``torchrun`` every process runs the same loop and trains each run data-parallel;
+rank 0 alone reads and writes the run folder and prints, and every rank returns the
+same results.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from flexmtl.errors import ConfigError, UnknownNameError
 from flexmtl.experiments import get_experiment
 from flexmtl.experiments.base import Experiment, coerce
 from flexmtl.sharing import RoutedCore, SoftOrdering
-from flexmtl.training import Trainer, seed_everything
+from flexmtl.training import Trainer, distributed, seed_everything
 
 RESULTS_VERSION = 1
+#: config keys that say how to run, not what to compute: a run folder resumes across them
+RUNTIME_KEYS = ("device", "compile")
 
 
 def run_experiment(
@@ -58,12 +64,15 @@ def run_experiment(
     if steps is not None:
         cfg = exp.resolve_config(None, {**cfg, "steps": steps})
     points = _sweep_points(exp, cfg, sweep)
+    distributed.setup(distributed.resolve_device(cfg.get("device", "cpu")))
+    if not distributed.is_main():
+        log, progress, plots = _quiet, False, False
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
     manifest = {
         "experiment": name, "config": cfg, "methods": methods, "seeds": list(range(seeds)),
         "sweep": None if points is None else {"key": points[0], "values": list(points[1])},
     }
-    _write_or_check_manifest(out, manifest)
+    distributed.on_main(_write_or_check_manifest, out, manifest)
     log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder {out}")
     for note in exp.notes:
         log(f"  note: {note}")
@@ -84,11 +93,19 @@ def run_experiment(
             ]
         point_results.append({"value": value, "methods": _aggregate(runs), "data": data_sources})
     results = _results(exp, manifest, point_results, time.perf_counter() - start)
+    distributed.on_main(_write_results, out, results, log, plots)
+    return results
+
+
+def _write_results(out: Path, results: dict, log, plots: bool) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True))
     log(format_table(results))
     if plots:
         _plot(out, log)
-    return results
+
+
+def _quiet(_message: str) -> None:
+    pass
 
 
 def _sweep_points(exp: Experiment, cfg: dict, sweep) -> tuple[str, tuple] | None:
@@ -108,6 +125,9 @@ def _write_or_check_manifest(out: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         same = {k: old.get(k) for k in ("experiment", "config", "sweep")}
         new = json.loads(json.dumps({k: manifest[k] for k in ("experiment", "config", "sweep")}))
+        for cfg in (same["config"] or {}, new["config"]):
+            for key in RUNTIME_KEYS:
+                cfg.pop(key, None)
         if same != new:
             diff = sorted(k for k in new["config"] if (old.get("config") or {}).get(k)
                           != new["config"][k])
@@ -132,8 +152,8 @@ def _has_runs(out: Path) -> bool:
 
 def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log) -> dict:
     done = run_dir / "result.json"
-    if done.exists():
-        result = json.loads(done.read_text())
+    result = distributed.on_main(lambda: json.loads(done.read_text()) if done.exists() else None)
+    if result is not None:
         for t in result.get("tasks") or []:  # a rerun's results still name the data
             data_sources.setdefault(t["name"], t.get("note", ""))
         log(f"  {method:>9} seed {seed}: done before (test loss {result['test']['loss']:.4f})")
@@ -147,6 +167,12 @@ def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log)
     trainer = Trainer(model, tasks, exp.train_config(cfg, seed, progress), out_dir=run_dir)
     resumed = trainer.step
     res = trainer.fit()
+    return distributed.on_main(_report, exp, method, seed, cfg, tasks, model, res, resumed,
+                               done, log)
+
+
+def _report(exp, method, seed, cfg, tasks, model, res, resumed, done: Path, log) -> dict:
+    """Write a finished run's ``result.json`` and print its line (rank 0)."""
     result = {
         "method": method, "seed": seed, "best_step": res.best_step, "steps": res.steps,
         "seconds": res.seconds, "resumed_from": resumed, "val": res.val, "test": res.test,

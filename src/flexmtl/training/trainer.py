@@ -11,10 +11,15 @@ evaluated once, at the end, on that checkpoint. A run writes into ``out_dir``:
 * ``last.pt`` -- model, optimiser, sampler and RNG state (atomic; a killed run resumes);
 * ``best.pt`` -- the selected model;
 * ``sharing.pt`` -- the core's sharing parameters over training (e.g. soft-order scales).
+
+Under ``torchrun`` the same code trains data-parallel (DistributedDataParallel): each rank
+trains on its piece of every global batch, rank 0 alone evaluates and writes; see
+:mod:`flexmtl.training.distributed` for the rules that keep N ranks equal to one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -25,9 +30,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flexmtl.errors import ConfigError, TrainingDiverged
+from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
 from flexmtl.registry import Registry
 from flexmtl.tasks import Split, Task
+from flexmtl.training import distributed
 from flexmtl.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from flexmtl.training.sampler import TaskBatchSampler
 from flexmtl.training.schedules import SCHEDULES
@@ -59,7 +65,8 @@ class TrainConfig:
     select_on: str = "val_loss"
     eval_batch_size: int = 1024
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda (cuda:LOCAL_RANK under torchrun), cuda:N, or auto
+    compile: bool = False  # torch.compile the training forward
     threads: int = 0  # torch intra-op threads; 0: torch's default (1 is fastest for tiny layers)
     progress: bool = True
 
@@ -68,6 +75,12 @@ class TrainConfig:
         SCHEDULES.get(self.schedule)
         if self.select_on not in SELECT_ON:
             raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError(
+                    f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}") from None
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
         if self.steps == 0 and self.epochs <= 0:
@@ -98,6 +111,10 @@ class TrainResult:
 class Trainer:
     """Trains a :class:`~flexmtl.models.MultiTaskModel` (or any ``model(x, task)``) on tasks.
 
+    Under ``torchrun`` (several processes) it trains data-parallel: ``batch_size`` stays
+    the global batch, split over the ranks; logs, checkpoints and evaluation are rank 0's,
+    and :meth:`fit` returns rank 0's result on every rank.
+
     Args:
         model: module called as ``model(x, task_index)``.
         tasks: the tasks, in the model's task order.
@@ -125,12 +142,20 @@ class Trainer:
             self.config = replace(self.config, steps=math.ceil(self.config.epochs * per_epoch))
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        self.device = torch.device(self.config.device)
+        self.device = distributed.resolve_device(self.config.device)
+        distributed.setup(self.device)
+        self.world_size = distributed.world_size()
+        self.is_main = distributed.is_main()
+        cfg = self.config
+        too_small = [t.name for t in tasks if min(cfg.batch_size, len(t.train)) < self.world_size]
+        if too_small:
+            raise ConfigError(
+                f"{self.world_size} processes need batches of >= {self.world_size} examples; "
+                f"tasks {', '.join(too_small)} have fewer (batch_size or training set)")
         self.model = model.to(self.device)
         self.tasks = list(tasks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks)
-        cfg = self.config
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(parameter_groups(model, cfg))
         self.schedule = SCHEDULES.get(cfg.schedule)()
         self.sampler = TaskBatchSampler([len(t.train) for t in self.tasks], cfg.batch_size,
@@ -144,18 +169,28 @@ class Trainer:
         self.sharing: list[tuple[int, torch.Tensor]] = []
         self.last_checkpoint_step: int | None = None
         self._best_in_memory: dict | None = None
-        if resume and self.out_dir is not None and (self.out_dir / "last.pt").exists():
-            self._resume(self.out_dir / "last.pt")
-        elif self.out_dir is not None:  # a fresh start: logs of an earlier attempt are stale
+        self.shared_stream: distributed.SharedStream | None = None
+        if self.world_size > 1:
+            self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
+            distributed.seed_rank(cfg.seed)
+        state = distributed.on_main(self._read_last) if resume else None
+        if state is not None:
+            self._resume(state)
+        elif self.out_dir is not None and self.is_main:
+            # a fresh start: logs of an earlier attempt are stale
             for name in ("train_log.csv", "eval_log.csv"):
                 (self.out_dir / name).unlink(missing_ok=True)
+        self.training_forward = distributed.wrap(_TrainingForward(self.model), self.device)
+        if cfg.compile:
+            self.training_forward = torch.compile(self.training_forward)
 
     # ------------------------------------------------------------------ data and metrics
     def _to_device(self, split: Split) -> Split:
         return Split(split.x.to(self.device), split.y.to(self.device))
 
     def _batch(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.sampler.next(task).to(self.device)
+        """This rank's piece of the task's next (global) batch."""
+        idx = distributed.shard(self.sampler.next(task)).to(self.device)
         data = self.train_data[task]
         augment = self.tasks[task].augment
         x = data.x[idx]
@@ -164,19 +199,50 @@ class Trainer:
     def _losses(self, tasks: Sequence[int],
                 batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Loss of each task's batch plus the core's regularisation for that task (e.g. a
-        budget penalty); one forward for all, fused where the model supports it."""
-        xs = [x for x, _ in batches]
-        forward_tasks = getattr(self.model, "forward_tasks", None)
-        if callable(forward_tasks):
-            outs = forward_tasks(xs, tasks)
-        else:
-            outs = [self.model(x, t) for x, t in zip(xs, tasks)]
-        regularization = getattr(getattr(self.model, "core", None), "regularization", None)
-        losses = []
-        for t, out, (_, y) in zip(tasks, outs, batches):
-            loss = self.tasks[t].loss(out, y)
-            losses.append(loss + regularization(t) if callable(regularization) else loss)
-        return losses
+        budget penalty); one forward for all, fused where the model supports it.
+
+        With several ranks the batches are this rank's pieces; the returned losses then have
+        the global batch's value and a gradient that DDP's average over ranks turns into the
+        global batch's gradient (see :meth:`_global_mean`).
+        """
+        outs, regularization = self._forward([x for x, _ in batches], list(tasks))
+        losses = [self.tasks[t].loss(out, y) for t, out, (_, y) in zip(tasks, outs, batches)]
+        if self.world_size > 1:
+            losses = self._global_mean(losses, [len(y) for _, y in batches])
+        return [loss + reg for loss, reg in zip(losses, regularization)]
+
+    def _forward(self, xs: list[torch.Tensor], tasks: list[int]):
+        if not self.config.compile:
+            return self.training_forward(xs, tasks)
+        try:
+            return self.training_forward(xs, tasks)
+        except FlexMTLError:
+            raise
+        except Exception as exc:  # dynamo's own errors, and crashes of some versions
+            text = str(exc).strip()
+            raise ConfigError(
+                f"the torch.compile'd training forward failed ({type(exc).__name__}: "
+                f"{text.splitlines()[0] if text else 'no message'}); torch "
+                f"{torch.__version__} may not compile this model: train without --compile "
+                "(compile=false)") from exc
+
+    def _global_mean(self, losses: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
+        """Per-task mean losses of this rank's pieces -> the global batches' mean losses.
+
+        Rank ``r`` holds ``n_r`` of ``n`` examples and the mean loss ``L_r`` of its piece. The
+        returned value is the global mean ``sum_r n_r L_r / n`` (summed over ranks), and the
+        gradient is that of ``N n_r L_r / n``, which DDP averages over the N ranks into
+        ``sum_r n_r grad L_r / n``: the gradient one process computes on the whole batch.
+        """
+        local = torch.stack([loss.detach() for loss in losses])
+        n = torch.tensor(sizes, dtype=local.dtype, device=local.device)
+        totals = distributed.all_reduce_sum(torch.cat([local * n, n]))
+        sums, counts = totals.chunk(2)
+        out = []
+        for loss, size, mean, count in zip(losses, sizes, sums / counts, counts):
+            scaled = loss * (self.world_size * size / count)
+            out.append(mean + (scaled - scaled.detach()))  # value: mean; gradient: scaled's
+        return out
 
     def _loss(self, task: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of one task's batch (with regularisation)."""
@@ -236,6 +302,7 @@ class Trainer:
         return metrics["loss"]
 
     def _check(self, value: torch.Tensor, task_indices: Sequence[int]) -> None:
+        # the value is the global batch's, equal on every rank: all ranks stop together
         if torch.isfinite(value):
             return
         names = ", ".join(self.tasks[t].name for t in task_indices)
@@ -258,7 +325,9 @@ class Trainer:
             self.sharing.append((self.step, fn().detach().cpu().clone()))
 
     def state_dict(self) -> dict:
-        return {
+        """Everything :meth:`fit` needs to resume (this rank's random state; ``last.pt``
+        adds every rank's, ``rng_ranks``, when there are several)."""
+        state = {
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -271,20 +340,46 @@ class Trainer:
             "sharing": self.sharing,
             "config": asdict(self.config),
         }
+        if self.shared_stream is not None:
+            state["shared_rng"] = self.shared_stream.state_dict()
+        return state
 
     def _save_last(self) -> None:
+        """Write ``last.pt`` (rank 0; every rank takes part, handing over its random state)."""
         if self.out_dir is None:
             return
-        atomic_save(self.state_dict(), self.out_dir / "last.pt")
+        rng_ranks = distributed.all_gather_object(rng_state()) if self.world_size > 1 else None
+        if self.is_main:
+            state = self.state_dict()
+            if rng_ranks is not None:
+                state["rng_ranks"] = rng_ranks
+            atomic_save(state, self.out_dir / "last.pt")
         self.last_checkpoint_step = self.step
 
-    def _resume(self, path: Path) -> None:
-        state = load_checkpoint(path, self.device)
+    def _read_last(self) -> dict | None:
+        """``last.pt`` on the cpu, or None (called on rank 0, which broadcasts it)."""
+        path = self.out_dir / "last.pt" if self.out_dir is not None else None
+        return load_checkpoint(path, "cpu") if path is not None and path.exists() else None
+
+    def _resume(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.task_order_generator.set_state(state["task_order_generator"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"])  # rank 0's streams; one process draws everything from them
+        shared = state.get("shared_rng")
+        if self.shared_stream is not None:
+            # the allocation samples continue rank 0's stream of a one-process checkpoint
+            if shared is None or not self.shared_stream.load_state_dict(shared):
+                self.shared_stream.state = distributed.generator_state(self.device)
+            per_rank = state.get("rng_ranks")
+            if per_rank is not None and len(per_rank) == self.world_size:
+                set_rng_state(per_rank[distributed.rank()])
+            else:  # another number of processes than the checkpoint's: fresh rank streams
+                distributed.seed_rank(self.config.seed, state["step"])
+        elif shared is not None and shared.get("device") == self.device.type:
+            # one process resumes a multi-process run: its generator draws the allocations
+            distributed.set_generator_state(self.device, shared["state"])
         self.step = state["step"]
         self.best_score = state["best_score"]
         self.best_step = state["best_step"]
@@ -292,20 +387,25 @@ class Trainer:
         self.sharing = state["sharing"]
         self.last_checkpoint_step = self.step
         # rows a killed run logged after its last checkpoint are dropped (they are redone)
-        for name in ("train_log.csv", "eval_log.csv"):
-            _truncate_csv(self.out_dir / name, self.step)
+        if self.is_main:
+            for name in ("train_log.csv", "eval_log.csv"):
+                _truncate_csv(self.out_dir / name, self.step)
 
     # ------------------------------------------------------------------ training
     def fit(self) -> TrainResult:
         """Train to ``config.steps`` (resuming where a previous run stopped) and test once."""
         cfg = self.config
         start_time = time.perf_counter()
-        train_log = _CsvLog(self.out_dir, "train_log.csv")
-        eval_log = _CsvLog(self.out_dir, "eval_log.csv")
+        log_dir = self.out_dir if self.is_main else None
+        train_log = _CsvLog(log_dir, "train_log.csv")
+        eval_log = _CsvLog(log_dir, "eval_log.csv")
         if self.step == 0:
             self._snapshot_sharing()
-        bar = _progress(cfg.steps, self.step, cfg.progress)
+        bar = _progress(cfg.steps, self.step, cfg.progress and self.is_main)
         self.model.train()
+        hooks = contextlib.ExitStack()
+        if self.shared_stream is not None:  # the allocation samples: one stream for all ranks
+            hooks.enter_context(self.shared_stream.attached(self.model))
         try:
             while self.step < cfg.steps:
                 losses = self.schedule.step(len(self.tasks), self._batch, self._losses,
@@ -315,7 +415,7 @@ class Trainer:
                     row = {"step": self.step, "loss": sum(losses)}
                     row.update({f"loss/{t.name}": v for t, v in zip(self.tasks, losses)})
                     train_log.write(row)
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                if self.is_main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                     self._evaluate_and_select(eval_log)
                     bar.set_postfix(loss=f"{sum(losses):.4f}",
                                     val=f"{self.history[-1]['loss']:.4f}")
@@ -326,6 +426,7 @@ class Trainer:
                 for callback in self.callbacks:
                     callback(self, self.step)
         finally:
+            hooks.close()
             bar.close()
             train_log.close()
             eval_log.close()
@@ -352,19 +453,49 @@ class Trainer:
                                         for k, v in self.model.state_dict().items()}
 
     def _finish(self, seconds: float) -> TrainResult:
-        if self.out_dir is not None:
-            atomic_save({"sharing": self.sharing}, self.out_dir / "sharing.pt")
-            best = load_checkpoint(self.out_dir / "best.pt", self.device)["model"]
-        else:
-            best = self._best_in_memory or self.model.state_dict()
+        """Load the selected model (on every rank) and evaluate it (rank 0) once."""
+        best = distributed.on_main(self._selected_state)
         last_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(best)
-        val, test = self.evaluate("val"), self.evaluate("test")
         self.final_state = last_state
+        val, test, self.history, self.best_step, self.best_score = distributed.on_main(
+            lambda: (self.evaluate("val"), self.evaluate("test"), self.history, self.best_step,
+                     self.best_score))
         return TrainResult(
             best_step=self.best_step, best_score=self.best_score, val=val, test=test,
             steps=self.step, seconds=seconds, history=self.history,
         )
+
+    def _selected_state(self) -> dict:
+        """The model chosen on validation, on the cpu (rank 0; it also writes sharing.pt)."""
+        if self.out_dir is not None:
+            atomic_save({"sharing": self.sharing}, self.out_dir / "sharing.pt")
+            return load_checkpoint(self.out_dir / "best.pt", "cpu")["model"]
+        best = self._best_in_memory or self.model.state_dict()
+        return {k: v.detach().cpu() for k, v in best.items()}
+
+
+class _TrainingForward(nn.Module):
+    """The training forward of several tasks as one module call: the outputs
+    (``model.forward_tasks`` where the model has it, else ``model(x, t)`` per task) and the
+    core's regularisation of each task. DistributedDataParallel wraps this module, so every
+    parameter a training loss uses is reached through DDP's forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, xs: list[torch.Tensor],
+                tasks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        forward_tasks = getattr(self.model, "forward_tasks", None)
+        if callable(forward_tasks):
+            outs = forward_tasks(xs, tasks)
+        else:
+            outs = [self.model(x, t) for x, t in zip(xs, tasks)]
+        regularization = getattr(getattr(self.model, "core", None), "regularization", None)
+        regs = [regularization(t) if callable(regularization) else out.new_zeros(())
+                for t, out in zip(tasks, outs)]
+        return outs, regs
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
