@@ -14,6 +14,10 @@ layer outputs the mean of the active components (zero when none is active):
 * :class:`RoutedCore` -- routed layers and plain shared layers in sequence, with the
   ``core(h, task)`` interface of the other shared cores, the budget penalty (III-D) and
   the task embeddings (III-E).
+
+A routed layer runs its components of the same kind as one op (one convolution with
+stacked weights, a grouped convolution, a batched matmul: :mod:`.fused_components`);
+``fused=False`` keeps the per-component reference path.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
+from flexmtl.sharing.fused_components import plan_fusion
 from flexmtl.sharing.ordering import probe_shape
 
 __all__ = [
@@ -250,10 +255,15 @@ class RoutedLayer(nn.Module):
             default ``"sum"`` for shared bottom and ``"mean"`` otherwise.
         temperature: ``tau(step)``; default :class:`TemperatureSchedule`.
         eval_mode: ``"greedy"`` (most likely pattern) or ``"sample"`` (Sec. III-C).
+        fused: run components of the same kind as one op (see
+            :mod:`flexmtl.sharing.fused_components`); False runs them one by one (the
+            reference). Same outputs and gradients up to rounding; may be switched later.
 
     In training every component runs when the allocation is learned, so that inactive
     connections get a gradient (Sec. III-B); otherwise inactive components are skipped.
     The buffer ``num_steps`` counts training forwards (per-task batches) and sets ``tau``.
+    The fusion plan (:attr:`plan`) is made here from the components' structure; after
+    replacing a component, set ``layer.plan = plan_fusion(layer.components, input_shape)``.
     """
 
     def __init__(
@@ -267,6 +277,7 @@ class RoutedLayer(nn.Module):
         combine: str | None = None,
         temperature: Callable[[int], float] | None = None,
         eval_mode: str = "greedy",
+        fused: bool = True,
     ):
         super().__init__()
         components = list(components)
@@ -296,6 +307,8 @@ class RoutedLayer(nn.Module):
             raise ConfigError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         self.temperature = temperature or TemperatureSchedule()
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self.fused = fused
+        self.plan = plan_fusion(self.components, self.input_shape)
 
     @property
     def num_components(self) -> int:
@@ -323,7 +336,7 @@ class RoutedLayer(nn.Module):
             )
         tau = self.temperature(int(self.num_steps))
         if self.training:
-            self.num_steps += 1
+            self.num_steps.add_(1)
         weights = self.allocation(task, tau)  # [C], one row per (task, batch)
         if self.training and self.allocation.learned:
             active = list(range(self.num_components))
@@ -331,12 +344,45 @@ class RoutedLayer(nn.Module):
             active = weights.nonzero().flatten().tolist()
         if not active:
             return h.new_zeros(h.shape[0], *self.output_shape)
+        if self.fused:
+            return self._fused_forward(h, weights, active)
         outs = torch.stack([self.components[c](h) for c in active])  # [A, B, ...]
         w = weights[active].reshape(-1, *(1,) * (outs.dim() - 1))
         out = (w * outs).sum(dim=0)
         if self.combine == "mean":
             out = out / weights.sum().clamp(min=1.0)  # mean of the active ones; 0 if none
         return out
+
+    def _fused_forward(
+        self, h: torch.Tensor, weights: torch.Tensor, active: list[int]
+    ) -> torch.Tensor:
+        """The forward above with each group of same-kind components run as one op.
+
+        Only the ``active`` components run; the mean's division is folded into the weights.
+        """
+        if self.combine == "mean":
+            weights = weights / weights.sum().clamp(min=1.0)
+        batch, chosen = h.shape[0], set(active)
+        out = None
+        for group in self.plan.groups:
+            members = [c for c in group.indices if c in chosen]
+            if members:  # weighted sum of the G outputs [B, G, N]: a batched [1, G] matmul
+                w = _take(weights, members).expand(batch, 1, len(members))
+                part = torch.bmm(w, group(h, members)).view(batch, *self.output_shape)
+                out = part if out is None else out + part
+        for c in self.plan.singles:
+            if c in chosen:
+                part = weights[c] * self.components[c](h)
+                out = part if out is None else out + part
+        return out
+
+
+def _take(weights: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """``weights[indices]``; no copy when the indices are a contiguous run."""
+    first, last = indices[0], indices[-1]
+    if last - first + 1 != len(indices):
+        return weights[indices]
+    return weights if len(indices) == len(weights) else weights[first : last + 1]
 
 
 class RoutedCore(nn.Module):
