@@ -12,19 +12,32 @@ Each block includes its own nonlinearity ``phi``. Four ways to do it:
 * :class:`SingleTaskCore` -- each task trains its own copy of the blocks in parallel order.
 
 Dropout is applied to the output of each shared layer, before any scaling (Sec. 3.3).
-All cores share one call signature, ``core(h, task) -> h``, so models, trainers and the
-fused implementations that follow can treat them alike.
+All cores share one call signature, ``core(h, task) -> h``: the per-task reference
+implementation, also used to evaluate one task. ``core.forward_tasks(hs, tasks)`` runs
+the inputs of several tasks at once (one training step): fused across tasks and layers
+(:mod:`flexmtl.sharing.fused`) unless the core is built with ``fused=False``.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError
+from flexmtl.sharing.fused import (
+    BlockPlan,
+    blocks_state,
+    grouped_rows_tasks,
+    parallel_tasks,
+    per_task_layers,
+    per_task_pays_off,
+    plan_blocks,
+    soft_tasks,
+)
 
 __all__ = [
     "SharedCore",
@@ -92,6 +105,8 @@ class SharedCore(nn.Module):
         dropout: drop probability applied to each shared layer's output (PyTorch/Keras
             semantics: the fraction of units zeroed).
         feature_shape: per-example shape the blocks act on; inferred for dense blocks.
+        fused: let :meth:`forward_tasks` fuse the work of all tasks (False: it loops over
+            the tasks with the reference :meth:`forward`).
     """
 
     #: whether this core can use fewer or more depths than blocks
@@ -104,6 +119,7 @@ class SharedCore(nn.Module):
         depth: int | None = None,
         dropout: float = 0.0,
         feature_shape: Sequence[int] | None = None,
+        fused: bool = True,
     ):
         super().__init__()
         blocks = list(blocks)
@@ -139,6 +155,9 @@ class SharedCore(nn.Module):
         self.num_tasks = num_tasks
         self.depth = depth
         self.dropout = nn.Dropout(dropout)
+        self.fused = fused
+        self._warned_unfused = False
+        self._plan: tuple[tuple, BlockPlan] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -172,12 +191,78 @@ class SharedCore(nn.Module):
             h = self.dropout(self.blocks[j](h))
         return h
 
+    def forward_tasks(self, hs: Sequence[torch.Tensor], tasks: Sequence[int]
+                      ) -> list[torch.Tensor]:
+        """``[self(h, t) for h, t in zip(hs, tasks)]`` in one fused pass (batch sizes may
+        differ; a task may appear more than once).
+
+        Equal to the reference up to float rounding; in training, dropout draws other
+        masks from the same distribution. Blocks that cannot be fused (see
+        :mod:`flexmtl.sharing.fused`) run the per-task loop, with a warning (once).
+        """
+        hs, tasks = list(hs), [int(t) for t in tasks]
+        if len(hs) != len(tasks):
+            raise ShapeError(f"got {len(hs)} inputs for {len(tasks)} tasks")
+        for h, t in zip(hs, tasks):
+            self._check_task(t)
+            self._check_input(h)
+        if self.fused and hs:
+            plan = self._fusion_plan()
+            out = self._fused_tasks(plan, hs, tasks)
+            if out is not None:
+                return out
+            self._warn_unfused(plan)
+        return [self(h, t) for h, t in zip(hs, tasks)]
+
+    def _all_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def _fusion_plan(self) -> BlockPlan:
+        """:func:`plan_blocks` of the blocks, cached until a block, a mode or a hook changes."""
+        blocks = self._all_blocks()
+        key = blocks_state(blocks)
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, plan_blocks(blocks, self.feature_shape))
+        return self._plan[1]
+
+    def _fused_tasks(self, plan: BlockPlan, hs: list[torch.Tensor], tasks: list[int]
+                     ) -> list[torch.Tensor] | None:
+        """Hard orderings: the fused outputs, or None when ``plan`` does not allow it."""
+        p, training = self.dropout.p, self.dropout.training
+        orders = [self.layer_order(t) for t in tasks]
+        if per_task_pays_off(plan.stacked, hs):  # one batched product per depth
+            index = list(zip(*orders))  # the block of each input, per depth
+            return per_task_layers(plan.stacked, hs, [plan.stacked.weight(i) for i in index],
+                                   [plan.stacked.bias(i) for i in index], p, training)
+        if plan.per_example:
+            return grouped_rows_tasks(self.blocks, hs, orders, p, training)
+        return None
+
+    def _warn_unfused(self, plan: BlockPlan) -> None:
+        if self._warned_unfused:
+            return
+        self._warned_unfused = True
+        reason = plan.reason or ("each task has its own blocks, and only blocks of one "
+                                 "dense/conv layer plus parameter-free modules can be stacked")
+        block_type = plan.block_type or type(self._all_blocks()[0]).__name__
+        warnings.warn(
+            f"{type(self).__name__}.forward_tasks cannot fuse shared blocks of type "
+            f"{block_type} ({reason}); it runs the per-task reference loop instead",
+            stacklevel=3,
+        )
+
 
 class ParallelOrdering(SharedCore):
     """Eq. 2: all tasks apply the shared blocks in the same order."""
 
     def layer_order(self, task: int) -> list[int]:
         return list(range(self.depth))
+
+    def _fused_tasks(self, plan, hs, tasks):
+        """All tasks' rows go through each block together (one call per depth)."""
+        if not plan.per_example:
+            return None
+        return parallel_tasks(self.blocks, hs, self.dropout.p, self.dropout.training)
 
 
 class PermutedOrdering(SharedCore):
@@ -197,8 +282,9 @@ class PermutedOrdering(SharedCore):
         feature_shape: Sequence[int] | None = None,
         permutations: torch.Tensor | Sequence[Sequence[int]] | None = None,
         generator: torch.Generator | None = None,
+        fused: bool = True,
     ):
-        super().__init__(blocks, num_tasks, depth, dropout, feature_shape)
+        super().__init__(blocks, num_tasks, depth, dropout, feature_shape, fused)
         if permutations is None:
             perms = random_permutations(num_tasks, self.depth, generator)
         else:
@@ -230,8 +316,9 @@ class SingleTaskCore(SharedCore):
         depth: int | None = None,
         dropout: float = 0.0,
         feature_shape: Sequence[int] | None = None,
+        fused: bool = True,
     ):
-        super().__init__(blocks, num_tasks, depth, dropout, feature_shape)
+        super().__init__(blocks, num_tasks, depth, dropout, feature_shape, fused)
         copies = [self.blocks]
         for _ in range(num_tasks - 1):
             clone = copy.deepcopy(self.blocks)
@@ -253,6 +340,21 @@ class SingleTaskCore(SharedCore):
         for block in self.task_blocks[task]:
             h = self.dropout(block(h))
         return h
+
+    def _all_blocks(self) -> list[nn.Module]:
+        return [block for blocks in self.task_blocks for block in blocks]
+
+    def _fused_tasks(self, plan, hs, tasks):
+        """Each task's copy of the layer at a depth: one batched product over tasks."""
+        if plan.stacked is None:
+            return None
+        if not per_task_pays_off(plan.stacked, hs):  # large layers: the loop is faster
+            return [self(h, t) for h, t in zip(hs, tasks)]
+        depth = len(self.task_blocks[0])
+        index = [[t * depth + k for t in tasks] for k in range(depth)]  # blocks per depth
+        return per_task_layers(plan.stacked, hs, [plan.stacked.weight(i) for i in index],
+                               [plan.stacked.bias(i) for i in index], self.dropout.p,
+                               self.dropout.training)
 
 
 class SoftOrdering(SharedCore):
@@ -277,8 +379,9 @@ class SoftOrdering(SharedCore):
         dropout: float = 0.0,
         feature_shape: Sequence[int] | None = None,
         gate: str = "softmax",
+        fused: bool = True,
     ):
-        super().__init__(blocks, num_tasks, depth, dropout, feature_shape)
+        super().__init__(blocks, num_tasks, depth, dropout, feature_shape, fused)
         if gate not in self.GATES:
             raise ConfigError(f"gate must be one of {self.GATES}, got {gate!r}")
         self.gate = gate
@@ -320,3 +423,11 @@ class SoftOrdering(SharedCore):
             outs = self.dropout(torch.stack([block(h) for block in self.blocks]))  # [L, B, ...]
             h = (s[:, k].reshape(-1, 1, *extra) * outs).sum(dim=0)
         return h
+
+    def _fused_tasks(self, plan, hs, tasks):
+        """Eq. 7 for all tasks at once: all layers of a depth on all rows, then each row's
+        mix with its task's scales."""
+        if not plan.per_example:
+            return None
+        return soft_tasks(plan, self.blocks, hs, tasks, self.scales(), self.dropout.p,
+                          self.dropout.training)
