@@ -26,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -246,11 +247,11 @@ def main(argv=None):
         "results": rows,
     }
     if args.main_job:
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "flexmtl.cli", "run", "uci", "--no-progress",
-                        "--out", str(Path(args.out) / "main-job-run")], check=True,
-                       capture_output=True)
-        report["main_job_seconds"] = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:  # a fresh run folder: nothing resumed
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "flexmtl.cli", "run", "uci", "--no-progress",
+                            "--out", tmp], check=True, capture_output=True)
+            report["main_job_seconds"] = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{args.device}-{torch.get_num_threads()}threads"
