@@ -119,7 +119,7 @@ def worker(out: Path) -> None:
         torch.save(trainer.final_state, out / f"{name}.rank{distributed.rank()}.pt")
     run_experiment(out / "straight")
     run_experiment(out / "resumed", stop_at=STOP_AT)
-    distributed.cleanup()
+    distributed.cleanup(wait=True)
 
 
 def launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

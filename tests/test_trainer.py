@@ -219,3 +219,43 @@ def test_gradient_clipping_bounds_the_update_norm():
     trainer._update(1000 * trainer._loss(0, *tasks[0].train), [0])
     after = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
     assert float((after - before).norm()) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_accuracy_selection_with_a_regression_task_still_selects(tmp_path):
+    rng = np.random.default_rng(0)
+    tasks = make_tasks(1) + [Task("r", "regression", (rng.random((40, 5)), rng.random(40)),
+                                  (rng.random((10, 5)), rng.random(10)))]
+    model = make_model(tasks=tasks)
+    result = Trainer(model, tasks, TrainConfig(steps=6, eval_every=2, select_on="val_accuracy",
+                                               progress=False), out_dir=tmp_path).fit()
+    assert result.best_step in (2, 4, 6) and (tmp_path / "best.pt").exists()
+    assert result.val["accuracy"] == result.val["tasks"]["t0"]["accuracy"]  # classification only
+
+
+def test_resume_refuses_other_settings_or_fewer_steps(tmp_path):
+    from flexmtl import ConfigError
+
+    tasks = make_tasks()
+    Trainer(make_model(tasks=tasks), tasks, TrainConfig(steps=4, eval_every=2, progress=False),
+            out_dir=tmp_path).fit()
+    with pytest.raises(ConfigError, match="lr: 0.001 -> 0.1"):
+        Trainer(make_model(tasks=tasks), tasks, TrainConfig(steps=8, lr=0.1, progress=False),
+                out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="past the 2 steps"):
+        Trainer(make_model(tasks=tasks), tasks, TrainConfig(steps=2, progress=False),
+                out_dir=tmp_path)
+    longer = Trainer(make_model(tasks=tasks), tasks,
+                     TrainConfig(steps=6, eval_every=2, progress=False), out_dir=tmp_path)
+    assert longer.step == 4 and longer.fit().steps == 6
+
+
+def test_steps_and_epochs_are_exclusive():
+    from flexmtl import ConfigError
+    from flexmtl.experiments import get_experiment
+
+    with pytest.raises(ConfigError, match="both set"):
+        TrainConfig(steps=10, epochs=2).validate()
+    exp = get_experiment("four-mnists")
+    assert exp.resolve_config(overrides={"steps": 5})["epochs"] == 0.0
+    uci = get_experiment("uci").resolve_config(overrides={"epochs": 3})
+    assert uci["steps"] == 0 and uci["epochs"] == 3.0

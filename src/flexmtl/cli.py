@@ -132,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != "run" or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    from flexmtl.training import distributed
+
     try:
         if args.command == "list":
             _cmd_list()
@@ -139,9 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_run(args)
         elif args.command == "plot":
             _cmd_plot(args.run_dir)
+        # leave the process group (if torchrun started one) together, before interpreter
+        # shutdown, where gloo's teardown can race and abort the process
+        distributed.cleanup(wait=True)
     except FlexMTLError as exc:
-        from flexmtl.training import distributed
-
         where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
         print(f"flexmtl: error{where}: {exc}", file=sys.stderr)
         return 2
@@ -149,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nflexmtl: interrupted; rerun the same command to resume from the last "
               "checkpoint", file=sys.stderr)
         return 130
+    finally:
+        distributed.cleanup()  # after an error: leave without waiting for the other ranks
     return 0
 
 

@@ -29,7 +29,7 @@ import torch
 from flexmtl.analysis.stats import format_mean_ci, summarize
 from flexmtl.errors import ConfigError, UnknownNameError
 from flexmtl.experiments import get_experiment
-from flexmtl.experiments.base import Experiment, coerce
+from flexmtl.experiments.base import Experiment, coerce, parse_overrides
 from flexmtl.sharing import RoutedCore, SoftOrdering
 from flexmtl.training import Trainer, distributed, seed_everything
 
@@ -62,7 +62,8 @@ def run_experiment(
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     cfg = exp.resolve_config(config_file, overrides)
     if steps is not None:
-        cfg = exp.resolve_config(None, {**cfg, "steps": steps})
+        updates = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        cfg = exp.resolve_config(config_file, {**updates, "steps": steps})
     points = _sweep_points(exp, cfg, sweep)
     distributed.setup(distributed.resolve_device(cfg.get("device", "cpu")))
     if not distributed.is_main():

@@ -82,6 +82,11 @@ class Experiment:
                 raise UnknownNameError(f"config key of experiment {self.name!r} ({origin})",
                                        key, self.defaults)
             cfg[key] = coerce(value, self.defaults[key], key)
+        # steps and epochs are two ways to give the length: naming one drops the other
+        if "steps" in updates and "epochs" not in updates and cfg["steps"] > 0:
+            cfg["epochs"] = 0.0
+        elif "epochs" in updates and "steps" not in updates and cfg["epochs"] > 0:
+            cfg["steps"] = 0
         return cfg
 
     def train_config(self, cfg: Mapping[str, Any], seed: int, progress: bool) -> TrainConfig:

@@ -183,7 +183,8 @@ register_experiment(Experiment(
     summary="two pairs of related synthetic tasks, 4 components, no heads: are pairs found?",
     paper="Gumbel-Matrix appendix A3, Fig. 7",
     defaults={
-        **train_defaults(steps=3000, batch_size=64, lr=0.01, clip_grad_norm=1.0,
+        **train_defaults(steps=3000, batch_size=64, lr=0.01, sharing_lr=0.01,
+                         clip_grad_norm=1.0,
                          eval_every=100, schedule="round-robin", select_on="last", threads=1),
         "d": 128, "c": 1.0, "m": 6, "noise": 0.01, "hidden": 16,
         "n_train": 8000, "n_val": 1000, "n_test": 1000, **ALLOCATION_KEYS,
@@ -464,7 +465,7 @@ register_experiment(Experiment(
             "a GPU in practice)",
     paper="Gumbel-Matrix Sec. V-B, Table II",
     defaults={
-        **train_defaults(steps=40000, batch_size=16, lr=1e-4, sharing_lr=2e-3,
+        **train_defaults(steps=40000, batch_size=16, lr=1e-4, sharing_lr=0.0,
                          weight_decay=3e-4, eval_every=1000,
                          **{**ALLOCATION_TRAINING, "threads": 0}),
         "alphabets": (), "size": 105, "channels": 48, "layers": 8, "downsamples": 5,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -102,9 +103,18 @@ def setup(device: torch.device) -> None:
     atexit.register(cleanup)
 
 
-def cleanup() -> None:
-    """Leave the process group (registered to run at exit by :func:`setup`)."""
+def cleanup(wait: bool = False) -> None:
+    """Leave the process group (registered to run at exit by :func:`setup`).
+
+    ``wait``: first wait until every rank gets here, so that no rank tears its connections
+    down while another still uses them (gloo can then abort the process at exit).
+    """
     if is_initialized():
+        if wait and world_size() > 1:
+            dist.barrier()
+        # DDP wrappers left in reference cycles hold gloo work objects; freed at interpreter
+        # shutdown they can abort the process, so they go while the process group lives
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -85,6 +85,9 @@ class TrainConfig:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
         if self.steps == 0 and self.epochs <= 0:
             raise ConfigError("set steps >= 1, or steps=0 and epochs > 0")
+        if self.steps > 0 and self.epochs > 0:
+            raise ConfigError(f"steps={self.steps} and epochs={self.epochs} are both set; set "
+                              "steps=0 to train for a number of epochs")
         for name in ("batch_size", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -172,6 +175,8 @@ class Trainer:
         self.sharing: list[tuple[int, torch.Tensor]] = []
         self.last_checkpoint_step: int | None = None
         self._best_in_memory: dict | None = None
+        self.seconds_before = 0.0  # training time of earlier segments of a resumed run
+        self._segment_start = time.perf_counter()
         self.shared_stream: distributed.SharedStream | None = None
         if self.world_size > 1:
             self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
@@ -181,7 +186,7 @@ class Trainer:
             self._resume(state)
         elif self.out_dir is not None and self.is_main:
             # a fresh start: logs of an earlier attempt are stale
-            for name in ("train_log.csv", "eval_log.csv"):
+            for name in ("train_log.csv", "eval_log.csv", "best.pt", "sharing.pt"):
                 (self.out_dir / name).unlink(missing_ok=True)
         self.training_forward = distributed.wrap(_TrainingForward(self.model), self.device)
         if cfg.compile:
@@ -290,14 +295,20 @@ class Trainer:
             self.model.train(was_training)
         if not per_task:
             return {"tasks": {}, "loss": math.nan, "accuracy": math.nan}
+        accuracies = [m["accuracy"] for m in per_task.values() if not math.isnan(m["accuracy"])]
         return {
             "tasks": per_task,
             "loss": sum(m["loss"] for m in per_task.values()),
-            "accuracy": sum(m["accuracy"] for m in per_task.values()) / len(per_task),
+            # over the classification tasks (regression tasks have no accuracy)
+            "accuracy": sum(accuracies) / len(accuracies) if accuracies else math.nan,
         }
 
     def _score(self, metrics: dict) -> float:
-        """Lower is better."""
+        """Lower is better; NaN scores are replaced by +inf."""
+        score = self._raw_score(metrics)
+        return math.inf if math.isnan(score) else score
+
+    def _raw_score(self, metrics: dict) -> float:
         if self.config.select_on == "val_accuracy":
             return -metrics["accuracy"]
         if self.config.select_on == "last":
@@ -342,6 +353,7 @@ class Trainer:
             "history": self.history,
             "sharing": self.sharing,
             "config": asdict(self.config),
+            "seconds": self.seconds_before + time.perf_counter() - self._segment_start,
         }
         if self.shared_stream is not None:
             state["shared_rng"] = self.shared_stream.state_dict()
@@ -365,6 +377,7 @@ class Trainer:
         return load_checkpoint(path, "cpu") if path is not None and path.exists() else None
 
     def _resume(self, state: dict) -> None:
+        _check_resumable(state, self.config)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -384,6 +397,7 @@ class Trainer:
             # one process resumes a multi-process run: its generator draws the allocations
             distributed.set_generator_state(self.device, shared["state"])
         self.step = state["step"]
+        self.seconds_before = state.get("seconds", 0.0)
         self.best_score = state["best_score"]
         self.best_step = state["best_step"]
         self.history = state["history"]
@@ -398,7 +412,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to ``config.steps`` (resuming where a previous run stopped) and test once."""
         cfg = self.config
-        start_time = time.perf_counter()
+        self._segment_start = start_time = time.perf_counter()
         log_dir = self.out_dir if self.is_main else None
         train_log = _CsvLog(log_dir, "train_log.csv")
         eval_log = _CsvLog(log_dir, "eval_log.csv")
@@ -433,7 +447,7 @@ class Trainer:
             bar.close()
             train_log.close()
             eval_log.close()
-        return self._finish(time.perf_counter() - start_time)
+        return self._finish(self.seconds_before + time.perf_counter() - start_time)
 
     def _evaluate_and_select(self, eval_log: _CsvLog) -> None:
         metrics = self.evaluate("val")
@@ -446,7 +460,9 @@ class Trainer:
         self.history.append(entry)
         eval_log.write(entry)
         self._snapshot_sharing()
-        if score < self.best_score:
+        # a NaN score (e.g. accuracy of regression tasks only) never wins, but some model is
+        # always selected: the first evaluated one until a finite score beats it
+        if score < self.best_score or self.best_step < 0:
             self.best_score, self.best_step = score, self.step
             if self.out_dir is not None:
                 atomic_save({"step": self.step, "model": self.model.state_dict()},
@@ -499,6 +515,27 @@ class _TrainingForward(nn.Module):
         regs = [regularization(t) if callable(regularization) else out.new_zeros(())
                 for t, out in zip(tasks, outs)]
         return outs, regs
+
+
+#: settings that may change between a run and its resumption
+RUNTIME_KEYS = ("steps", "epochs", "device", "threads", "progress", "compile", "eval_batch_size",
+                "log_every", "checkpoint_every", "eval_every")
+
+
+def _check_resumable(state: dict, cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint trained with other settings, or past the end."""
+    saved = state.get("config", {})
+    now = asdict(cfg)
+    changed = sorted(k for k in saved if k not in RUNTIME_KEYS and k in now
+                     and saved[k] != now[k])
+    if changed:
+        raise ConfigError(
+            "the checkpoint to resume was trained with other settings ("
+            + ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+            + "); use another output folder or delete last.pt")
+    if state["step"] > cfg.steps:
+        raise ConfigError(f"the checkpoint to resume is at step {state['step']}, past the "
+                          f"{cfg.steps} steps asked for")
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
