@@ -24,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from flexmtl.data.paths import ENV_VAR, DataFormatError, SourceStatus, data_root
+from flexmtl.data.paths import (
+    ENV_VAR,
+    DataFormatError,
+    SourceStatus,
+    complete_or_missing,
+    data_root,
+)
 from flexmtl.errors import ConfigError, DataNotFoundError
 
 IMAGE_DIR = "img_align_celeba"
@@ -105,16 +111,8 @@ def celeba_status(root: str | os.PathLike[str] | None = None) -> list[SourceStat
     """One row: whether the image folder and both text files are where flexmtl looks."""
     folder = _folder(root)
     present = all(found is not None for found in _locate(folder))
-    return [
-        SourceStatus(
-            name="celeba",
-            present=present,
-            looks_in=str(folder),
-            using=f"CelebA files in {folder}" if present else None,
-            exact=present,
-            to_get="" if present else _download_hint(folder),
-        )
-    ]
+    using = f"CelebA files in {folder}" if present else None
+    return [complete_or_missing("celeba", str(folder), using, _download_hint(folder))]
 
 
 def read_celeba_image(path: str | os.PathLike[str], size: int | None = None) -> np.ndarray:

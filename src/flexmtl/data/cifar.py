@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from flexmtl.data.paths import ENV_VAR, DataFormatError, SourceStatus, data_root
+from flexmtl.data.paths import (
+    ENV_VAR,
+    DataFormatError,
+    SourceStatus,
+    complete_or_missing,
+    data_root,
+)
 from flexmtl.errors import DataNotFoundError
 
 ARCHIVE = "cifar-100-python.tar.gz"
@@ -73,16 +79,9 @@ def cifar100_status(root: str | os.PathLike[str] | None = None) -> list[SourceSt
     """One row: whether the CIFAR-100 pickles are where flexmtl looks."""
     base = data_root(root)
     folder = _find_folder(base)
-    return [
-        SourceStatus(
-            name="cifar-100",
-            present=folder is not None,
-            looks_in=", then ".join(str(d) for d in _candidates(base)),
-            using=f"CIFAR-100 python pickles in {folder}" if folder else None,
-            exact=folder is not None,
-            to_get="" if folder else _download_hint(base),
-        )
-    ]
+    return [complete_or_missing(
+        "cifar-100", ", then ".join(str(d) for d in _candidates(base)),
+        f"CIFAR-100 python pickles in {folder}" if folder else None, _download_hint(base))]
 
 
 def _candidates(base: Path) -> tuple[Path, ...]:

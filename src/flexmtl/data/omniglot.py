@@ -27,7 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from flexmtl.data.paths import ENV_VAR, DataFormatError, SourceStatus, data_root
+from flexmtl.data.paths import (
+    ENV_VAR,
+    DataFormatError,
+    SourceStatus,
+    complete_or_missing,
+    data_root,
+)
 from flexmtl.errors import ConfigError, DataNotFoundError, UnknownNameError
 
 NATIVE_SIZE = 105
@@ -225,17 +231,8 @@ def omniglot_status(root: str | os.PathLike[str] | None = None) -> list[SourceSt
     """One row: whether the Gumbel-Matrix paper's 20 alphabets are where flexmtl looks."""
     folder = _folder(root)
     missing = [n for n in OMNIGLOT_GUMBEL_ALPHABETS if _find_alphabet(folder, n) is None]
-    present = not missing
-    return [
-        SourceStatus(
-            name="omniglot",
-            present=present,
-            looks_in=str(folder),
-            using=f"Omniglot PNG folders in {folder}" if present else None,
-            exact=present,
-            to_get="" if present else _download_hint(folder),
-        )
-    ]
+    using = None if missing else f"Omniglot PNG folders in {folder}"
+    return [complete_or_missing("omniglot", str(folder), using, _download_hint(folder))]
 
 
 def _folder(root: str | os.PathLike[str] | None) -> Path:

@@ -28,6 +28,15 @@ class SourceStatus(TypedDict):
     to_get: str  # what to download to get the exact data ("" when already exact)
 
 
+def complete_or_missing(name: str, looks_in: str, using: str | None,
+                        to_get: str) -> SourceStatus:
+    """The status row of a source that is either all there (``using`` says what is read;
+    the paper's data, nothing to get) or missing (``using`` is None; ``to_get`` says what)."""
+    present = using is not None
+    return SourceStatus(name=name, present=present, looks_in=looks_in, using=using,
+                        exact=present, to_get="" if present else to_get)
+
+
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The data root: ``root`` if given, else ``$FLEXMTL_DATA``, else ``~/.flexmtl/data``."""
     if root is None:
