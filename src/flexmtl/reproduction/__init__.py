@@ -1,0 +1,17 @@
+"""Reproduction of both papers: ``flexmtl reproduce`` runs every figure and table that can run
+on the machine at hand and writes ``REPRODUCTION.md`` with the published result, ours (mean ±
+95% CI over seeds), the data used and a verdict for each.
+
+* :mod:`flexmtl.reproduction.studies` -- the catalogue: for each figure or table, the
+  experiment and its protocol (paper-length and ``--quick``), the published result, and
+  how our runs are measured against it.
+* :mod:`flexmtl.reproduction.report` -- running the studies (resumable) and writing the
+  report and its figures.
+"""
+
+from flexmtl.reproduction import gumbel_matrix, soft_ordering  # noqa: F401  (registers them)
+from flexmtl.reproduction.report import reproduce, write_report
+from flexmtl.reproduction.studies import STUDIES, Assessment, Protocol, Study, get_study
+
+__all__ = ["STUDIES", "Assessment", "Protocol", "Study", "get_study", "reproduce",
+           "write_report"]

@@ -1,0 +1,229 @@
+"""Run the reproduction studies (resumable) and write ``REPRODUCTION.md`` with its figures.
+
+Run folders: ``OUT/full/KEY`` (the paper's protocol) and ``OUT/quick/KEY`` (``--quick``), one
+per study that runs an experiment; the runner skips every (method, seed, sweep value) that has
+finished, so an interrupted reproduction picks up where it stopped. The report is written from
+whatever has finished: for each study the full run when it is complete, else the quick one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from flexmtl.data import data_status
+from flexmtl.errors import FlexMTLError, UnknownNameError
+from flexmtl.experiments import EXPERIMENTS
+from flexmtl.reproduction.studies import STUDIES, Study, StudyRun, all_studies, data_notes
+
+MODES = ("full", "quick")
+
+
+def select(only: Sequence[str] | None) -> list[Study]:
+    """Studies named by key or by experiment (``None``: all), in catalogue order."""
+    studies = all_studies()
+    if not only:
+        return studies
+    chosen = []
+    for name in only:
+        hits = [s for s in studies if name in (s.key, s.experiment)]
+        if not hits:
+            names = [s.key for s in studies] + sorted({s.experiment for s in studies})
+            raise UnknownNameError("reproduction study or experiment", name, names)
+        chosen += hits
+    keys = {s.key for s in chosen}
+    return [s for s in studies if s.key in keys]
+
+
+def missing_data(study: Study, root=None) -> list[str]:
+    """The data sources a study needs that are not present."""
+    status = {row["name"]: row for row in data_status(root)}
+    return [n for n in study.needs if not (status.get(n) or {}).get("present")]
+
+
+def unavailable(study: Study) -> str | None:
+    """Why a study cannot run here (missing data, unregistered experiment), or None."""
+    if study.experiment not in EXPERIMENTS.names():
+        return f"experiment {study.experiment!r} is not available in this installation"
+    missing = missing_data(study)
+    if missing:
+        return f"needs {', '.join(missing)} (see `flexmtl data`)"
+    return None
+
+
+def reproduce(
+    only: Sequence[str] | None = None,
+    quick: bool = False,
+    out: str | Path = "runs/reproduce",
+    doc: str | Path = "REPRODUCTION.md",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the selected studies in ``full`` or ``quick`` mode, then write the report.
+
+    Returns the report's data (also written next to the figures as ``reproduction.json``).
+    A study that fails is recorded and the others still run; the error is raised at the end.
+    """
+    from flexmtl.runner import run_experiment
+
+    mode = "quick" if quick else "full"
+    out = Path(out)
+    studies = select(only)
+    runners = {s.runs_with or s.key for s in studies}
+    failed: dict[str, str] = {}
+    for study in [s for s in all_studies() if s.key in runners]:
+        protocol = study.quick if quick else study.full
+        if protocol is None:
+            protocol = study.full
+        why = unavailable(study)
+        if why or protocol is None:
+            log(f"{study.key} ({study.figure}): not run here: {why or 'no protocol'}")
+            continue
+        log(f"\n== {study.key}: {study.paper}, {study.figure} ({mode}) ==")
+        try:
+            run_experiment(study.experiment, methods=protocol.methods, seeds=protocol.seeds,
+                           out_dir=out / mode / study.key, overrides=dict(protocol.overrides),
+                           sweep=protocol.sweep or None, progress=progress, plots=True,
+                           log=log)
+        except FlexMTLError as exc:
+            failed[study.key] = str(exc)
+            log(f"{study.key}: failed: {exc}")
+    report = write_report(out, doc, log=log)
+    if failed:
+        raise FlexMTLError("some studies failed: " + "; ".join(f"{k}: {v}"
+                                                                for k, v in failed.items()))
+    return report
+
+
+def finished_run(out: Path, study: Study) -> StudyRun | None:
+    """The study's finished run: the full one when complete, else the quick one."""
+    key = study.runs_with or study.key
+    for mode in MODES:
+        path = out / mode / key / "results.json"
+        if path.exists():
+            return StudyRun(path.parent, json.loads(path.read_text()), mode)
+    return None
+
+
+def write_report(out: str | Path = "runs/reproduce", doc: str | Path = "REPRODUCTION.md",
+                 log: Callable[[str], None] = print) -> dict:
+    """Write ``doc`` and its figures (``<doc folder>/docs/reproduction/``) from the finished
+    runs under ``out``; return the report's data."""
+    out, doc = Path(out), Path(doc)
+    fig_root = doc.parent / "docs" / "reproduction"
+    entries = []
+    for study in all_studies():
+        entry = {"key": study.key, "paper": study.paper, "figure": study.figure,
+                 "claim": study.claim, "published": study.published,
+                 "experiment": study.experiment, "investigation": study.investigation}
+        protocol = study.full or (STUDIES.get(study.runs_with).full if study.runs_with else None)
+        entry["command"] = (f"flexmtl reproduce --only {study.key}  # = "
+                            + protocol.command(study.experiment)) if protocol else ""
+        run = finished_run(out, study)
+        why = unavailable(study)
+        if run is None:
+            entry["status"] = "not run here" if why else "not run yet"
+            entry["why"] = why or f"no finished run under {out}"
+            entries.append(entry)
+            continue
+        source = STUDIES.get(study.runs_with) if study.runs_with else study
+        used = source.full if run.mode == "full" else (source.quick or source.full)
+        assessment = study.assess(run)
+        figures = []
+        if study.figures is not None:
+            dest = fig_root / study.key
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True, exist_ok=True)
+            figures = [os.path.relpath(p, doc.parent) for p in study.figures(run, dest)]
+        entry.update(
+            status="run", mode=run.mode, seeds=len(run.results.get("seeds") or []),
+            protocol_note=used.note if used else "",
+            run_command=used.command(study.experiment) if used else "",
+            data=(study.data or data_notes)(run), ours=assessment.ours,
+            verdict=assessment.verdict, reason=assessment.reason,
+            numbers=assessment.numbers, figures=figures,
+            wall_seconds=run.results.get("wall_seconds"), run_dir=str(run.run_dir))
+        entries.append(entry)
+    report = {"generated": datetime.date.today().isoformat(), "machine": _machine(),
+              "studies": entries}
+    doc.write_text(render(report))
+    fig_root.mkdir(parents=True, exist_ok=True)
+    (fig_root / "reproduction.json").write_text(json.dumps(report, indent=2, allow_nan=True))
+    log(f"wrote {doc} and {fig_root}")
+    return report
+
+
+def _machine() -> str:
+    import torch
+
+    return (f"{platform.machine()}, {os.cpu_count()} CPU core(s), torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def render(report: dict) -> str:
+    """The markdown of ``REPRODUCTION.md``."""
+    entries = report["studies"]
+    lines = [
+        "# Reproduction of the two papers",
+        "",
+        f"Generated by `flexmtl reproduce` on {report['generated']} ({report['machine']}). Do "
+        "not edit by hand: rerun `flexmtl reproduce` (paper protocols) or `flexmtl reproduce "
+        "--quick` (stated smaller versions); finished runs are reused. Every number below was "
+        "measured by those runs; intervals are 95% Student-t intervals over seeds. Verdicts: "
+        "*reproduced* (every claim of the figure holds, on the paper's data), *partly* (some "
+        "claims hold, or all hold on stand-in or reduced data), *not reproduced*. "
+        "\"A better than B\" means the 95% interval of the per-seed difference excludes zero; "
+        "otherwise it is called a trend.",
+        "",
+        "## Summary",
+        "",
+        "| paper | figure | claim | verdict | run | data |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        paper = e["paper"].split(" (")[0]
+        anchor = e["key"]
+        if e["status"] == "run":
+            run = f"{e['mode']}, {e['seeds']} seed(s)"
+            verdict = f"**{e['verdict']}**"
+            data = _short(e["data"])
+        else:
+            run, verdict, data = e["status"], "-", e["why"]
+        lines.append(f"| {paper} | [{e['figure']}](#{anchor}) | {e['claim']} | {verdict} | "
+                     f"{run} | {data} |")
+    for paper in dict.fromkeys(e["paper"] for e in entries):
+        lines += ["", f"## {paper}"]
+        for e in (e for e in entries if e["paper"] == paper):
+            lines += _entry(e)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _short(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _entry(e: dict) -> list[str]:
+    lines = ["", f'<a id="{e["key"]}"></a>', "", f"### {e['figure']}: {e['claim']}", "",
+             f"**Published.** {e['published']}", ""]
+    if e["status"] != "run":
+        lines += [f"**Not run here:** {e['why']}.", ""]
+        if e.get("command"):
+            lines += ["With the data (and a GPU for the image experiments):", "", "```bash",
+                      e["command"], "```"]
+        return lines
+    lines += [f"**Ours** ({e['mode']} protocol, {e['seeds']} seed(s); "
+              f"{e['protocol_note'] or 'as the paper'}):", "", *e["ours"], "",
+              f"**Data.** {e['data']}", "",
+              f"**Verdict: {e['verdict']}.** {e['reason']}.", ""]
+    if e.get("investigation"):
+        lines += [f"**Investigation.** {e['investigation']}", ""]
+    lines += [f"Run: `{e['run_command']}` (paper protocol: `{e['command']}`)."
+              if e["mode"] != "full" else f"Run: `{e['run_command']}`.", ""]
+    lines += [f"![{e['figure']}]({path})" for path in e["figures"]]
+    return lines

@@ -1,0 +1,222 @@
+"""The reproduction catalogue: one :class:`Study` per paper figure or table.
+
+A study names the experiment that reproduces it, two protocols (``full``: the paper's, scaled
+down only where its ``note`` says; ``quick``: a stated smaller version for a laptop), the
+published result in words and numbers, and an ``assess`` function that reads our finished
+runs and returns what we measured and a verdict:
+
+* ``reproduced`` -- every claim of the figure holds in our runs (and on the paper's data);
+* ``partly`` -- some claims hold, or all hold but only on stand-in data;
+* ``not reproduced`` -- the paper's main claim does not hold in our runs.
+
+Significance: "A beats B" means the 95% t-interval of the per-seed difference A - B (seeds
+paired: the same seed builds the same data) excludes zero; a same-sign mean difference whose
+interval contains zero is reported as a trend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flexmtl.analysis.stats import summarize
+from flexmtl.registry import Registry
+
+REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
+SOFT_ORDERING = "Soft layer ordering (Meyerson & Miikkulainen, ICLR 2018)"
+GUMBEL_MATRIX = "Gumbel-Matrix (Maziarz et al.)"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a study runs: seeds, config overrides, sweep and methods of its experiment."""
+
+    seeds: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    sweep: tuple[str, tuple] | None = None
+    methods: tuple[str, ...] | None = None
+    note: str = ""  # what differs from the paper's protocol, said in the report
+
+    def command(self, experiment: str) -> str:
+        """The ``flexmtl run`` command line of this protocol."""
+        parts = ["flexmtl", "run", experiment, "--seeds", str(self.seeds)]
+        if self.methods:
+            parts += ["--methods", ",".join(self.methods)]
+        if self.sweep:
+            parts += ["--sweep", f"{self.sweep[0]}=" + ",".join(str(v) for v in self.sweep[1])]
+        else:
+            parts.append("--no-sweep")
+        parts += [f"{k}={_arg(v)}" for k, v in self.overrides.items()]
+        return " ".join(parts)
+
+
+def _arg(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass
+class Assessment:
+    """What our runs show: a markdown table (or lines), the verdict and why, and numbers."""
+
+    ours: list[str]
+    verdict: str
+    reason: str
+    numbers: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """A finished run of a study's experiment: its folder, ``results.json`` and mode."""
+
+    run_dir: Path
+    results: dict
+    mode: str
+
+
+@dataclass(frozen=True)
+class Study:
+    """One figure or table of a paper and how we reproduce it.
+
+    ``runs_with``: the key of another study whose runs this one analyses (e.g. Fig. 4b-d
+    reads the two-task soft-ordering runs of Fig. 4a); such a study has no protocol of its own.
+    ``needs``: data sources (``flexmtl data`` names) that must be present for it to run.
+    ``investigation``: what we found when looking into a disagreement (written by us, from
+    measurements; it is shown with the verdict).
+    """
+
+    key: str
+    paper: str
+    figure: str
+    claim: str
+    published: str
+    experiment: str
+    assess: Callable[[StudyRun], Assessment]
+    full: Protocol | None = None
+    quick: Protocol | None = None
+    figures: Callable[[StudyRun, Path], list[Path]] | None = None
+    runs_with: str | None = None
+    needs: tuple[str, ...] = ()
+    gpu: bool = False
+    investigation: str = ""
+    data: Callable[[StudyRun], str] | None = None
+
+
+STUDIES: Registry[Study] = Registry("reproduction study")
+_ORDER: list[str] = []  # catalogue order: the report follows the papers
+
+
+def register_study(study: Study) -> Study:
+    STUDIES.register(study.key, study)
+    _ORDER.append(study.key)
+    return study
+
+
+def all_studies() -> list[Study]:
+    """Every study, in catalogue order (each paper's figures in the paper's order)."""
+    return [STUDIES.get(k) for k in _ORDER]
+
+
+def get_study(key: str) -> Study:
+    return STUDIES.get(key)
+
+
+# ---------------------------------------------------------------------- reading results
+
+
+def points(results: dict) -> list[tuple[Any, dict]]:
+    """``[(sweep value or None, {method: entry})]`` of a ``results.json``."""
+    sweep = results.get("sweep")
+    if sweep:
+        return [(p["value"], p["methods"]) for p in sweep["points"]]
+    return [(None, results["methods"])]
+
+
+def metric(methods: dict, method: str, key: str) -> dict | None:
+    return ((methods.get(method) or {}).get("metrics") or {}).get(key)
+
+
+def fmt(summary: dict | None, digits: int = 3, scale: float = 1.0) -> str:
+    """``mean ± ci95`` of a :func:`~flexmtl.analysis.stats.summarize` dict ("-" if none)."""
+    if summary is None:
+        return "-"
+    mean = summary["mean"] * scale
+    ci = summary.get("ci95", math.nan)
+    if ci is None or math.isnan(ci):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {ci * scale:.{digits}f}"
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+    """Per-seed ``a - b`` summarised (mean, 95% CI); seeds are paired by position."""
+    return summarize([x - y for x, y in zip(a["values"], b["values"])])
+
+
+def significant(diff: dict) -> bool:
+    """Whether the 95% interval of a difference excludes zero."""
+    ci = diff.get("ci95", math.nan)
+    return not math.isnan(ci) and abs(diff["mean"]) > ci
+
+
+def compare(name_a: str, a: dict, name_b: str, b: dict, lower_is_better: bool,
+            digits: int = 3, scale: float = 1.0) -> tuple[int, str]:
+    """+1 if a is significantly better than b, -1 if significantly worse, 0 otherwise; and
+    a sentence that says so with the paired difference."""
+    diff = paired_difference(a, b)
+    better = diff["mean"] < 0 if lower_is_better else diff["mean"] > 0
+    sig = significant(diff)
+    word = ("better than" if better else "worse than") if sig else (
+        "a trend better than" if better else "a trend worse than")
+    if diff["mean"] == 0:
+        word = "equal to"
+    text = f"{name_a} {word} {name_b} (difference {fmt(diff, digits, scale)})"
+    return (1 if better else -1) if sig else 0, text
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def data_notes(run: StudyRun, limit: int = 4) -> str:
+    """The data a run used, from the task notes of ``results.json`` (distinct ones)."""
+    notes = list(dict.fromkeys((run.results.get("data") or {}).values()))
+    if not notes:
+        return "-"
+    shown = "; ".join(notes[:limit])
+    return shown + (f"; and {len(notes) - limit} more (see results.json)"
+                    if len(notes) > limit else "")
+
+
+def snapshots(seed_dir: Path) -> list[tuple[int, np.ndarray]]:
+    """``[(step, array)]`` of a run's ``sharing.pt`` (soft-order scales or probabilities)."""
+    import torch
+
+    path = seed_dir / "sharing.pt"
+    if not path.exists():
+        return []
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return [(int(step), np.asarray(s, dtype=np.float64)) for step, s in state["sharing"]]
+
+
+def seed_dirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.glob("seed-*") if (p / "result.json").exists()),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def verdict_of(claims: Sequence[bool]) -> str:
+    if all(claims):
+        return REPRODUCED
+    return PARTLY if any(claims) else NOT_REPRODUCED
+
+
+def capped(verdict: str, exact_data: bool) -> str:
+    """A full reproduction needs the paper's data: on stand-ins it is at most ``partly``."""
+    return PARTLY if verdict == REPRODUCED and not exact_data else verdict
