@@ -1,4 +1,4 @@
-"""Command line: ``flexmtl list | run | plot``. Thin: it parses, then calls the library.
+"""Command line: ``flexmtl list | run | plot | data``. Thin: it parses, then calls the library.
 
 ``torchrun --nproc_per_node=N -m flexmtl run ...`` runs an experiment data-parallel.
 """
@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from flexmtl.errors import FlexMTLError
+
+if TYPE_CHECKING:
+    from flexmtl.data import SourceStatus
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +48,25 @@ def _parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="redraw the plots of a run folder")
     plot.add_argument("run_dir")
+
+    data = sub.add_parser("data", help="data sources: where each is looked for, download them")
+    data.set_defaults(data_command="list", root=None)
+    data_sub = data.add_subparsers(dest="data_command")
+    data_list = data_sub.add_parser("list", help="every source: present or not, where it is "
+                                    "looked for, what a run uses now (the default)")
+    fetch = data_sub.add_parser("fetch", help="download public sources, verifying checksums")
+    fetch.add_argument("names", nargs="+", metavar="NAME",
+                       help="source names (see `flexmtl data`), 'uci' for the ten UCI sets, "
+                            "or 'all' (every source with a published checksum)")
+    fetch.add_argument("--force", action="store_true",
+                       help="download again even when the files are present")
+    fetch.add_argument("--allow-unverified", action="store_true",
+                       help="also download files with no published checksum (their SHA-256 "
+                            "is printed)")
+    fetch.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for cmd in (data_list, fetch):
+        cmd.add_argument("--root", help="data root (default: $FLEXMTL_DATA, else "
+                                        "~/.flexmtl/data)")
     return p
 
 
@@ -62,19 +85,37 @@ def _cmd_list() -> None:
         if exp.sweep:
             print(f"  {'':<14} default sweep: {exp.sweep[0]} over {list(exp.sweep[1])}")
     print("\nData:")
-    for row in data_status():
-        if row["present"]:
-            mark = "present"
-        elif row["using"]:
-            mark = "built-in" if row["exact"] else "stand-in"
-        else:
-            mark = "missing"
+    _print_data_status(data_status())
+
+
+def _print_data_status(rows: list[SourceStatus]) -> None:
+    from flexmtl.data.fetch import fetch_command
+    from flexmtl.data.paths import status_label
+
+    for row in rows:
         using = row["using"] or "nothing (a run would fail)"
         exact = "" if row["exact"] or not row["using"] else " [not the paper's data]"
-        print(f"  {row['name']:<14} {mark:<8} looks in {row['looks_in']}")
-        print(f"  {'':<14} {'':<8} using: {using}{exact}")
+        indent = " " * 26
+        print(f"  {row['name']:<14} {status_label(row):<8} looks in {row['looks_in']}")
+        print(f"{indent}using: {using}{exact}")
         if row["to_get"]:
-            print(f"  {'':<14} {'':<8} to get it: {row['to_get']}")
+            command = fetch_command(row["name"])
+            if command:
+                print(f"{indent}to get it: {command}")
+            print(f"{indent}{'or by hand' if command else 'to get it (by hand)'}: "
+                  f"{row['to_get']}")
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    from flexmtl.data import data_root, data_status
+    from flexmtl.data.fetch import fetch
+
+    if args.data_command == "fetch":
+        fetch(args.names, args.root, force=args.force, allow_unverified=args.allow_unverified,
+              progress=not args.no_progress)
+        return
+    print(f"Data sources under {data_root(args.root)} (set FLEXMTL_DATA or --root to move it):")
+    _print_data_status(data_status(args.root))
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -141,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_run(args)
         elif args.command == "plot":
             _cmd_plot(args.run_dir)
+        elif args.command == "data":
+            _cmd_data(args)
         # leave the process group (if torchrun started one) together, before interpreter
         # shutdown, where gloo's teardown can race and abort the process
         distributed.cleanup(wait=True)

@@ -37,6 +37,16 @@ def complete_or_missing(name: str, looks_in: str, using: str | None,
                         exact=present, to_get="" if present else to_get)
 
 
+def status_label(row: SourceStatus) -> str:
+    """'present' (the original files are where flexmtl looks), 'built-in' (an identical copy
+    that ships with an installed package), 'stand-in' (other data replaces it) or 'missing'."""
+    if row["present"]:
+        return "present"
+    if row["using"]:
+        return "built-in" if row["exact"] else "stand-in"
+    return "missing"
+
+
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The data root: ``root`` if given, else ``$FLEXMTL_DATA``, else ``~/.flexmtl/data``."""
     if root is None:
