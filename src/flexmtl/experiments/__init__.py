@@ -1,6 +1,11 @@
 """Paper experiments, registered by name (``flexmtl list`` shows them)."""
 
-from flexmtl.experiments import gumbel_matrix, soft_ordering  # noqa: F401  (registers them)
+from flexmtl.experiments import (  # noqa: F401  (registers them)
+    gumbel_matrix,
+    layer_visualization,
+    soft_ordering,
+    soft_ordering_images,
+)
 from flexmtl.experiments.base import (
     EXPERIMENTS,
     Experiment,

@@ -1,0 +1,171 @@
+"""What one soft-order layer does (Meyerson & Miikkulainen, ICLR 2018, Sec. 5, Table 1, A.5).
+
+With sigmoid scales (``SoftOrdering(gate="sigmoid")``) one scale ``s[t, l, d]`` can be set
+anywhere in [0, 1] while all other scales keep their learned values; the model's output for
+task ``t`` is then rendered as the scale is swept. Everything here is pure torch, works on
+any :class:`~flexmtl.models.MultiTaskModel` with a :class:`~flexmtl.sharing.SoftOrdering`
+core, and never changes the model: the scales are passed to the core's forward explicitly.
+
+* :func:`pixel_coordinates` -- the ``(x, y)`` inputs of an image, in [0, 1].
+* :func:`predict` -- the model's output for a task, with the core's scales overridden.
+* :func:`scale_sweep` -- Table 1: the output while ``s[t, l, d]`` takes each value in turn.
+* :func:`layer_effects` -- output(s = 1) - output(s = 0) for every (task, layer, depth).
+* :func:`effect_metrics` -- Table 1's qualitative claims as numbers (see its docstring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from flexmtl.errors import ConfigError
+from flexmtl.sharing import SoftOrdering
+
+__all__ = [
+    "SWEEP_VALUES",
+    "effect_metrics",
+    "layer_effects",
+    "pixel_coordinates",
+    "predict",
+    "scale_sweep",
+    "with_scale",
+]
+
+#: scale values of the default sweep (Table 1: layer inactive -> layer active)
+SWEEP_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def pixel_coordinates(height: int, width: int) -> torch.Tensor:
+    """``[height * width, 2]`` inputs ``(x, y) = (column, row) / (size - 1)``, row-major,
+    so that outputs reshape to ``(height, width)`` images."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([cols.flatten() / max(width - 1, 1),
+                        rows.flatten() / max(height - 1, 1)], dim=1).float()
+
+
+def _soft_core(model: nn.Module) -> SoftOrdering:
+    core = getattr(model, "core", None)
+    if not isinstance(core, SoftOrdering):
+        raise ConfigError("layer visualisation needs a model whose core is a SoftOrdering, got "
+                          f"{type(core).__name__}")
+    return core
+
+
+def with_scale(scales: torch.Tensor, layer: int, depth: int, value: float) -> torch.Tensor:
+    """A copy of ``scales`` ``[layers, depths]`` with ``s[layer, depth] = value``."""
+    out = scales.clone()
+    out[layer, depth] = value
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, task: int, x: torch.Tensor,
+            scales: torch.Tensor | None = None) -> torch.Tensor:
+    """``model(x, task)`` in evaluation mode, flattened to ``[N]``; ``scales``
+    (``[layers, depths]``) replaces the task's learned scales in the core (Eq. 7)."""
+    core = _soft_core(model)
+    was_training = model.training
+    model.eval()
+    try:
+        h = core(model.encoders[task](x), task, scales=scales)
+        return model.decoders[task](h).reshape(len(x))
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def scale_sweep(model: nn.Module, task: int, layer: int, x: torch.Tensor,
+                values: Sequence[float] = SWEEP_VALUES,
+                depths: Sequence[int] | None = None) -> torch.Tensor:
+    """Table 1: outputs ``[len(depths), len(values), N]`` of ``task`` on inputs ``x`` while
+    ``s[task, layer, d]`` takes each of ``values`` (all other scales learned), for each
+    depth ``d`` (0-based; all depths by default)."""
+    core = _soft_core(model)
+    depths = range(core.depth) if depths is None else depths
+    learned = core.scales(task).detach()
+    return torch.stack([
+        torch.stack([predict(model, task, x, with_scale(learned, layer, d, v)) for v in values])
+        for d in depths
+    ])
+
+
+@torch.no_grad()
+def layer_effects(model: nn.Module, x: torch.Tensor,
+                  tasks: Sequence[int] | None = None) -> torch.Tensor:
+    """``[tasks, layers, depths, N]``: output with ``s[t, l, d] = 1`` minus output with
+    ``s[t, l, d] = 0``, all other scales learned (what switching the layer on adds)."""
+    core = _soft_core(model)
+    tasks = range(core.num_tasks) if tasks is None else tasks
+    out = []
+    for t in tasks:
+        sweep = [scale_sweep(model, t, layer, x, (0.0, 1.0)) for layer in range(core.num_layers)]
+        out.append(torch.stack([s[:, 1] - s[:, 0] for s in sweep]))
+    return torch.stack(out)
+
+
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman correlation of two 1-D tensors (no ties expected); 0 when one is constant."""
+    ra = a.argsort().argsort().double()
+    rb = b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denom if denom > 0 else 0.0
+
+
+def effect_metrics(effects: torch.Tensor, targets: torch.Tensor, image_shape: Sequence[int],
+                   layer: int = 0) -> dict[str, float]:
+    """Table 1's claims, measured on :func:`layer_effects` ``[T, L, D, N]``.
+
+    ``targets`` are the task images ``[T, N]`` (row-major ``image_shape``); brightness is in
+    [0, 1]. With ``|.|`` a mean over pixels:
+
+    * ``effect_depth{d}`` (d = 1..D): mean over tasks and layers of ``|Delta|``, the mean
+      absolute pixel change as the scale goes 0 -> 1.
+    * ``depth_trend``: mean over (task, layer) of the rank correlation between depth and
+      ``|Delta|``; -1: the effect always shrinks with depth ("the magnitude of the effect
+      decreases with depth").
+    * ``decreasing_fraction``: fraction of (task, layer) whose ``|Delta|`` strictly
+      decreases from depth 1 to depth D.
+    * ``primitive_similarity``: mean correlation (Pearson, over pixels) between the change
+      images ``Delta`` of the SAME layer in two different (task, depth) contexts
+      ("similar function in each context").
+    * ``other_layer_similarity``: the same between DIFFERENT layers in different contexts,
+      the baseline that ``primitive_similarity`` has to beat.
+    * ``left_share_layer{layer+1}``: share of the brightness that layer ``layer`` adds
+      (positive part of ``Delta``) left of the target digit's centre column, over tasks and
+      depths ("expands the left side of the 4"); ~0.5 for no side.
+    """
+    T, L, D, N = effects.shape
+    height, width = image_shape
+    if N != height * width or targets.shape != (T, N):
+        raise ConfigError(f"effects {tuple(effects.shape)} and targets {tuple(targets.shape)} "
+                          f"do not match images of shape {tuple(image_shape)}")
+    magnitude = effects.abs().mean(dim=-1).double()  # [T, L, D]
+    out = {f"effect_depth{d + 1}": float(magnitude[:, :, d].mean()) for d in range(D)}
+    depth = torch.arange(D, dtype=torch.double)
+    flat = magnitude.reshape(T * L, D)
+    out["depth_trend"] = sum(_rank_correlation(depth, m) for m in flat) / (T * L)
+    out["decreasing_fraction"] = float((flat.diff(dim=1) < 0).all(dim=1).double().mean())
+
+    centred = effects.reshape(T * L * D, N).double()
+    centred = centred - centred.mean(dim=1, keepdim=True)
+    centred = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    corr = centred @ centred.T
+    index = torch.arange(T * L * D)
+    t_of, l_of, d_of = index // (L * D), (index // D) % L, index % D
+    other_context = (t_of[:, None] != t_of[None]) | (d_of[:, None] != d_of[None])
+    same_layer = l_of[:, None] == l_of[None]
+    out["primitive_similarity"] = float(corr[other_context & same_layer].mean())
+    out["other_layer_similarity"] = float(corr[other_context & ~same_layer].mean())
+
+    columns = torch.arange(width, dtype=torch.double).repeat(height)  # column of each pixel
+    ink = targets.double()
+    centre = (ink * columns).sum(dim=1) / ink.sum(dim=1).clamp_min(1e-12)  # [T]
+    left = (columns[None] < centre[:, None]).double()  # [T, N]
+    added = effects[:, layer].double().clamp_min(0)  # [T, D, N]
+    total = added.sum()
+    out[f"left_share_layer{layer + 1}"] = (
+        float((added * left[:, None]).sum() / total) if total > 0 else float("nan"))
+    return out
