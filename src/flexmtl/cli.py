@@ -1,4 +1,5 @@
-"""Command line: ``flexmtl list | run | plot | data``. Thin: it parses, then calls the library.
+"""Command line: ``flexmtl list | run | plot | reproduce | data``; thin: parses, then calls
+the library.
 
 ``torchrun --nproc_per_node=N -m flexmtl run ...`` runs an experiment data-parallel.
 """
@@ -48,6 +49,22 @@ def _parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="redraw the plots of a run folder")
     plot.add_argument("run_dir")
+
+    rep = sub.add_parser("reproduce", help="reproduce the papers' figures and tables and "
+                                           "write REPRODUCTION.md (resumable)")
+    rep.add_argument("--quick", action="store_true",
+                     help="the stated smaller protocols (fewer seeds / steps) instead of the "
+                          "papers'")
+    rep.add_argument("--only", action="append", metavar="NAME",
+                     help="a study key (e.g. so-fig4a) or an experiment name; repeatable")
+    rep.add_argument("--out", default="runs/reproduce",
+                     help="folder of the reproduction's runs (default runs/reproduce)")
+    rep.add_argument("--doc", default="REPRODUCTION.md",
+                     help="report to write; its figures go to docs/reproduction/ beside it")
+    rep.add_argument("--report-only", action="store_true",
+                     help="rewrite the report from finished runs without training")
+    rep.add_argument("--list", action="store_true", help="list the studies and exit")
+    rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     data = sub.add_parser("data", help="data sources: where each is looked for, download them")
     data.set_defaults(data_command="list", root=None)
@@ -164,6 +181,24 @@ def _cmd_plot(run_dir: str) -> None:
         print(path)
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from flexmtl.reproduction import reproduce, write_report
+    from flexmtl.reproduction.report import select, unavailable
+
+    if args.list:
+        for study in select(args.only):
+            why = unavailable(study)
+            print(f"  {study.key:<12} {study.figure:<20} {study.claim}")
+            print(f"  {'':<12} {'':<20} experiment {study.experiment}"
+                  + (f"; not runnable here: {why}" if why else ""))
+        return
+    if args.report_only:
+        write_report(args.out, args.doc)
+        return
+    reproduce(args.only, quick=args.quick, out=args.out, doc=args.doc,
+              progress=not args.no_progress)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -182,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_run(args)
         elif args.command == "plot":
             _cmd_plot(args.run_dir)
+        elif args.command == "reproduce":
+            _cmd_reproduce(args)
         elif args.command == "data":
             _cmd_data(args)
         # leave the process group (if torchrun started one) together, before interpreter
