@@ -10,7 +10,7 @@ import torch
 
 from flexmtl.analysis.layer_vis import (
     effect_metrics,
-    layer_effects,
+    layer_switches,
     pixel_coordinates,
     predict,
     scale_sweep,
@@ -102,14 +102,14 @@ def _without_layer(model, t, x, layer, depth):
 
 def test_scale_zero_removes_the_layer_at_that_depth(model):
     x = pixel_coordinates(*SMALL)
-    effects = layer_effects(model, x, tasks=[1])
+    switches = layer_switches(model, x, tasks=[1])
     for layer in range(4):
         sweep = scale_sweep(model, 1, layer, x, (0.0, 1.0))
         for d in range(4):
             with torch.no_grad():
                 expected = _without_layer(model, 1, x, layer, d)
             torch.testing.assert_close(sweep[d, 0], expected, rtol=1e-5, atol=1e-6)
-            assert torch.equal(effects[0, layer, d], sweep[d, 1] - sweep[d, 0])
+            assert torch.equal(switches[0, layer, d], sweep[d])
 
 
 def test_the_sweep_leaves_the_model_unchanged(model):
@@ -117,7 +117,7 @@ def test_the_sweep_leaves_the_model_unchanged(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     scale_sweep(model, 0, 2, x)
-    layer_effects(model, x)
+    layer_switches(model, x)
     predict(model, 0, x, torch.zeros(4, 4))
     assert model.training
     after = model.state_dict()
@@ -126,18 +126,33 @@ def test_the_sweep_leaves_the_model_unchanged(model):
 
 def test_effect_metrics_measure_the_claims():
     T, L, D, (H, W) = 2, 3, 4, (4, 6)
-    effects = torch.zeros(T, L, D, H, W)
-    for d in range(D):  # layers add ink on the left two columns, less at every depth
-        effects[:, :, d, :, :2] = 0.4 / (d + 1)
-    targets = torch.ones(T, H * W)  # centre column 2.5
-    m = effect_metrics(effects.reshape(T, L, D, H * W), targets, (H, W))
+    off = torch.full((T, L, D, H, W), 0.2)
+    off[..., :, 3] = 0.6  # a vertical stroke
+    on = off.clone()
+    for d in range(D):  # switching a layer on adds ink on the left, less at every depth
+        on[:, :, d, :, :2] += 0.4 / (d + 1)
+    on[:, :, -1] = off[:, :, -1] * 1.2  # the last depth: a pure gain, no change of shape
+    targets = torch.ones(T, H * W)  # centre column 2.5: half the digit's ink on the left
+    switches = torch.stack([off, on], dim=3).reshape(T, L, D, 2, H * W)
+    m = effect_metrics(switches, targets, (H, W))
     assert m["effect_depth1"] == pytest.approx(0.4 * 2 / 6)
-    assert m["effect_depth4"] == pytest.approx(0.1 * 2 / 6)
-    assert m["depth_trend"] == pytest.approx(-1) and m["decreasing_fraction"] == 1
+    assert m["effect_depth4"] == pytest.approx(0.2 * (0.2 * 5 + 0.6) / 6)
+    assert m["shape_change_depth4"] == pytest.approx(0, abs=1e-12)
+    assert m["shape_change_depth1"] > 0.1
+    # |Delta| by depth: 0.133, 0.067, 0.044, 0.053 -> ranks 3, 2, 0, 1
+    assert m["depth_trend"] == pytest.approx(-0.8) and m["decreasing_fraction"] == 0
+    assert m["primitive_similarity"] == pytest.approx(m["other_layer_similarity"])
+    assert m["left_share_digit"] == pytest.approx(0.5)
+    left = 8 * 0.4 * (1 + 1 / 2 + 1 / 3)  # left columns 0-1 at depths 1-3
+    assert m["left_share_layer1"] == pytest.approx(
+        (left + 12 * 0.04) / (left + 20 * 0.04 + 4 * 0.12))  # + the gain at depth 4
+    # each layer adds its own pattern in every context: a perfect functional primitive
+    patterns = torch.rand(L, H * W, generator=torch.Generator().manual_seed(0))
+    off = torch.zeros(T, L, D, H * W)
+    on = off + patterns[None, :, None]
+    m = effect_metrics(torch.stack([off, on], dim=3), targets, (H, W))
     assert m["primitive_similarity"] == pytest.approx(1)
-    assert m["left_share_layer1"] == 1
-    flipped = effects.flip(-1).reshape(T, L, D, H * W)  # ink on the right instead
-    assert effect_metrics(flipped, targets, (H, W))["left_share_layer1"] == 0
+    assert m["other_layer_similarity"] < 0.5
 
 
 def test_layer_vis_run_writes_the_figure_and_metrics(tmp_path):
@@ -149,8 +164,9 @@ def test_layer_vis_run_writes_the_figure_and_metrics(tmp_path):
         "layer-vis", seeds=1, steps=20, out_dir=tmp_path, progress=False, log=lambda s: 0,
         overrides={"num_tasks": 3, "eval_every": 10})
     metrics = results["methods"]["soft"]["metrics"]
-    for key in ("effect_depth1", "effect_depth4", "depth_trend", "decreasing_fraction",
-                "primitive_similarity", "other_layer_similarity", "left_share_layer1"):
+    for key in ("effect_depth1", "effect_depth4", "shape_change_depth1", "depth_trend",
+                "decreasing_fraction", "primitive_similarity", "other_layer_similarity",
+                "left_share_layer1", "left_share_digit"):
         assert np.isfinite(metrics[key]["mean"])
     assert (tmp_path / "plots" / "layer_sweep_layer1.png").stat().st_size > 0
     result = json.loads((tmp_path / "soft" / "seed-0" / "result.json").read_text())

@@ -9,7 +9,8 @@ core, and never changes the model: the scales are passed to the core's forward e
 * :func:`pixel_coordinates` -- the ``(x, y)`` inputs of an image, in [0, 1].
 * :func:`predict` -- the model's output for a task, with the core's scales overridden.
 * :func:`scale_sweep` -- Table 1: the output while ``s[t, l, d]`` takes each value in turn.
-* :func:`layer_effects` -- output(s = 1) - output(s = 0) for every (task, layer, depth).
+* :func:`layer_switches` -- the output with one scale at 0 and at 1, for every
+  (task, layer, depth).
 * :func:`effect_metrics` -- Table 1's qualitative claims as numbers (see its docstring).
 """
 
@@ -26,7 +27,7 @@ from flexmtl.sharing import SoftOrdering
 __all__ = [
     "SWEEP_VALUES",
     "effect_metrics",
-    "layer_effects",
+    "layer_switches",
     "pixel_coordinates",
     "predict",
     "scale_sweep",
@@ -92,17 +93,17 @@ def scale_sweep(model: nn.Module, task: int, layer: int, x: torch.Tensor,
 
 
 @torch.no_grad()
-def layer_effects(model: nn.Module, x: torch.Tensor,
-                  tasks: Sequence[int] | None = None) -> torch.Tensor:
-    """``[tasks, layers, depths, N]``: output with ``s[t, l, d] = 1`` minus output with
-    ``s[t, l, d] = 0``, all other scales learned (what switching the layer on adds)."""
+def layer_switches(model: nn.Module, x: torch.Tensor,
+                   tasks: Sequence[int] | None = None) -> torch.Tensor:
+    """``[tasks, layers, depths, 2, N]``: the output with ``s[t, l, d] = 0`` (layer off) and
+    with ``s[t, l, d] = 1`` (layer fully on), all other scales as learned."""
     core = _soft_core(model)
     tasks = range(core.num_tasks) if tasks is None else tasks
-    out = []
-    for t in tasks:
-        sweep = [scale_sweep(model, t, layer, x, (0.0, 1.0)) for layer in range(core.num_layers)]
-        out.append(torch.stack([s[:, 1] - s[:, 0] for s in sweep]))
-    return torch.stack(out)
+    return torch.stack([
+        torch.stack([scale_sweep(model, t, layer, x, (0.0, 1.0))
+                     for layer in range(core.num_layers)])
+        for t in tasks
+    ])
 
 
 def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -114,45 +115,57 @@ def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum()) / denom if denom > 0 else 0.0
 
 
-def effect_metrics(effects: torch.Tensor, targets: torch.Tensor, image_shape: Sequence[int],
+def _standardised(images: torch.Tensor) -> torch.Tensor:
+    """Each row centred and scaled to unit norm (a zero row stays zero): dot products of
+    rows are then Pearson correlations over pixels."""
+    centred = images.double() - images.double().mean(dim=-1, keepdim=True)
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def effect_metrics(switches: torch.Tensor, targets: torch.Tensor, image_shape: Sequence[int],
                    layer: int = 0) -> dict[str, float]:
-    """Table 1's claims, measured on :func:`layer_effects` ``[T, L, D, N]``.
+    """Table 1's claims as numbers, from :func:`layer_switches` ``[T, L, D, 2, N]``.
 
-    ``targets`` are the task images ``[T, N]`` (row-major ``image_shape``); brightness is in
-    [0, 1]. With ``|.|`` a mean over pixels:
+    ``targets`` are the task images ``[T, N]`` (row-major ``image_shape``), brightness in
+    [0, 1]. ``Delta = on - off`` is what switching layer ``l`` on at depth ``d`` changes.
 
-    * ``effect_depth{d}`` (d = 1..D): mean over tasks and layers of ``|Delta|``, the mean
-      absolute pixel change as the scale goes 0 -> 1.
+    * ``effect_depth{d}`` (d = 1..D): mean over tasks and layers of the mean absolute pixel
+      change ``|Delta|``.
+    * ``shape_change_depth{d}``: mean over tasks and layers of ``1 - corr(off, on)``
+      (Pearson over pixels): the change a contrast-normalised rendering shows, blind to a
+      global gain or offset (App. A.5 sees "no observable effect at depth four").
     * ``depth_trend``: mean over (task, layer) of the rank correlation between depth and
-      ``|Delta|``; -1: the effect always shrinks with depth ("the magnitude of the effect
-      decreases with depth").
+      ``|Delta|``; -1 when the effect always shrinks with depth ("the magnitude of the
+      effect decreases with depth").
     * ``decreasing_fraction``: fraction of (task, layer) whose ``|Delta|`` strictly
       decreases from depth 1 to depth D.
-    * ``primitive_similarity``: mean correlation (Pearson, over pixels) between the change
-      images ``Delta`` of the SAME layer in two different (task, depth) contexts
-      ("similar function in each context").
-    * ``other_layer_similarity``: the same between DIFFERENT layers in different contexts,
-      the baseline that ``primitive_similarity`` has to beat.
-    * ``left_share_layer{layer+1}``: share of the brightness that layer ``layer`` adds
-      (positive part of ``Delta``) left of the target digit's centre column, over tasks and
-      depths ("expands the left side of the 4"); ~0.5 for no side.
+    * ``primitive_similarity``: mean correlation between the ``Delta`` images of the SAME
+      layer in two different (task, depth) contexts ("similar function in each context");
+      ``other_layer_similarity``: the same for DIFFERENT layers, the baseline to beat.
+    * ``left_share_layer{layer+1}``: share of the brightness the layer adds (positive part
+      of ``Delta``, all tasks and depths) that lies left of the target digit's centre column
+      ("expands the left side of the 4"); ``left_share_digit``: the same share of the
+      target images' own ink, what a change spread evenly over the digit would give.
     """
-    T, L, D, N = effects.shape
+    T, L, D, _, N = switches.shape
     height, width = image_shape
     if N != height * width or targets.shape != (T, N):
-        raise ConfigError(f"effects {tuple(effects.shape)} and targets {tuple(targets.shape)} "
+        raise ConfigError(f"switches {tuple(switches.shape)} and targets {tuple(targets.shape)} "
                           f"do not match images of shape {tuple(image_shape)}")
-    magnitude = effects.abs().mean(dim=-1).double()  # [T, L, D]
+    off, on = switches.double().unbind(dim=3)  # [T, L, D, N]
+    effects = on - off
+    magnitude = effects.abs().mean(dim=-1)  # [T, L, D]
+    shape_change = 1 - (_standardised(off) * _standardised(on)).sum(dim=-1)
     out = {f"effect_depth{d + 1}": float(magnitude[:, :, d].mean()) for d in range(D)}
+    out.update({f"shape_change_depth{d + 1}": float(shape_change[:, :, d].mean())
+                for d in range(D)})
     depth = torch.arange(D, dtype=torch.double)
     flat = magnitude.reshape(T * L, D)
     out["depth_trend"] = sum(_rank_correlation(depth, m) for m in flat) / (T * L)
     out["decreasing_fraction"] = float((flat.diff(dim=1) < 0).all(dim=1).double().mean())
 
-    centred = effects.reshape(T * L * D, N).double()
-    centred = centred - centred.mean(dim=1, keepdim=True)
-    centred = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    corr = centred @ centred.T
+    unit = _standardised(effects.reshape(T * L * D, N))
+    corr = unit @ unit.T
     index = torch.arange(T * L * D)
     t_of, l_of, d_of = index // (L * D), (index // D) % L, index % D
     other_context = (t_of[:, None] != t_of[None]) | (d_of[:, None] != d_of[None])
@@ -164,8 +177,9 @@ def effect_metrics(effects: torch.Tensor, targets: torch.Tensor, image_shape: Se
     ink = targets.double()
     centre = (ink * columns).sum(dim=1) / ink.sum(dim=1).clamp_min(1e-12)  # [T]
     left = (columns[None] < centre[:, None]).double()  # [T, N]
-    added = effects[:, layer].double().clamp_min(0)  # [T, D, N]
+    added = effects[:, layer].clamp_min(0)  # [T, D, N]
     total = added.sum()
     out[f"left_share_layer{layer + 1}"] = (
         float((added * left[:, None]).sum() / total) if total > 0 else float("nan"))
+    out["left_share_digit"] = float((ink * left).sum() / ink.sum().clamp_min(1e-12))
     return out
