@@ -129,6 +129,10 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = "REPRODUC
         if run is None:
             entry["status"] = "not run here" if why else "not run yet"
             entry["why"] = why or f"no finished run under {out}"
+            if study.needs:
+                entry["how"] = ("With the data in place (`flexmtl data` says where" +
+                                ("; a GPU in practice, add `--device cuda`" if study.gpu else "")
+                                + "):")
             entries.append(entry)
             continue
         source = STUDIES.get(study.runs_with) if study.runs_with else study
@@ -212,10 +216,9 @@ def _entry(e: dict) -> list[str]:
     lines = ["", f'<a id="{e["key"]}"></a>', "", f"### {e['figure']}: {e['claim']}", "",
              f"**Published.** {e['published']}", ""]
     if e["status"] != "run":
-        lines += [f"**Not run here:** {e['why']}.", ""]
+        lines += [f"**{e['status'].capitalize()}:** {e['why']}.", ""]
         if e.get("command"):
-            lines += ["With the data (and a GPU for the image experiments):", "", "```bash",
-                      e["command"], "```"]
+            lines += [e.get("how") or "Run it with:", "", "```bash", e["command"], "```"]
         return lines
     lines += [f"**Ours** ({e['mode']} protocol, {e['seeds']} seed(s); "
               f"{e['protocol_note'] or 'as the paper'}):", "", *e["ours"], "",

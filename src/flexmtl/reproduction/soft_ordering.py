@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from flexmtl.reproduction.studies import (
     points,
     register_study,
     seed_dirs,
+    significant,
     snapshots,
     table,
     verdict_of,
@@ -53,7 +55,9 @@ def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
 # ---------------------------------------------------------------------- Fig. 2
 
 
-def _assess_fig2(run: StudyRun) -> Assessment:
+def _assess_fig2(run: StudyRun, half_claim: bool = True) -> Assessment:
+    """Fig. 2: permuted ahead of parallel wherever parallel does not fit everything; with
+    ``half_claim`` (the linear case) also permuted at n within 0.05 of parallel at n/2."""
     acc = {value: {m: metric(ms, m, "test_accuracy") for m in ("parallel", "permuted")}
            for value, ms in points(run.results)}
     ns = sorted(acc)
@@ -64,15 +68,25 @@ def _assess_fig2(run: StudyRun) -> Assessment:
     halves = [(n, acc[n]["permuted"]["mean"], acc[n // 2]["parallel"]["mean"])
               for n in ns if n // 2 in acc and n % 2 == 0]
     as_half = [n for n, perm, par_half in halves if perm >= par_half - 0.05]
-    claims = [bool(unsaturated) and len(ahead) == len(unsaturated),
-              bool(halves) and len(as_half) == len(halves)]
+    claims = [bool(unsaturated) and len(ahead) == len(unsaturated)]
+    if half_claim:
+        claims.append(bool(halves) and len(as_half) == len(halves))
     reason = (
         f"permuted fits better than parallel at {len(ahead)} of the {len(unsaturated)} sizes "
         f"where parallel is below 0.99; permuted at n fits within 0.05 of (or better than) "
         f"parallel at n/2 for {len(as_half)} of {len(halves)} sizes ("
         + ", ".join(f"n={n}: {perm:.3f} vs {half:.3f}" for n, perm, half in halves) + ")")
+    if not half_claim:
+        reason += ("; the paper claims the n/2 equivalence for the linear case only, for ReLU "
+                   "'a similar advantage', so only the first claim is judged")
     return Assessment(ours, verdict_of(claims), reason,
                       {"accuracy": {str(n): {m: acc[n][m]["mean"] for m in acc[n]} for n in ns}})
+
+
+def _random_data(run: StudyRun) -> str:
+    cfg = run.results.get("config") or {}
+    return (f"generated: two tasks of n random binary labels, x ~ U[0,1]^{cfg.get('m', 'm')} "
+            "(n per sweep point); the fit of the training samples is measured")
 
 
 _FIG2_PUBLISHED = (
@@ -96,8 +110,9 @@ for key, fig, act, m in (("so-fig2a", "Fig. 2a", "linear", 128),
                            "(the paper gives no length)"),
         quick=Protocol(3, protocol, ("n", (64, 128, 256, 512, 1024)), ("parallel", "permuted"),
                        note="3 seeds"),
-        assess=_assess_fig2,
+        assess=functools.partial(_assess_fig2, half_claim=act == "linear"),
         figures=copy_plots("sweep.png"),
+        data=_random_data,
     ))
 
 
@@ -116,13 +131,21 @@ def _assess_fig4a(run: StudyRun) -> Assessment:
         rel.append(acc["permuted"]["mean"] - acc["parallel"]["mean"])
     ks = np.array([k for k, _ in pts], dtype=float)
     slope = float(np.polyfit(ks, rel, 1)[0]) if len(ks) > 1 else float("nan")
+    # the same slope per seed (seeds paired across task counts), for its interval
+    per_seed = np.array([[metric(ms, "permuted", "test_accuracy")["values"][i]
+                          - metric(ms, "parallel", "test_accuracy")["values"][i]
+                          for _, ms in pts] for i in range(len(run.results["seeds"]))])
+    slopes = summarize([float(np.polyfit(ks, r, 1)[0]) for r in per_seed]) if len(ks) > 1 else (
+        None)
     last = pts[-1][1]
     _, vs_single = compare("soft", metric(last, "soft", "test_accuracy"), "single",
                            metric(last, "single", "test_accuracy"), lower_is_better=False)
-    claims = [slope > 0, len(soft_best) == len(pts)]
+    grows = slopes is not None and significant(slopes) and slopes["mean"] > 0
+    claims = [grows, len(soft_best) == len(pts)]
     reason = (
-        f"permuted minus parallel accuracy changes by {slope:+.4f} per added task (the paper: "
-        f"it grows); soft ordering has the best mean accuracy at {len(soft_best)} of {len(pts)} "
+        f"permuted minus parallel accuracy changes by {fmt(slopes, 4)} per added task "
+        f"({'significant' if grows else 'not a significant growth'}; the paper: it grows); "
+        f"soft ordering has the best mean accuracy at {len(soft_best)} of {len(pts)} "
         f"task counts ({', '.join(map(str, soft_best)) or 'none'}); at {int(ks[-1])} tasks: "
         f"{vs_single}")
     ours = table(["tasks", *(f"{m}: test accuracy" for m in ORDERINGS)], rows)
@@ -198,12 +221,17 @@ def _assess_fig4bcd(run: StudyRun) -> Assessment:
     ours = table(["soft ordering, 2 tasks", "at step 0", "at the end", "change"], rows)
     ours.append("")
     ours.append(f"The two tasks' strongest paths differ in {distinct} of {len(seeds)} seeds.")
+    # "towards a hard ordering": at least a quarter of the way from uniform (1 / layers,
+    # the start) to hard (1), in every seed
+    start = hard[0][0]
+    way = [(b - a) / (1.0 - start) for a, b in hard]
     claims = [d_gain["mean"] > 0 and all(b > a for a, b in dist),
-              h_gain["mean"] > 0 and all(b > a for a, b in hard),
+              all(w >= 0.25 for w in way),
               distinct > 0]
-    reason = (f"distance grows in {sum(b > a for a, b in dist)} of {len(seeds)} seeds, the "
-              f"largest scale grows in {sum(b > a for a, b in hard)} of {len(seeds)} (1.0 would "
-              f"be a hard order); distinct orders in {distinct} of {len(seeds)}")
+    reason = (f"distance grows in {sum(b > a for a, b in dist)} of {len(seeds)} seeds; the "
+              f"largest scale moves {100 * min(way):.0f}-{100 * max(way):.0f}% of the way from "
+              f"uniform ({start:.2f}) to a hard order (1.0), the criterion is 25%; distinct "
+              f"strongest paths in {distinct} of {len(seeds)} seeds")
     return Assessment(ours, verdict_of(claims), reason,
                       {"distance_gain": d_gain["mean"], "hardness_gain": h_gain["mean"],
                        "hardness_end": float(np.mean([b for _, b in hard])),
@@ -310,6 +338,58 @@ register_study(Study(
         "over-confident. The comparison therefore uses each run's lowest validation loss (the "
         "selected checkpoint). With dropout 0.2 (measured earlier, 3 seeds) all four methods "
         "reach ~0.80 test accuracy with no clear winner."),
+))
+
+
+# ---------------------------------------------------------------------- Sec. 5, Table 1
+
+
+def _assess_table1(run: StudyRun) -> Assessment:
+    entry = run.results["methods"]
+    ms = entry[next(iter(entry))]["metrics"]
+    depths = sorted(k for k in ms if k.startswith("effect_depth"))
+    ours = table(["depth of layer 1's scale", "mean |pixel change| as the scale goes 0 -> 1"],
+                 [[k.removeprefix("effect_depth"), fmt(ms[k], 4)] for k in depths])
+    trend, same, other = ms["depth_trend"], ms["primitive_similarity"], ms[
+        "other_layer_similarity"]
+    left = next((ms[k] for k in ms if k.startswith("left_share_layer")), None)
+    ours += ["", f"Rank correlation of depth and effect size (over tasks x layers; -1 = always "
+                 f"shrinks with depth): {fmt(trend)}; strictly decreasing in "
+                 f"{fmt(ms['decreasing_fraction'], 2, 100.0)}% of (task, layer).",
+             f"Correlation of one layer's change images across (task, depth) contexts: "
+             f"{fmt(same)}, against {fmt(other)} between different layers.",
+             f"Share of the brightness layer 1 adds left of the digit's centre: {fmt(left, 2)} "
+             "(0.5 = no side)."]
+    shrinks = trend["mean"] < 0 and (significant(trend) or trend["n"] == 1)
+    sign, text = compare("same-layer similarity", same, "different-layer similarity", other,
+                         lower_is_better=False)
+    claims = [shrinks, sign > 0]
+    reason = (f"effect vs depth rank correlation {fmt(trend)} (the paper: the effect decreases "
+              f"with depth); {text} (the paper: similar function in each context). Which "
+              "layer learns which primitive differs between runs, so the paper's 'expands the "
+              "left side of the 4' of its layer 1 is reported, not judged")
+    return Assessment(ours, verdict_of(claims), reason,
+                      {"depth_trend": trend["mean"], "primitive_similarity": same["mean"],
+                       "other_layer_similarity": other["mean"]})
+
+
+register_study(Study(
+    key="so-table1", paper=SOFT_ORDERING, figure="Sec. 5, Table 1",
+    claim="layer visualisation: one layer has a similar effect in every (task, depth) context, "
+          "and the effect shrinks with depth",
+    published=("Ten tasks, each one MNIST '4' as (x, y) -> brightness, 4 shared dense ReLU "
+               "layers of 100, sigmoid scales, shared linear encoder, global-average-pooling "
+               "decoder, MSE, no dropout. Sweeping s[t, l, d] of the first layer for the first "
+               "two tasks expands the left side of the 4 in all six contexts, with an effect "
+               "that decreases with depth (none is observable at depth 4). Images only."),
+    experiment="layer-vis",
+    full=Protocol(3, {}, None, ("soft",), note="3 seeds (the paper shows one model); 20,000 "
+                  "joint steps of 32 pixels per task (the paper gives no length)"),
+    quick=Protocol(3, {"steps": 6000}, None, ("soft",),
+                   note="3 seeds, 6,000 of the 20,000 steps"),
+    assess=_assess_table1,
+    figures=copy_plots("layer_sweep_layer1.png"),
+    data=data_notes,
 ))
 
 
