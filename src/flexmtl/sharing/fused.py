@@ -360,12 +360,11 @@ def soft_tasks(plan: BlockPlan, blocks: Sequence[nn.Module], hs: Sequence[torch.
         all_layers = lambda x: stacked.all_layers(x, w, b)  # noqa: E731
     else:
         all_layers = lambda x: torch.stack([block(x) for block in blocks], 1)  # noqa: E731
-    extra = (1,) * (h.ndim - 1)
     for s_k in s:
-        y = all_layers(h)  # [N, L, ...]
+        y = all_layers(h)  # [N, L, ...] (the shape may shrink with depth, e.g. pooling)
         if p:
             y = y * keep_mask(y, p)
-        h = (y * s_k.reshape(*s_k.shape, *extra)).sum(1)
+        h = (y * s_k.reshape(*s_k.shape, *(1,) * (y.ndim - 2))).sum(1)
     return list(h.split(counts))
 
 

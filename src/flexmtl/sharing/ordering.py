@@ -1,8 +1,11 @@
 """How tasks order a set of shared layers (Meyerson & Miikkulainen, ICLR 2018, Sec. 3).
 
-A *shared core* holds L shape-preserving blocks ``W_1..W_L`` (dense, conv or any user
-``nn.Module`` whose output shape equals its input shape) and applies them at D depths.
-Each block includes its own nonlinearity ``phi``. Four ways to do it:
+A *shared core* holds L blocks ``W_1..W_L`` (dense, conv or any user ``nn.Module``) and
+applies them at D depths. Every block must fit at every depth: at each depth all blocks map
+the incoming shape to the same shape -- usually the shape itself (dense ``d -> d``, padded
+conv), or a shape that shrinks alike at every depth (the Omniglot core, App. A.3: conv 3x3
++ 2x2 max-pool, so each depth halves the image). Each block includes its own nonlinearity
+``phi``. Four ways to do it:
 
 * :class:`ParallelOrdering` -- Eq. 2: every task applies ``W_1, ..., W_D`` in order.
 * :class:`PermutedOrdering` -- Eq. 3: task ``i`` applies ``W_{sigma_i(1)}, ..., W_{sigma_i(D)}``
@@ -46,6 +49,7 @@ __all__ = [
     "SoftOrdering",
     "SingleTaskCore",
     "infer_feature_shape",
+    "probe_depth_shapes",
     "random_permutations",
 ]
 
@@ -63,7 +67,7 @@ def infer_feature_shape(block: nn.Module) -> tuple[int, ...]:
             break
     raise ShapeError(
         f"cannot infer the feature shape of block {type(block).__name__}; pass "
-        "feature_shape=(C, H, W) (the per-example shape every shared block maps to itself)"
+        "feature_shape=(C, H, W) (the per-example shape of the core's input)"
     )
 
 
@@ -87,6 +91,34 @@ def probe_shape(module: nn.Module, shape: Sequence[int], what: str) -> tuple[int
     return tuple(out.shape[1:])
 
 
+def probe_depth_shapes(blocks: Sequence[nn.Module], feature_shape: Sequence[int],
+                       depth: int) -> tuple[tuple[int, ...], ...]:
+    """Per-example shapes ``(input, after depth 1, ..., after depth D)`` of a shared core.
+
+    Any block may sit at any depth (Eqs. 3, 7), so at every depth all blocks must map the
+    incoming shape to one common shape; raises :class:`ShapeError` naming the blocks
+    otherwise. A block's output shape is taken to depend only on its input shape: once a
+    depth preserves the shape, the later depths are not probed again.
+    """
+    shapes = [tuple(feature_shape)]
+    for k in range(1, depth + 1):
+        outs = [probe_shape(block, shapes[-1], f"shared block {j} ({type(block).__name__}) "
+                                               f"at depth {k}")
+                for j, block in enumerate(blocks)]
+        if len(set(outs)) > 1:
+            detail = ", ".join(f"block {j} ({type(b).__name__}) -> {o}"
+                               for j, (b, o) in enumerate(zip(blocks, outs)))
+            raise ShapeError(
+                f"at depth {k} the shared blocks map per-example shape {shapes[-1]} to "
+                f"different shapes: {detail}; every block must give the same shape at every "
+                "depth so that it can be applied at any depth")
+        shapes.append(outs[0])
+        if shapes[-1] == shapes[-2]:  # shape preserving: every later depth sees it too
+            shapes += [shapes[-1]] * (depth - k)
+            break
+    return tuple(shapes)
+
+
 def random_permutations(
     num_tasks: int, depth: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -98,8 +130,9 @@ class SharedCore(nn.Module):
     """Base class: a list of shared blocks applied at ``depth`` depths, per task.
 
     Args:
-        blocks: the shared layers. Every block must map ``feature_shape`` to itself so that
-            it can sit at any depth; this is checked here, when the core is built.
+        blocks: the shared layers. At every depth all blocks must map the incoming shape
+            to one common shape (usually ``feature_shape`` itself) so that any block can sit
+            at any depth; :func:`probe_depth_shapes` checks this when the core is built.
         num_tasks: number of tasks T.
         depth: number of depths D (default: the number of blocks).
         dropout: drop probability applied to each shared layer's output (PyTorch/Keras
@@ -142,15 +175,8 @@ class SharedCore(nn.Module):
             )
         shape = tuple(feature_shape) if feature_shape is not None else None
         self.feature_shape = shape or infer_feature_shape(blocks[0])
-        for j, block in enumerate(blocks):
-            out = probe_shape(block, self.feature_shape,
-                              f"shared block {j} ({type(block).__name__})")
-            if out != self.feature_shape:
-                raise ShapeError(
-                    f"shared block {j} ({type(block).__name__}) maps per-example shape "
-                    f"{self.feature_shape} to {out}; every shared block must preserve the "
-                    "shape so that it can be applied at any depth"
-                )
+        #: per-example shape entering each depth, then the output: ``D + 1`` shapes
+        self.depth_shapes = probe_depth_shapes(blocks, self.feature_shape, depth)
         self.blocks = nn.ModuleList(blocks)
         self.num_tasks = num_tasks
         self.depth = depth
@@ -165,8 +191,8 @@ class SharedCore(nn.Module):
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        """Per-example output shape (orderings preserve the shape)."""
-        return self.feature_shape
+        """Per-example output shape (``feature_shape`` when the blocks preserve it)."""
+        return self.depth_shapes[-1]
 
     def _check_task(self, task: int) -> None:
         if not 0 <= task < self.num_tasks:
@@ -418,10 +444,9 @@ class SoftOrdering(SharedCore):
                 f"scales must have shape [layers, depths] = [{self.num_layers}, {self.depth}], "
                 f"got {tuple(s.shape)}"
             )
-        extra = (1,) * len(self.feature_shape)
         for k in range(self.depth):
             outs = self.dropout(torch.stack([block(h) for block in self.blocks]))  # [L, B, ...]
-            h = (s[:, k].reshape(-1, 1, *extra) * outs).sum(dim=0)
+            h = (s[:, k].reshape(-1, *(1,) * (outs.ndim - 1)) * outs).sum(dim=0)
         return h
 
     def _fused_tasks(self, plan, hs, tasks):
