@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -15,10 +17,64 @@ from flexmtl.errors import ConfigError, ShapeError
 KINDS = ("multiclass", "binary", "regression")
 
 
-class Split(NamedTuple):
-    """Inputs ``x`` ``[N, *input_shape]`` and targets ``y`` ``[N]`` (or ``[N, outputs]``)."""
+class LazyInputs(abc.ABC):
+    """Inputs read on demand, for data sets too large to hold in memory (e.g. 200,000 CelebA
+    images decoded from their files batch by batch).
 
-    x: torch.Tensor
+    Subclasses give ``shape`` (``(N, *input_shape)``) and :meth:`read`, and call
+    ``super().__init__()``. A :class:`Split` keeps them as they are; the trainer indexes them
+    like a tensor, with a 1-D tensor of example indices (a training batch) or a slice
+    (evaluation), and gets a float tensor on the device that :meth:`to` named. The last
+    batch read is kept: the same indices again (the next task of an input group, reading
+    the same examples) return the same tensor without reading -- do not change it in place.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        #: state shared with the :meth:`to` views (the last batch read, worker pools)
+        self.shared: dict = {}
+
+    @property
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, ...]:
+        """``(number of examples, *per-example shape)``."""
+
+    @abc.abstractmethod
+    def read(self, index: np.ndarray) -> torch.Tensor:
+        """Examples ``index`` (1-D int64) as a float tensor ``[len(index), *shape[1:]]``."""
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        elif torch.is_tensor(index):
+            index = index.cpu().numpy()
+        index = np.asarray(index, dtype=np.int64)
+        if index.ndim != 1:
+            raise ShapeError(f"lazy inputs take a 1-D index, got shape {index.shape}")
+        key = (self.device, index.tobytes())
+        last = self.shared.get("last")
+        if last is not None and last[0] == key:
+            return last[1]
+        x = self.read(index).to(self.device, non_blocking=True)
+        self.shared["last"] = (key, x)
+        return x
+
+    def to(self, device: torch.device | str) -> LazyInputs:
+        """A view whose reads land on ``device`` (shallow: it shares everything else)."""
+        view = copy.copy(self)
+        view.device = torch.device(device)
+        return view
+
+
+class Split(NamedTuple):
+    """Inputs ``x`` ``[N, *input_shape]`` (a tensor or :class:`LazyInputs`) and targets ``y``
+    ``[N]`` (or ``[N, outputs]``)."""
+
+    x: torch.Tensor | LazyInputs
     y: torch.Tensor
 
     def __len__(self) -> int:
@@ -26,9 +82,11 @@ class Split(NamedTuple):
 
 
 def as_split(data, kind: str) -> Split:
-    """Turn ``(x, y)`` arrays or tensors into a :class:`Split` with checked dtypes and sizes."""
+    """Turn ``(x, y)`` arrays or tensors into a :class:`Split` with checked dtypes and sizes
+    (:class:`LazyInputs` are kept as they are)."""
     x, y = data
-    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
+    if not isinstance(x, LazyInputs):
+        x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
     y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
     y = y.long() if kind == "multiclass" else y.float()
     if len(x) != len(y):
@@ -54,6 +112,11 @@ class Task:
         info: extra facts about the task, copied into each run's ``result.json``.
         augment: applied to every training batch of inputs (e.g. random crops); it may use
             torch's global random state, which checkpoints save and restore.
+        input_group: tasks with the same non-empty ``input_group`` have the same inputs in
+            every split (e.g. the 40 attributes of the CelebA images): each training step
+            gives them the same examples (soft ordering, App. A: with a shared encoder "the
+            inputs of the samples in each batch are the same across tasks"), and evaluation
+            reads each batch of inputs once for all of them.
     """
 
     name: str
@@ -65,6 +128,7 @@ class Task:
     note: str = ""
     info: dict = field(default_factory=dict)
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    input_group: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -2,38 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import torch
 
 
 class TaskBatchSampler:
     """Draws one batch of indices per task per call, epoch by epoch without replacement.
 
-    Each task has its own permutation and position; a new permutation is drawn from the
-    sampler's own generator when a task's epoch runs out, so the stream depends only on
-    the seed and can be checkpointed and resumed exactly.
+    Each stream has its own permutation and position; a new permutation is drawn from the
+    sampler's own generator when a stream's epoch runs out, so the batches depend only on
+    the seed and can be checkpointed and resumed exactly. By default every task is its own
+    stream. Tasks given the same ``streams`` label share one (their training sets must have
+    equal sizes): each receives the stream's batches in turn, and the stream moves on when
+    a task asks again after it has had the latest one -- so tasks asked once per step get
+    the same examples in each step.
     """
 
-    def __init__(self, sizes: list[int], batch_size: int, seed: int):
+    def __init__(self, sizes: list[int], batch_size: int, seed: int,
+                 streams: Sequence[Hashable] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sizes = list(sizes)
+        labels = list(range(len(self.sizes))) if streams is None else list(streams)
+        if len(labels) != len(self.sizes):
+            raise ValueError(f"got {len(labels)} stream labels for {len(self.sizes)} tasks")
+        ids: dict[Hashable, int] = {}
+        self.stream_of = [ids.setdefault(label, len(ids)) for label in labels]
+        stream_sizes = {}
+        for task, stream in enumerate(self.stream_of):
+            if stream_sizes.setdefault(stream, self.sizes[task]) != self.sizes[task]:
+                raise ValueError(f"tasks of one stream need training sets of equal size; task "
+                                 f"{task} has {self.sizes[task]}, not {stream_sizes[stream]}")
+        self.stream_sizes = [stream_sizes[s] for s in range(len(ids))]
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.orders = [torch.randperm(n, generator=self.generator) for n in self.sizes]
-        self.positions = [0] * len(self.sizes)
-        self.epochs = [0] * len(self.sizes)
+        self.orders = [torch.randperm(n, generator=self.generator) for n in self.stream_sizes]
+        self.positions = [0] * len(self.stream_sizes)
+        self.epochs = [0] * len(self.stream_sizes)
+        self.served = [0] * len(self.stream_sizes)  # batches each stream has given out
+        self.seen = [0] * len(self.sizes)  # the stream's batch count each task has had
+        self.latest: list[torch.Tensor | None] = [None] * len(self.stream_sizes)
 
     def next(self, task: int) -> torch.Tensor:
         """Indices of the next batch of ``task`` (smaller sets give smaller batches)."""
-        n = self.sizes[task]
+        s = self.stream_of[task]
+        if self.seen[task] < self.served[s]:  # the stream's latest batch, new to this task
+            self.seen[task] = self.served[s]
+            return self.latest[s]
+        n = self.stream_sizes[s]
         size = min(self.batch_size, n)
-        if self.positions[task] + size > n:
-            self.orders[task] = torch.randperm(n, generator=self.generator)
-            self.positions[task] = 0
-            self.epochs[task] += 1
-        start = self.positions[task]
-        self.positions[task] += size
-        return self.orders[task][start : start + size]
+        if self.positions[s] + size > n:
+            self.orders[s] = torch.randperm(n, generator=self.generator)
+            self.positions[s] = 0
+            self.epochs[s] += 1
+        start = self.positions[s]
+        self.positions[s] += size
+        self.served[s] += 1
+        self.seen[task] = self.served[s]
+        self.latest[s] = self.orders[s][start : start + size]
+        return self.latest[s]
 
     def state_dict(self) -> dict:
         return {
@@ -41,6 +69,8 @@ class TaskBatchSampler:
             "orders": [o.clone() for o in self.orders],
             "positions": list(self.positions),
             "epochs": list(self.epochs),
+            "served": list(self.served),
+            "seen": list(self.seen),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -48,3 +78,8 @@ class TaskBatchSampler:
         self.orders = [o.clone() for o in state["orders"]]
         self.positions = list(state["positions"])
         self.epochs = list(state["epochs"])
+        # older checkpoints (one stream per task) have no counters: none are needed there
+        self.served = list(state.get("served", [0] * len(self.orders)))
+        self.seen = list(state.get("seen", [0] * len(self.sizes)))
+        self.latest = [order[pos - min(self.batch_size, len(order)) : pos] if pos else None
+                       for order, pos in zip(self.orders, self.positions)]
