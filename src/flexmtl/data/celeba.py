@@ -12,17 +12,21 @@ Hong Kong) from ``<data root>/celeba/``:
 
 The two text files may also sit in the release's ``Anno/`` and ``Eval/`` subfolders.
 :func:`load_celeba_index` reads only the text files; images are read one at a time with
-:func:`read_celeba_image` (by a torch Dataset, for example).
+:func:`read_celeba_image`, or a batch at a time by :class:`CelebAImages` (the inputs of a
+task, decoded when the trainer indexes them: 200,000 images do not fit in memory).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from flexmtl.data.paths import (
     ENV_VAR,
@@ -32,6 +36,7 @@ from flexmtl.data.paths import (
     data_root,
 )
 from flexmtl.errors import ConfigError, DataNotFoundError
+from flexmtl.tasks import LazyInputs
 
 IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"
@@ -143,6 +148,46 @@ def read_celeba_image(path: str | os.PathLike[str], size: int | None = None) -> 
         raise DataFormatError(f"CelebA image {path} cannot be read as an image: {exc}") from exc
     x = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
     return np.ascontiguousarray(x)
+
+
+class CelebAImages(LazyInputs):
+    """The images of ``paths`` as task inputs, decoded when indexed: float32
+    ``[n, 3, size, size]`` in [0, 1] (:func:`read_celeba_image`; ``size=None``: 218x178).
+
+    ``threads`` decode a batch in parallel (Pillow releases the GIL while decoding and
+    resizing). The 40 attribute tasks share these inputs and each step's examples, and
+    decode each batch
+    once (:class:`~flexmtl.tasks.LazyInputs` keeps the last batch read).
+    """
+
+    def __init__(self, paths: Sequence[str], size: int | None = 224, threads: int = 8):
+        super().__init__()
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)
+                                 or size < 1):
+            raise ConfigError(f"size must be a positive integer (pixels) or None, got {size!r}.")
+        self.paths = tuple(paths)
+        self.size = size
+        self.threads = max(int(threads), 1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        h, w = (218, 178) if self.size is None else (self.size, self.size)
+        return (len(self.paths), 3, h, w)
+
+    def read(self, index: np.ndarray) -> torch.Tensor:
+        paths = [self.paths[i] for i in index]
+        sizes = [self.size] * len(paths)
+        if self.threads > 1 and len(paths) > 1:
+            pool = self.shared.get("pool")
+            if pool is None:
+                pool = self.shared["pool"] = ThreadPoolExecutor(self.threads,
+                                                                thread_name_prefix="celeba")
+            images = list(pool.map(read_celeba_image, paths, sizes))
+        else:
+            images = list(map(read_celeba_image, paths, sizes))
+        if not images:
+            return torch.empty(0, *self.shape[1:])
+        return torch.from_numpy(np.stack(images))
 
 
 def _folder(root: str | os.PathLike[str] | None) -> Path:
