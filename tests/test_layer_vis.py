@@ -67,6 +67,7 @@ def test_tasks_are_real_fours_on_unit_coordinates():
     data = load_mnist(allow_subset=True)
     fours = np.flatnonzero(data.train_y == 4)[:10]  # the first ten in file order
     assert len(tasks) == 10
+    assert {t.input_group for t in tasks} == {"pixels"}  # same pixels for all tasks per step
     for task, index in zip(tasks, fours):
         assert task.info["mnist_train_index"] == int(index) and data.train_y[index] == 4
         assert task.train.x.shape == (784, 2)

