@@ -55,6 +55,13 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
+    # a second phase once validation stalls (soft ordering App. A.4: "After validation loss
+    # converges via Adam, models are trained with RMSProp with learning rate 1e-5"): a fresh
+    # optimiser of this kind ("": none) with finetune_lr, continuing from the current weights,
+    # after finetune_patience evaluations without a better validation score
+    finetune_optimizer: str = ""
+    finetune_lr: float = 1e-5
+    finetune_patience: int = 5
     weight_decay: float = 0.0  # L2; never applied to biases or to sharing parameters
     sharing_lr: float = 0.0  # lr of the sharing parameters (0: lr x the core's multiplier)
     clip_grad_norm: float = 0.0  # 0: no clipping
@@ -72,6 +79,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         OPTIMIZERS.get(self.optimizer)
+        if self.finetune_optimizer:
+            OPTIMIZERS.get(self.finetune_optimizer)
+            if self.finetune_lr <= 0 or self.finetune_patience < 1:
+                raise ConfigError("a finetune_optimizer needs finetune_lr > 0 and "
+                                  f"finetune_patience >= 1, got {self.finetune_lr} and "
+                                  f"{self.finetune_patience}")
         SCHEDULES.get(self.schedule)
         if self.select_on not in SELECT_ON:
             raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
@@ -109,6 +122,7 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    finetune_step: int | None = None  # when the finetune optimiser took over (None: never)
 
 
 class Trainer:
@@ -159,13 +173,14 @@ class Trainer:
         self.tasks = list(tasks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks)
-        # foreach: one vectorised update for all parameters (torch only defaults to it on
-        # CUDA; on the CPU it also saves the per-parameter loop: ~40% of Adam's step here)
-        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(parameter_groups(model, cfg),
-                                                       foreach=True)
+        self.finetune_step: int | None = None
+        self.optimizer = self._make_optimizer()
         self.schedule = SCHEDULES.get(cfg.schedule)()
+        # tasks of one input group: one example stream (the same batches), read once to test
+        self.input_groups = input_groups(self.tasks)
         self.sampler = TaskBatchSampler([len(t.train) for t in self.tasks], cfg.batch_size,
-                                        cfg.seed)
+                                        cfg.seed, [t.input_group or i
+                                                   for i, t in enumerate(self.tasks)])
         self.task_order_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_data = [self._to_device(t.train) for t in self.tasks]
         self.step = 0
@@ -191,6 +206,29 @@ class Trainer:
         self.training_forward = distributed.wrap(_TrainingForward(self.model), self.device)
         if cfg.compile:
             self.training_forward = torch.compile(self.training_forward)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser of the current phase (the finetune one once it has taken over)."""
+        cfg = self.config
+        name = cfg.optimizer
+        if self.finetune_step is not None:  # same groups, the lrs scaled to finetune_lr
+            name = cfg.finetune_optimizer
+            cfg = replace(cfg, lr=cfg.finetune_lr,
+                          sharing_lr=cfg.sharing_lr * cfg.finetune_lr / cfg.lr)
+        # foreach: one vectorised update for all parameters (torch only defaults to it on
+        # CUDA; on the CPU it also saves the per-parameter loop: ~40% of Adam's step here)
+        return OPTIMIZERS.get(name)(parameter_groups(self.model, cfg), foreach=True)
+
+    def _finetune_due(self) -> bool:
+        """Whether the finetune optimiser takes over now (decided on rank 0, after an
+        evaluation: ``finetune_patience`` evaluations without a better validation score)."""
+        cfg = self.config
+        if (not cfg.finetune_optimizer or self.finetune_step is not None
+                or self.step % cfg.eval_every or self.step >= cfg.steps):
+            return False
+        return distributed.on_main(
+            lambda: sum(h["step"] > self.best_step for h in self.history)
+            >= cfg.finetune_patience)
 
     # ------------------------------------------------------------------ data and metrics
     def _to_device(self, split: Split) -> Split:
@@ -273,26 +311,29 @@ class Trainer:
         """
         was_training = self.model.training
         self.model.eval()
-        per_task = {}
+        found = {}
+        size = self.config.eval_batch_size
         try:
-            for t, task in enumerate(self.tasks):
-                data = getattr(task, split)
+            for group in self.input_groups:  # one read of each batch of inputs per group
+                data = getattr(self.tasks[group[0]], split)
                 if data is None:
                     continue
-                total_loss, correct = 0.0, 0.0
-                for start in range(0, len(data), self.config.eval_batch_size):
-                    x = data.x[start : start + self.config.eval_batch_size].to(self.device)
-                    y = data.y[start : start + self.config.eval_batch_size].to(self.device)
-                    out = self.model(x, t)
-                    total_loss += float(task.loss(out, y)) * len(x)
-                    c = task.correct(out, y)
-                    correct += float(c) if c is not None else math.nan
-                per_task[task.name] = {
-                    "loss": total_loss / len(data),
-                    "accuracy": correct / len(data),
-                }
+                total_loss, correct = [0.0] * len(group), [0.0] * len(group)
+                for start in range(0, len(data), size):
+                    x = data.x[start : start + size].to(self.device)
+                    outs = self._eval_outputs(x, group)
+                    for i, (t, out) in enumerate(zip(group, outs)):
+                        task = self.tasks[t]
+                        y = getattr(task, split).y[start : start + size].to(self.device)
+                        total_loss[i] += float(task.loss(out, y)) * len(x)
+                        c = task.correct(out, y)
+                        correct[i] += float(c) if c is not None else math.nan
+                for i, t in enumerate(group):
+                    found[t] = {"loss": total_loss[i] / len(data),
+                                "accuracy": correct[i] / len(data)}
         finally:
             self.model.train(was_training)
+        per_task = {self.tasks[t].name: found[t] for t in sorted(found)}
         if not per_task:
             return {"tasks": {}, "loss": math.nan, "accuracy": math.nan}
         accuracies = [m["accuracy"] for m in per_task.values() if not math.isnan(m["accuracy"])]
@@ -302,6 +343,13 @@ class Trainer:
             # over the classification tasks (regression tasks have no accuracy)
             "accuracy": sum(accuracies) / len(accuracies) if accuracies else math.nan,
         }
+
+    def _eval_outputs(self, x: torch.Tensor, group: list[int]) -> list[torch.Tensor]:
+        """Outputs of the tasks of ``group`` on the same inputs ``x`` (evaluation)."""
+        forward_tasks = getattr(self.model, "forward_tasks", None)
+        if len(group) > 1 and callable(forward_tasks):
+            return forward_tasks([x] * len(group), group)
+        return [self.model(x, t) for t in group]
 
     def _score(self, metrics: dict) -> float:
         """Lower is better; NaN scores are replaced by +inf."""
@@ -352,6 +400,7 @@ class Trainer:
             "best_step": self.best_step,
             "history": self.history,
             "sharing": self.sharing,
+            "finetune_step": self.finetune_step,
             "config": asdict(self.config),
             "seconds": self.seconds_before + time.perf_counter() - self._segment_start,
         }
@@ -379,6 +428,9 @@ class Trainer:
     def _resume(self, state: dict) -> None:
         _check_resumable(state, self.config)
         self.model.load_state_dict(state["model"])
+        self.finetune_step = state.get("finetune_step")
+        if self.finetune_step is not None:
+            self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.task_order_generator.set_state(state["task_order_generator"])
@@ -436,6 +488,9 @@ class Trainer:
                     self._evaluate_and_select(eval_log)
                     bar.set_postfix(loss=f"{sum(losses):.4f}",
                                     val=f"{self.history[-1]['loss']:.4f}")
+                if self._finetune_due():
+                    self.finetune_step = self.step
+                    self.optimizer = self._make_optimizer()
                 every = cfg.checkpoint_every or cfg.eval_every
                 if self.step % every == 0 or self.step == cfg.steps:
                     self._save_last()
@@ -483,6 +538,7 @@ class Trainer:
         return TrainResult(
             best_step=self.best_step, best_score=self.best_score, val=val, test=test,
             steps=self.step, seconds=seconds, history=self.history,
+            finetune_step=self.finetune_step,
         )
 
     def _selected_state(self) -> dict:
@@ -536,6 +592,25 @@ def _check_resumable(state: dict, cfg: TrainConfig) -> None:
     if state["step"] > cfg.steps:
         raise ConfigError(f"the checkpoint to resume is at step {state['step']}, past the "
                           f"{cfg.steps} steps asked for")
+
+
+def input_groups(tasks: Sequence[Task]) -> list[list[int]]:
+    """Indices of the tasks that share their inputs (same ``input_group``), in task order;
+    a task without an input group is a group of its own. Checks that the tasks of a group
+    have splits of equal sizes."""
+    groups: dict[object, list[int]] = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault(task.input_group or i, []).append(i)
+    for members in groups.values():
+        for split in ("train", "val", "test"):
+            sizes = {None if getattr(tasks[t], split) is None else len(getattr(tasks[t], split))
+                     for t in members}
+            if len(sizes) > 1:
+                names = ", ".join(tasks[t].name for t in members)
+                raise ConfigError(f"tasks {names} share input group "
+                                  f"{tasks[members[0]].input_group!r} but their {split} splits "
+                                  f"differ in size ({sorted(sizes, key=str)})")
+    return list(groups.values())
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
