@@ -4,6 +4,7 @@ from flexmtl.experiments import (  # noqa: F401  (registers them)
     gumbel_matrix,
     layer_visualization,
     soft_ordering,
+    soft_ordering_images,
 )
 from flexmtl.experiments.base import (
     EXPERIMENTS,
