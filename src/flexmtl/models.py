@@ -2,6 +2,12 @@
 
 ``y_i = D_i(core(E_i(x_i), i))`` (soft ordering paper, Eqs. 2, 3, 7). Encoders and
 decoders are task specific unless stated; the core decides how tasks share layers.
+
+:meth:`MultiTaskModel.forward_tasks` runs one training step's tasks together: when the
+tasks' encoders (or decoders) are alike dense layers -- ``[Flatten ->] Linear [-> ReLU]``
+of one shape, as :func:`dense_encoder` and :func:`make_decoder` build them -- and small
+enough, their weights are stacked on the fly and all tasks run as ONE batched matrix
+product (:func:`stacked_dense`); the parameters stay each task's own ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,78 @@ def make_decoder(kind: str, feature_shape: Sequence[int], num_outputs: int) -> n
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), out))
 
 
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _dense_parts(module: nn.Module) -> tuple[bool, nn.Linear, tuple[nn.Module, ...]] | None:
+    """``(flatten, linear, tail)`` when ``module`` is ``[Flatten ->] Linear [-> ReLU]`` made
+    of these torch classes exactly (a subclass may change ``forward``), without hooks."""
+    parts = list(module) if type(module) is nn.Sequential else [module]
+    if any(getattr(m, attr) for m in (module, *parts) for attr in _HOOKS):
+        return None
+    flatten = bool(parts) and type(parts[0]) is nn.Flatten
+    if flatten:
+        if (parts[0].start_dim, parts[0].end_dim) != (1, -1):
+            return None
+        parts = parts[1:]
+    if not parts or type(parts[0]) is not nn.Linear:
+        return None
+    tail = tuple(parts[1:])
+    if len(tail) > 1 or any(type(m) is not nn.ReLU for m in tail):
+        return None
+    return flatten, parts[0], tail
+
+
+#: on the CPU, stacking the weights pays off up to this many elements in all (copying larger
+#: ones, e.g. ten 784 x 64 frozen encoders, costs more than the per-task calls it saves;
+#: measured)
+CPU_STACK_LIMIT = 2**16
+
+
+def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
+                  ) -> torch.Tensor | None:
+    """``torch.stack([m(x) for m, x in zip(modules, xs)])`` as ONE batched matrix product,
+    or None when the modules or inputs do not allow it (then call them one by one).
+
+    It applies when there are several modules, each ``[Flatten ->] Linear [-> ReLU]`` (see
+    :func:`_dense_parts`) of one structure, shape, dtype and device, the inputs have one
+    shape that the layers accept and, on the CPU, the weights are small. The weights are
+    stacked at every call (``torch.stack`` is differentiable: each module's own parameters
+    get their gradient).
+    """
+    if len(modules) < 2 or len(xs) != len(modules):
+        return None
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return None
+    first = _dense_parts(modules[0])
+    if first is None:
+        return None
+    flatten, layer, tail = first
+    w, has_bias = layer.weight, layer.bias is not None
+    if w.device.type == "cpu" and len(modules) * w.numel() > CPU_STACK_LIMIT:
+        return None
+    parts = [first, *(_dense_parts(m) for m in modules[1:])]
+    if any(p is None or p[0] != flatten or len(p[2]) != len(tail) for p in parts):
+        return None
+    layers = [p[1] for p in parts]
+    if (any(x.shape != xs[0].shape or x.dtype != w.dtype or x.device != w.device for x in xs)
+            or any(m.weight.shape != w.shape or m.weight.dtype != w.dtype
+                   or m.weight.device != w.device or (m.bias is not None) != has_bias
+                   for m in layers)):
+        return None
+    x = torch.stack(list(xs))  # [T, B, *shape]
+    if flatten:
+        x = x.flatten(2)
+    if x.ndim != 3 or x.shape[2] != w.shape[1]:
+        return None  # the reference raises its own error
+    weight = torch.stack([m.weight for m in layers]).transpose(1, 2)  # [T, in, out]
+    if has_bias:
+        y = torch.baddbmm(torch.stack([m.bias for m in layers]).unsqueeze(1), x, weight)
+    else:
+        y = torch.bmm(x, weight)
+    return y.relu_() if tail else y  # in place: the product's backward does not need y
+
+
 class MultiTaskModel(nn.Module):
     """``decoders[i](core(encoders[i](x), i))`` for each task ``i``.
 
@@ -66,6 +144,9 @@ class MultiTaskModel(nn.Module):
         encoders: one module per task (the same module may appear several times to share it).
         decoders: one module per task.
         task_names: optional names, for messages and results.
+        fused: let :meth:`forward_tasks` run alike dense encoders and decoders of several
+            tasks as one batched product; False calls them task by task (the reference).
+            Same outputs and gradients up to rounding; may be switched later.
     """
 
     def __init__(
@@ -74,6 +155,7 @@ class MultiTaskModel(nn.Module):
         encoders: Sequence[nn.Module],
         decoders: Sequence[nn.Module],
         task_names: Sequence[str] | None = None,
+        fused: bool = True,
     ):
         super().__init__()
         if len(encoders) != core.num_tasks or len(decoders) != core.num_tasks:
@@ -85,6 +167,7 @@ class MultiTaskModel(nn.Module):
         self.encoders = nn.ModuleList(encoders)
         self.decoders = nn.ModuleList(decoders)
         self.task_names = list(task_names or [f"task{i}" for i in range(core.num_tasks)])
+        self.fused = fused
 
     @property
     def num_tasks(self) -> int:
@@ -106,12 +189,27 @@ class MultiTaskModel(nn.Module):
         """Outputs of several tasks at once: ``[model(x, t) for x, t in zip(xs, tasks)]``.
 
         Cores with a ``forward_tasks`` method (the fused orderings) process all tasks in one
-        batched pass; others are called task by task.
+        batched pass; others are called task by task. Alike dense encoders and decoders run
+        as one batched product each (:func:`stacked_dense`) unless ``fused`` is False.
         """
-        hs = [self._encode(x, t) for x, t in zip(xs, tasks)]
+        encoded = self._stacked(self.encoders, xs, tasks)
+        if encoded is not None and encoded.shape[2:] == tuple(self.core.feature_shape):
+            hs = list(encoded.unbind(0))
+        else:
+            hs = [self._encode(x, t) for x, t in zip(xs, tasks)]  # raises on a wrong shape
         fused = getattr(self.core, "forward_tasks", None)
         hs = fused(hs, tasks) if callable(fused) else [self.core(h, t) for h, t in zip(hs, tasks)]
+        outs = self._stacked(self.decoders, hs, tasks)
+        if outs is not None:
+            return list(outs.unbind(0))
         return [self.decoders[t](h) for h, t in zip(hs, tasks)]
+
+    def _stacked(self, modules: nn.ModuleList, xs: Sequence[torch.Tensor],
+                 tasks: Sequence[int]) -> torch.Tensor | None:
+        """``[T, B, out]``: the tasks' ``modules`` as one batched product, or None."""
+        if not self.fused:
+            return None
+        return stacked_dense([modules[t] for t in tasks], xs)
 
 
 def build_model(
