@@ -269,3 +269,24 @@ def test_optimisers_use_their_fastest_implementation():
     rmsprop = Trainer(model_for(tasks).float(), tasks,
                       TrainConfig(optimizer="rmsprop", progress=False)).optimizer
     assert all(g["foreach"] for g in rmsprop.param_groups)
+
+
+# ---------------------------------------------------------------------- allocation streams
+
+
+def test_allocation_samples_come_from_the_given_generator():
+    """Data-parallel training hands every rank one shared generator (SharedStream)."""
+    from flexmtl.sharing.allocation import GumbelMatrixAllocation
+
+    alloc = GumbelMatrixAllocation(3, 16)
+    a = alloc.sample(1, 1.0, generator=torch.Generator().manual_seed(5))
+    b = alloc.sample(1, 1.0, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b)
+    alloc.generator = torch.Generator().manual_seed(5)
+    state = torch.get_rng_state()
+    torch.testing.assert_close(alloc(1, 1.0), a)  # training: the module's generator
+    assert torch.equal(torch.get_rng_state(), state)  # the default stream is untouched
+    alloc.eval_mode = "sample"
+    alloc.eval()
+    alloc(1, 1.0)  # evaluation (rank 0 alone): the default stream, not the shared one
+    assert not torch.equal(torch.get_rng_state(), state)

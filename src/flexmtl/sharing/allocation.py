@@ -79,9 +79,11 @@ class TemperatureSchedule:
         return max(self.min_tau, self.scale / math.sqrt(step + 1))
 
 
-def sample_gumbel(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise ``g = -log(-log(u))``, ``u ~ U(0, 1)`` (Sec. III-B)."""
-    u = torch.rand(tuple(shape), dtype=like.dtype, device=like.device)
+def sample_gumbel(shape: Sequence[int], like: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gumbel(0, 1) noise ``g = -log(-log(u))``, ``u ~ U(0, 1)`` (Sec. III-B), drawn from
+    ``generator`` (torch's default generator when None)."""
+    u = torch.rand(tuple(shape), dtype=like.dtype, device=like.device, generator=generator)
     return -torch.log(-torch.log(u.clamp_min(torch.finfo(like.dtype).tiny)))
 
 
@@ -123,6 +125,9 @@ class GumbelMatrixAllocation(Allocation):
     ``logits[t, c] = (log p, log(1 - p))`` start at ``p = p_init``; ``P(connected) =
     softmax(logits)[..., 0]``. In training (and at evaluation with ``eval_mode="sample"``)
     the row is a straight-through Gumbel-softmax sample; otherwise the greedy pattern.
+
+    ``generator``: where the training samples' noise comes from (None: torch's default
+    generator); data-parallel training sets one stream shared by all ranks.
     """
 
     learned = True
@@ -138,18 +143,21 @@ class GumbelMatrixAllocation(Allocation):
         self.eval_mode = eval_mode
         init = torch.tensor([math.log(p_init), math.log(1.0 - p_init)])
         self.logits = nn.Parameter(init.repeat(num_tasks, num_components, 1))  # [T, C, 2]
+        self.generator: torch.Generator | None = None
 
     def probs(self) -> torch.Tensor:
         return torch.softmax(self.logits, dim=-1)[..., 0]
 
-    def sample(self, task: int, tau: float, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, task: int, tau: float, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """One straight-through sample ``[C]`` for a whole batch of ``task`` (Sec. III-B).
 
         Forward: the hard ``argmax(logits + g)``, exactly 0 or 1. Backward: the gradient of
-        the soft ``softmax((logits + g) / tau)[0]``. ``noise`` ``[C, 2]`` replaces the draw.
+        the soft ``softmax((logits + g) / tau)[0]``. ``noise`` ``[C, 2]`` replaces the draw;
+        otherwise it comes from ``generator`` (torch's default when None).
         """
         logits = self.logits[task]
-        g = sample_gumbel(logits.shape, logits) if noise is None else noise
+        g = sample_gumbel(logits.shape, logits, generator) if noise is None else noise
         v = logits + g
         soft = torch.softmax(v / tau, dim=-1)[:, 0]
         hard = (v[:, 0] >= v[:, 1]).to(soft.dtype)
@@ -164,7 +172,9 @@ class GumbelMatrixAllocation(Allocation):
         return self.greedy(task)
 
     def forward(self, task: int, tau: float) -> torch.Tensor:
-        if self.training or self.eval_mode == "sample":
+        if self.training:
+            return self.sample(task, tau, generator=self.generator)
+        if self.eval_mode == "sample":
             return self.sample(task, tau)
         return self.greedy(task)
 

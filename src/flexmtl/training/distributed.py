@@ -201,18 +201,26 @@ def set_generator_state(device: torch.device, state: torch.Tensor) -> None:
 class SharedStream:
     """A random stream equal on every rank, for draws that must agree across ranks.
 
-    While attached (:meth:`attached`), the training forward of each
-    :data:`SHARED_RANDOM_MODULES` module (the Gumbel-Matrix allocations: one sample per
-    (task, batch), Sec. III-B) runs with the device's default generator switched to this
-    stream; everything else (dropout, augmentation) keeps the rank's own stream. The
-    stream starts as rank 0's generator state at construction, so N ranks draw exactly the
-    allocation samples one process would have drawn.
+    While attached (:meth:`attached`), every :data:`SHARED_RANDOM_MODULES` module (the
+    Gumbel-Matrix allocations: one sample per (task, batch), Sec. III-B) draws its training
+    samples from this stream's :attr:`generator`; everything else (dropout, augmentation)
+    keeps the rank's own stream. The stream starts as rank 0's default generator state at
+    construction, so N ranks draw exactly the allocation samples one process would have
+    drawn.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.state = broadcast_object(generator_state(device))
-        self._saved: torch.Tensor | None = None
+        self.generator = torch.Generator(device)
+        self.generator.set_state(broadcast_object(generator_state(device)))
+
+    @property
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    @state.setter
+    def state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def state_dict(self) -> dict:
         return {"device": self.device.type, "state": self.state}
@@ -224,32 +232,16 @@ class SharedStream:
         self.state = state["state"]
         return True
 
-    def _enter(self, module: nn.Module, args: tuple) -> None:
-        if module.training:
-            self._saved = generator_state(self.device)
-            set_generator_state(self.device, self.state)
-
-    def _exit(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if module.training and self._saved is not None:
-            self.state = generator_state(self.device)
-            set_generator_state(self.device, self._saved)
-            self._saved = None
-
     @contextlib.contextmanager
     def attached(self, model: nn.Module) -> Iterator[None]:
-        # never traced by torch.compile: the switches run eagerly, so a compiled graph that
-        # draws the allocation noise seeds it from the shared stream too
-        enter, leave = torch.compiler.disable(self._enter), torch.compiler.disable(self._exit)
-        handles = []
-        for m in model.modules():
-            if isinstance(m, SHARED_RANDOM_MODULES):
-                handles.append(m.register_forward_pre_hook(enter))
-                handles.append(m.register_forward_hook(leave, always_call=True))
+        modules = [m for m in model.modules() if isinstance(m, SHARED_RANDOM_MODULES)]
+        for m in modules:
+            m.generator = self.generator
         try:
             yield
         finally:
-            for h in handles:
-                h.remove()
+            for m in modules:
+                m.generator = None
 
 
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
