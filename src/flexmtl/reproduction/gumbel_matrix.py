@@ -17,6 +17,7 @@ from flexmtl.reproduction.studies import (
     StudyRun,
     capped,
     compare,
+    data_notes,
     fmt,
     metric,
     points,
@@ -63,6 +64,8 @@ register_study(Study(
                    note="5 seeds of the paper's 30"),
     assess=_assess_fig1,
     figures=copy_plots("sweep.png"),
+    data=lambda run: data_notes(run).replace(f"rho={run.results['config'].get('rho')}",
+                                             "rho per sweep point"),
 ))
 
 

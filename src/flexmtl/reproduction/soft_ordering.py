@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -158,6 +159,22 @@ def _mnist_data(run: StudyRun) -> str:
     return "; ".join(sorted(notes)) or "-"
 
 
+_PAIRS_PROTOCOL = {"steps": 5000, "eval_every": 250}
+_PAIRS_INVESTIGATION = (
+    "A first quick run with 1000 steps (3 seeds; 1, 2, 4, 7, 10 tasks) had soft ordering "
+    "last at every task count (0.951-0.960 test accuracy against single-task 0.962-0.972) "
+    "and its scales had hardly moved (largest scale per task and depth 0.31-0.34 at 10 "
+    "tasks, from 0.25 uniform): each depth still applied close to the average of the four "
+    "layers. At 10 tasks, 3 seeds: 5000 steps gave soft 0.964 ± 0.017, single 0.961 ± 0.014, "
+    "parallel 0.960 ± 0.008 (largest scale 0.38-0.42); a 10x larger learning rate for the "
+    "scales (0.01) at 1000 steps moved them further (0.57-0.63) without helping accuracy "
+    "(0.958 ± 0.023). So the training length, not the scales' learning rate, held soft "
+    "ordering back, and the protocol uses 5000 steps. All methods stay within about one "
+    "point of each other: with the 5,000-image MNIST subset (about 800 training images per "
+    "digit pair, against about 12,000 in full MNIST) and a frozen random encoder the "
+    "accuracies sit close to a common ceiling, and the seed-to-seed spread (which digit "
+    "pairs are drawn) is as large as the differences between methods.")
+
 register_study(Study(
     key="so-fig4a", paper=SOFT_ORDERING, figure="Fig. 4a",
     claim="MNIST digit pairs: permuted gains on parallel as tasks are added; soft ordering "
@@ -168,14 +185,16 @@ register_study(Study(
                "of tasks; soft ordering outperforms the other methods for all numbers of tasks "
                "(and single-task learning even at 10 tasks). Read off the plot."),
     experiment="mnist-pairs",
-    full=Protocol(10, {}, ("num_tasks", tuple(range(1, 11))), ORDERINGS,
-                  note="10 seeds; 1000 joint steps of batch 32 per task (the paper gives no "
-                       "length); validation = 10% of each pair's training images"),
-    quick=Protocol(3, {}, ("num_tasks", (1, 2, 4, 7, 10)), ORDERINGS,
+    full=Protocol(10, _PAIRS_PROTOCOL, ("num_tasks", tuple(range(1, 11))), ORDERINGS,
+                  note="10 seeds; 5000 joint steps of batch 32 per task (the paper gives no "
+                       "length; 1000 proved too short, see the investigation); validation = "
+                       "10% of each pair's training images"),
+    quick=Protocol(3, _PAIRS_PROTOCOL, ("num_tasks", (1, 2, 4, 7, 10)), ORDERINGS,
                    note="3 seeds; 5 of the 10 task counts"),
     assess=_assess_fig4a,
     figures=copy_plots("sweep.png"),
     data=_mnist_data,
+    investigation=_PAIRS_INVESTIGATION,
 ))
 
 
@@ -307,10 +326,11 @@ def _uci_data(run: StudyRun) -> str:
     for t in _tasks(run):
         if t.get("exact"):
             parts.append(f"{t['name']} (exact)")
-        elif t.get("stand_in_for"):
-            parts.append(f"{t['name']} (stand-in: {t.get('note', '')})")
-        else:
-            parts.append(f"{t['name']} ({t.get('note', '')})")
+            continue
+        # the loader's note without the machine's paths and the "not found" explanation
+        note = re.sub(r"/\S*/([^/\s]+)", r"\1", t.get("note", "")).split(", because")[0]
+        note = note.split(" because")[0].removeprefix("stand-in: ")
+        parts.append(f"{t['name']} ({'STAND-IN: ' if t.get('stand_in_for') else ''}{note})")
     return "; ".join(parts) or data_notes(run)
 
 
