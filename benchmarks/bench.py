@@ -1,16 +1,21 @@
 """Speed benchmarks: fused vs reference (per-task loop) execution of flexmtl's models.
 
 Each configuration from the papers is timed for whole training steps (forward, backward and
-optimiser update, as the trainer runs them), once with the fused implementation and once
-with the reference loop, in the same process. Reported per configuration: steps/s of both
-and their ratio, achieved GFLOP/s of the fused step against this machine's measured fp32
-matmul peak, and peak memory (resident set size of a fresh process, or CUDA peak).
+optimiser update, as the trainer runs them) with the fused implementation and with the
+reference loop (every ``fused`` switch off: cores, routed layers, the model's batched
+encoders and heads, the trainer's stacked losses), in the same process, in alternating
+blocks of steps so that a change of machine load hits both alike. Reported per
+configuration: steps/s of both (medians) and their ratio, achieved GFLOP/s of the fused
+step against this machine's measured fp32 matmul peak, peak memory (resident set size of a
+fresh process, or CUDA peak) and the 1-minute load average when the configuration started
+(other processes on a shared machine slow both implementations, not always alike).
 
 Usage::
 
     python benchmarks/bench.py                 # all configurations, results in benchmarks/results/
     python benchmarks/bench.py --only mnist-pairs-10 --threads 1
     python benchmarks/bench.py --main-job      # also time the README's main job (flexmtl run uci)
+    python benchmarks/bench.py --only four-mnists --repeats 3 --merge   # update some rows
 
 Results are written as ``benchmarks/results/<machine>.json`` and ``.md``.
 """
@@ -130,8 +135,8 @@ def set_fused(model: nn.Module, fused: bool) -> bool:
     return found
 
 
-def time_steps(model, tasks, train_kwargs, device, steps, warmup, tasks_per_step=None):
-    """Seconds per training step (median over ``steps`` timed steps)."""
+def step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
+    """One training step of ``model`` as the trainer runs it (its own trainer and state)."""
     cfg = fm.TrainConfig(steps=10**9, eval_every=10**9, progress=False, device=device,
                          **{k: v for k, v in train_kwargs.items() if k in ("batch_size",
                                                                            "schedule")})
@@ -142,18 +147,33 @@ def time_steps(model, tasks, train_kwargs, device, steps, warmup, tasks_per_step
         trainer.schedule.step(num, trainer._batch, trainer._losses, trainer._update,
                               trainer.task_order_generator)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return step
+
+
+def time_step(step, device) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def time_interleaved(model, steps: dict, device, n_steps, warmup, blocks=5) -> dict:
+    """Median seconds per step of each ``steps[fused]``, timed in ``blocks`` alternating
+    blocks (fused, reference, fused, ...) of ``n_steps / blocks`` steps each."""
+    for fused, step in steps.items():
+        set_fused(model, fused)
+        for _ in range(warmup):
+            step()
+    times: dict = {fused: [] for fused in steps}
+    per_block = max(1, -(-n_steps // blocks))
+    for _ in range(blocks):
+        for fused, step in steps.items():
+            set_fused(model, fused)
+            times[fused] += [time_step(step, device) for _ in range(per_block)]
+    return {fused: statistics.median(t) for fused, t in times.items()}
 
 
 def matmul_peak(device, n=2048, repeats=10):
@@ -184,15 +204,17 @@ def run_one(name, device, steps):
     per = 1 if heavy else None
     row = {"config": name, "tasks": len(tasks), "batch_size": kwargs["batch_size"],
            "schedule": kwargs["schedule"], "timed_steps": n_steps,
-           "unit": "one task step" if heavy else "one training step (all tasks)"}
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+           "unit": "one task step" if heavy else "one training step (all tasks)",
+           "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "load_average": os.getloadavg()[0]}
+    steps = {fused: step_fn(model, tasks, kwargs, device, per) for fused in (True, False)}
     has_fused = set_fused(model, True)
-    fused = time_steps(model, tasks, kwargs, device, n_steps, 2, per)
-    if device.startswith("cuda"):
+    if device.startswith("cuda"):  # the fused step's own peak
+        torch.cuda.reset_peak_memory_stats()
+        time_step(steps[True], device)
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    set_fused(model, False)
-    reference = time_steps(model, tasks, kwargs, device, n_steps, 2, per)
+    seconds = time_interleaved(model, steps, device, n_steps, 2, blocks=2 if heavy else 5)
+    fused, reference = seconds[True], seconds[False]
     row.update(fused_steps_per_s=1 / fused, reference_steps_per_s=1 / reference,
                speedup=reference / fused, fused_implemented=has_fused)
     if flops is not None:
@@ -206,6 +228,11 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per configuration (fresh processes); the run with the median "
+                        "speed-up is kept, all speed-ups are recorded")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other configurations' rows of the existing results file")
     p.add_argument("--main-job", action="store_true", help="also time `flexmtl run uci`")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
@@ -223,20 +250,37 @@ def main(argv=None):
         if n not in CONFIGS:
             raise SystemExit(f"unknown configuration {n!r}; known: {', '.join(CONFIGS)}")
     peak = matmul_peak(args.device)
+    out = Path(args.out)
+    tag = f"{args.device}-{torch.get_num_threads()}threads"
+    old = json.loads((out / f"{tag}.json").read_text()) if args.merge else {}
+    if old:  # the machine's peak: the best measured (a loaded machine measures less)
+        peak = max(peak, old["matmul_peak_gflops"])
     rows = []
     for name in names:
-        cmd = [sys.executable, __file__, "--one", name, "--device", args.device, "--steps",
-               str(args.steps), "--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        runs = []
+        for _ in range(args.repeats):
+            cmd = [sys.executable, __file__, "--one", name, "--device", args.device, "--steps",
+                   str(args.steps), "--threads", str(args.threads)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                print(f"{name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"{name:>16}: fused {runs[-1]['fused_steps_per_s']:8.1f}/s  reference "
+                  f"{runs[-1]['reference_steps_per_s']:8.1f}/s  x{runs[-1]['speedup']:.2f}  "
+                  f"(load {runs[-1]['load_average']:.1f})", flush=True)
+        if not runs:
             continue
-        row = json.loads(out.stdout.strip().splitlines()[-1])
+        row = sorted(runs, key=lambda r: r["speedup"])[(len(runs) - 1) // 2]
+        if len(runs) > 1:
+            row["speedups_of_repeats"] = [r["speedup"] for r in runs]
+        rows.append(row)
+    rerun = {r["config"] for r in rows}
+    kept = {r["config"]: r for r in old.get("results", []) if r["config"] not in rerun}
+    rows = [r for name in CONFIGS for r in rows + list(kept.values()) if r["config"] == name]
+    for row in rows:
         if "fused_gflops" in row:
             row["fraction_of_matmul_peak"] = row["fused_gflops"] / peak
-        rows.append(row)
-        print(f"{name:>16}: fused {row['fused_steps_per_s']:8.1f}/s  reference "
-              f"{row['reference_steps_per_s']:8.1f}/s  x{row['speedup']:.2f}", flush=True)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -252,9 +296,9 @@ def main(argv=None):
             subprocess.run([sys.executable, "-m", "flexmtl.cli", "run", "uci", "--no-progress",
                             "--out", tmp], check=True, capture_output=True)
             report["main_job_seconds"] = time.perf_counter() - t0
-    out = Path(args.out)
+    elif "main_job_seconds" in old:
+        report["main_job_seconds"] = old["main_job_seconds"]
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.device}-{torch.get_num_threads()}threads"
     (out / f"{tag}.json").write_text(json.dumps(report, indent=2))
     (out / f"{tag}.md").write_text(markdown(report))
     print(markdown(report))
@@ -267,15 +311,26 @@ def markdown(report) -> str:
              f"fp32 matmul peak (2048x2048): {report['matmul_peak_gflops']:.1f} GFLOP/s", ""]
     if "main_job_seconds" in report:
         lines += [f"README main job (`flexmtl run uci`): {report['main_job_seconds']:.0f} s", ""]
+    lines += ["Fused and reference steps alternate in blocks; the last column says when each row "
+              "was measured and the 1-minute load average then (processes sharing the CPUs slow "
+              "both implementations, not always alike). A speed-up range gives the other "
+              "repeats; the median one is shown.", ""]
     lines += ["| config | unit | fused steps/s | reference steps/s | speed-up | fused GFLOP/s | "
-              "% of matmul peak | peak memory MB |", "|---|---|---|---|---|---|---|---|"]
+              "% of matmul peak | peak memory MB | measured (1-min load) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         g = f"{r['fused_gflops']:.1f}" if "fused_gflops" in r else "-"
         frac = (f"{100 * r['fraction_of_matmul_peak']:.0f}%"
                 if "fraction_of_matmul_peak" in r else "-")
+        speedup = f"{r['speedup']:.2f}x"
+        if "speedups_of_repeats" in r:
+            speedup += (f" ({min(r['speedups_of_repeats']):.2f}-"
+                        f"{max(r['speedups_of_repeats']):.2f})")
+        when = (f"{r['measured']} ({r['load_average']:.1f})" if "measured" in r
+                else "earlier run")
         lines.append(f"| {r['config']} | {r['unit']} | {r['fused_steps_per_s']:.1f} | "
-                     f"{r['reference_steps_per_s']:.1f} | {r['speedup']:.2f}x | {g} | {frac} | "
-                     f"{r.get('peak_memory_mb', float('nan')):.0f} |")
+                     f"{r['reference_steps_per_s']:.1f} | {speedup} | {g} | {frac} | "
+                     f"{r.get('peak_memory_mb', float('nan')):.0f} | {when} |")
     return "\n".join(lines) + "\n"
 
 
