@@ -17,6 +17,7 @@ interval contains zero is reported as a trend.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,14 +186,18 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-def data_notes(run: StudyRun, limit: int = 4) -> str:
-    """The data a run used, from the task notes of ``results.json`` (distinct ones)."""
-    notes = list(dict.fromkeys((run.results.get("data") or {}).values()))
-    if not notes:
+def data_notes(run: StudyRun, limit: int = 8) -> str:
+    """The data a run used: the distinct clauses of its tasks' notes (``results.json``), with
+    per-task numbers (``copy 1``, ``all classes but 3``) folded into ``i``."""
+    notes = (run.results.get("data") or {}).values()
+    parts = [re.sub(r"\b(copy|but) \d+\b", r"\1 i", part)
+             for note in notes for part in note.split("; ")]
+    parts = list(dict.fromkeys(p for p in parts if p))
+    if not parts:
         return "-"
-    shown = "; ".join(notes[:limit])
-    return shown + (f"; and {len(notes) - limit} more (see results.json)"
-                    if len(notes) > limit else "")
+    shown = "; ".join(parts[:limit])
+    return shown + (f"; and {len(parts) - limit} more (see results.json)"
+                    if len(parts) > limit else "")
 
 
 def snapshots(seed_dir: Path) -> list[tuple[int, np.ndarray]]:
