@@ -188,6 +188,33 @@ def test_a_wrong_encoder_width_is_still_reported():
         model.forward_tasks([torch.randn(B, 7)] * 3, [0, 1, 2])
 
 
+def mixed_tasks():
+    """Input sizes 5, 7, 5, 7, 9 and classes 2, 3, 2, 2, 3: encoders alike in pairs, heads
+    alike in a group of three and a pair."""
+    rng = np.random.default_rng(0)
+    return [Task(f"t{i}", "multiclass", (rng.random((12, f)), rng.integers(0, k, 12)),
+                 num_outputs=k)
+            for i, (f, k) in enumerate(zip((5, 7, 5, 7, 9), (2, 3, 2, 2, 3)))]
+
+
+def test_alike_tasks_are_batched_group_by_group(monkeypatch):
+    model = model_for(mixed_tasks())
+    order = [0, 1, 2, 3, 4, 2]
+    xs = [torch.randn(B, model.encoders[t][1].in_features, dtype=torch.float64) for t in order]
+    groups = []
+
+    def counting(modules, inputs):
+        groups.append(len(modules))
+        return stacked_dense(modules, inputs)
+
+    monkeypatch.setattr(models, "stacked_dense", counting)
+    fused_out, fused_grads = forward_and_grads(model, xs, order, True)
+    assert sorted(groups) == [2, 2, 3, 4]  # encoders of 5 and 7 inputs, heads of 2 and 3
+    ref_out, ref_grads = forward_and_grads(model, xs, order, False)
+    for a, b in zip(fused_out + list(fused_grads), ref_out + list(ref_grads)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
 # ---------------------------------------------------------------------- losses
 
 
@@ -238,6 +265,22 @@ def test_losses_that_differ_are_not_stacked():
 
     tasks[1] = WeightedTask("w", "multiclass", tasks[1].train, num_outputs=3)
     assert stacked_losses(tasks, outs, ys) is None
+
+
+def test_the_trainer_stacks_losses_group_by_group():
+    rng = np.random.default_rng(0)
+    tasks = mixed_tasks() + [Task("r", "regression", (rng.random((12, 5)), rng.random(12)))]
+    trainer = Trainer(model_for(tasks), tasks, TrainConfig(progress=False))
+    order = [0, 1, 2, 3, 4, 5, 2]
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.randn(B, tasks[t].num_outputs, dtype=torch.float64, generator=g)
+            for t in order]
+    ys = [torch.randint(0, tasks[t].num_outputs, (B,), generator=g)
+          if tasks[t].kind == "multiclass" else torch.rand(B, dtype=torch.float64, generator=g)
+          for t in order]
+    losses = trainer._task_losses(order, outs, ys)
+    for loss, t, out, y in zip(losses, order, outs, ys):
+        torch.testing.assert_close(loss, tasks[t].loss(out, y), atol=1e-14, rtol=1e-13)
 
 
 # ---------------------------------------------------------------------- training

@@ -3,11 +3,11 @@
 ``y_i = D_i(core(E_i(x_i), i))`` (soft ordering paper, Eqs. 2, 3, 7). Encoders and
 decoders are task specific unless stated; the core decides how tasks share layers.
 
-:meth:`MultiTaskModel.forward_tasks` runs one training step's tasks together: when the
-tasks' encoders (or decoders) are alike dense layers -- ``[Flatten ->] Linear [-> ReLU]``
-of one shape, as :func:`dense_encoder` and :func:`make_decoder` build them -- and small
-enough, their weights are stacked on the fly and all tasks run as ONE batched matrix
-product (:func:`stacked_dense`); the parameters stay each task's own ``nn.Linear``.
+:meth:`MultiTaskModel.forward_tasks` runs one training step's tasks together: tasks whose
+encoders (or decoders) are alike dense layers -- ``[Flatten ->] Linear [-> ReLU]`` of one
+shape, as :func:`dense_encoder` and :func:`make_decoder` build them -- and small enough
+have their weights stacked on the fly and run as ONE batched matrix product per group
+(:func:`stacked_dense`); the parameters stay each task's own ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -88,6 +88,20 @@ def _dense_parts(module: nn.Module) -> tuple[bool, nn.Linear, tuple[nn.Module, .
 #: ones, e.g. ten 784 x 64 frozen encoders, costs more than the per-task calls it saves;
 #: measured)
 CPU_STACK_LIMIT = 2**16
+
+
+def _dense_key(module: nn.Module, x: torch.Tensor) -> tuple | None:
+    """What :func:`stacked_dense` needs equal for ``module(x)`` to join a batched product
+    with others; None when it cannot (not a dense layer, or too large to stack)."""
+    parts = _dense_parts(module)
+    if parts is None:
+        return None
+    flatten, layer, tail = parts
+    w = layer.weight
+    if w.device.type == "cpu" and 2 * w.numel() > CPU_STACK_LIMIT:
+        return None
+    return (flatten, len(tail), w.shape, w.dtype, w.device, layer.bias is None, x.shape,
+            x.dtype, x.device)
 
 
 def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
@@ -189,27 +203,37 @@ class MultiTaskModel(nn.Module):
         """Outputs of several tasks at once: ``[model(x, t) for x, t in zip(xs, tasks)]``.
 
         Cores with a ``forward_tasks`` method (the fused orderings) process all tasks in one
-        batched pass; others are called task by task. Alike dense encoders and decoders run
-        as one batched product each (:func:`stacked_dense`) unless ``fused`` is False.
+        batched pass; others are called task by task. Alike dense encoders (and decoders)
+        run as one batched product per group of alike ones (:func:`stacked_dense`) unless
+        ``fused`` is False.
         """
-        encoded = self._stacked(self.encoders, xs, tasks)
-        if encoded is not None and encoded.shape[2:] == tuple(self.core.feature_shape):
-            hs = list(encoded.unbind(0))
-        else:
-            hs = [self._encode(x, t) for x, t in zip(xs, tasks)]  # raises on a wrong shape
+        shape = tuple(self.core.feature_shape)
+        hs = [h if h is not None and h.shape[1:] == shape else self._encode(x, t)  # raises
+              for h, x, t in zip(self._batched(self.encoders, xs, tasks), xs, tasks)]
         fused = getattr(self.core, "forward_tasks", None)
         hs = fused(hs, tasks) if callable(fused) else [self.core(h, t) for h, t in zip(hs, tasks)]
-        outs = self._stacked(self.decoders, hs, tasks)
-        if outs is not None:
-            return list(outs.unbind(0))
-        return [self.decoders[t](h) for h, t in zip(hs, tasks)]
+        return [y if y is not None else self.decoders[t](h)
+                for y, h, t in zip(self._batched(self.decoders, hs, tasks), hs, tasks)]
 
-    def _stacked(self, modules: nn.ModuleList, xs: Sequence[torch.Tensor],
-                 tasks: Sequence[int]) -> torch.Tensor | None:
-        """``[T, B, out]``: the tasks' ``modules`` as one batched product, or None."""
+    def _batched(self, modules: nn.ModuleList, xs: Sequence[torch.Tensor],
+                 tasks: Sequence[int]) -> list[torch.Tensor | None]:
+        """``modules[t](x)`` of the tasks whose modules and inputs are alike, one batched
+        product per group (:func:`stacked_dense`); None where a module runs alone."""
+        outs: list[torch.Tensor | None] = [None] * len(xs)
         if not self.fused:
-            return None
-        return stacked_dense([modules[t] for t in tasks], xs)
+            return outs
+        groups: dict[tuple, list[int]] = {}
+        for i, (x, t) in enumerate(zip(xs, tasks)):
+            key = _dense_key(modules[t], x)
+            if key is not None:
+                groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            y = stacked_dense([modules[tasks[i]] for i in members], [xs[i] for i in members])
+            for i, out in zip(members, () if y is None else y.unbind(0)):
+                outs[i] = out
+        return outs
 
 
 def build_model(

@@ -254,16 +254,32 @@ class Trainer:
         """
         outs, regularization = self._forward([x for x, _ in batches], list(tasks))
         ys = [y for _, y in batches]
-        losses = None
-        if getattr(self.model, "fused", True):  # the reference (fused=False): task by task
-            losses = stacked_losses([self.tasks[t] for t in tasks], outs, ys)
-        if losses is None:
-            losses = [self.tasks[t].loss(out, y) for t, out, y in zip(tasks, outs, ys)]
+        losses = self._task_losses(tasks, outs, ys)
         if self.world_size > 1:
             losses = self._global_mean(losses, [len(y) for y in ys])
         if not regularization:  # the core has none
             return losses
         return [loss + reg for loss, reg in zip(losses, regularization)]
+
+    def _task_losses(self, tasks: Sequence[int], outs: Sequence[torch.Tensor],
+                     ys: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``[tasks[i].loss(outs[i], ys[i])]``: one stacked loss (:func:`stacked_losses`) per
+        group of tasks with alike outputs and targets, unless the model is the reference
+        (``fused`` False), which computes them task by task."""
+        losses: list[torch.Tensor | None] = [None] * len(tasks)
+        if getattr(self.model, "fused", True):
+            groups: dict[tuple, list[int]] = {}
+            for i, (t, out, y) in enumerate(zip(tasks, outs, ys)):
+                if type(self.tasks[t]).loss is Task.loss:
+                    key = (self.tasks[t].kind, out.shape, out.dtype, y.shape, y.dtype)
+                    groups.setdefault(key, []).append(i)
+            for members in groups.values():
+                stacked = stacked_losses([self.tasks[tasks[i]] for i in members],
+                                         [outs[i] for i in members], [ys[i] for i in members])
+                for i, loss in zip(members, stacked or ()):
+                    losses[i] = loss
+        return [loss if loss is not None else self.tasks[t].loss(out, y)
+                for loss, t, out, y in zip(losses, tasks, outs, ys)]
 
     def _forward(self, xs: list[torch.Tensor], tasks: list[int]):
         if not self.config.compile:
