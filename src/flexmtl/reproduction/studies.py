@@ -188,9 +188,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def data_notes(run: StudyRun, limit: int = 8) -> str:
     """The data a run used: the distinct clauses of its tasks' notes (``results.json``), with
-    per-task numbers (``copy 1``, ``all classes but 3``) folded into ``i``."""
+    per-task numbers (``copy 1``, ``all classes but 3``, ``image 7``) folded into ``i``."""
     notes = (run.results.get("data") or {}).values()
-    parts = [re.sub(r"\b(copy|but) \d+\b", r"\1 i", part)
+    parts = [re.sub(r"\b(copy|but|image) \d+\b", r"\1 i", part)
              for note in notes for part in note.split("; ")]
     parts = list(dict.fromkeys(p for p in parts if p))
     if not parts:
