@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +117,8 @@ def test_every_study_is_complete():
         if study.full is not None:
             assert study.full.command(study.experiment).startswith(
                 f"flexmtl run {study.experiment} --seeds ")
+        if study.needs:  # cannot run offline: its pipeline is tested on fixtures instead
+            assert (Path(__file__).parent.parent / study.fixture_test).is_file(), study.key
 
 
 @pytest.fixture

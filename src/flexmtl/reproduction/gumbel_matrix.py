@@ -304,7 +304,7 @@ register_study(Study(
                "CMTR 12.81, MoE 7.81, shared bottom 6.75 ± 0.33, Gumbel-Matrix 6.48 ± 0.28."),
     experiment="omniglot",
     full=Protocol(10, {}, None, ("gumbel", "shared-bottom"), note="10 seeds as the paper"),
-    needs=("omniglot",), gpu=True,
+    needs=("omniglot",), gpu=True, fixture_test="tests/test_gumbel_experiments.py",
     assess=_assess_table2,
     figures=copy_plots("allocation_gumbel.png"),
 ))

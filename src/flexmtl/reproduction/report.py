@@ -133,6 +133,8 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = "REPRODUC
                 entry["how"] = ("With the data in place (`flexmtl data` says where" +
                                 ("; a GPU in practice, add `--device cuda`" if study.gpu else "")
                                 + "):")
+            if study.fixture_test:
+                entry["fixture_test"] = study.fixture_test
             entries.append(entry)
             continue
         source = STUDIES.get(study.runs_with) if study.runs_with else study
@@ -219,6 +221,10 @@ def _entry(e: dict) -> list[str]:
         lines += [f"**{e['status'].capitalize()}:** {e['why']}.", ""]
         if e.get("command"):
             lines += [e.get("how") or "Run it with:", "", "```bash", e["command"], "```"]
+        if e.get("fixture_test"):
+            lines += ["", f"The pipeline (loader in the original file format, model, training, "
+                          f"evaluation) runs end to end on small fixture files in "
+                          f"`{e['fixture_test']}`."]
         return lines
     lines += [f"**Ours** ({e['mode']} protocol, {e['seeds']} seed(s); "
               f"{e['protocol_note'] or 'as the paper'}):", "", *e["ours"], "",

@@ -468,7 +468,7 @@ register_study(Study(
     full=Protocol(10, {}, ("num_tasks", (10, 20, 30, 40, 50)), ORDERINGS,
                   note="10 seeds; 5000 steps of batch 16 and the 10-50 task counts are "
                        "flexmtl's choice (the paper gives neither)"),
-    needs=("omniglot",), gpu=True,
+    needs=("omniglot",), gpu=True, fixture_test="tests/test_image_pipelines.py",
     assess=_assess_omniglot_ordering,
     figures=copy_plots("sweep.png"),
 ))
@@ -479,6 +479,6 @@ register_study(Study(
     published="Test accuracy (mean of the 40 attributes): parallel 89.79, soft ordering 91.21.",
     experiment="celeba",
     full=Protocol(3, {}, None, ("parallel", "soft"), note="3 seeds (the paper: one run each)"),
-    needs=("celeba",), gpu=True,
+    needs=("celeba",), gpu=True, fixture_test="tests/test_image_pipelines.py",
     assess=_assess_celeba,
 ))

@@ -107,6 +107,7 @@ class Study:
     gpu: bool = False
     investigation: str = ""
     data: Callable[[StudyRun], str] | None = None
+    fixture_test: str = ""  # the test that runs the pipeline on fixture files, for absent data
 
 
 STUDIES: Registry[Study] = Registry("reproduction study")
