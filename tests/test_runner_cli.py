@@ -323,6 +323,16 @@ def test_rerun_resumes_at_run_level(tmp_path, monkeypatch):
                                                                          "eval_every": 3}})
     assert json.loads((out / "config.json").read_text())["config"]["lr"] == 0.001
 
+    # a folder written before a config key existed is reused when the key is at its default
+    config = json.loads((out / "config.json").read_text())
+    del config["config"]["finetune_patience"]
+    (out / "config.json").write_text(json.dumps(config))
+    run_experiment("random-tasks", seeds=2, **kw)  # no error; nothing trains (all done)
+    with pytest.raises(ConfigError, match=r"differs in: finetune_patience\)"):
+        config["config"]["finetune_patience"] = 99
+        (out / "config.json").write_text(json.dumps(config))
+        run_experiment("random-tasks", seeds=2, **kw)
+
 
 def test_mnist_pairs_tiny_run_names_the_mnist_data(tmp_path):
     try:

@@ -55,14 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true",
                      help="the stated smaller protocols (fewer seeds / steps) instead of the "
                           "papers'")
-    rep.add_argument("--only", action="append", metavar="NAME",
-                     help="a study key (e.g. so-fig4a) or an experiment name; repeatable")
+    rep.add_argument("--only", action="extend", nargs="+", metavar="NAME",
+                     help="study keys (e.g. so-fig4a) or experiment names")
     rep.add_argument("--out", default="runs/reproduce",
                      help="folder of the reproduction's runs (default runs/reproduce)")
     rep.add_argument("--doc", default="REPRODUCTION.md",
                      help="report to write; its figures go to docs/reproduction/ beside it")
     rep.add_argument("--report-only", action="store_true",
-                     help="rewrite the report from finished runs without training")
+                     help="rewrite the whole report from the finished runs (full, else quick) "
+                          "without training")
+    rep.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                     help="train on cpu or cuda (auto: cuda when present); default cpu")
+    rep.add_argument("--compile", action="store_true",
+                     help="apply torch.compile to the training forward")
     rep.add_argument("--list", action="store_true", help="list the studies and exit")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -193,10 +198,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
                   + (f"; not runnable here: {why}" if why else ""))
         return
     if args.report_only:
+        if args.only or args.quick:
+            raise FlexMTLError("--report-only rewrites the whole report from every finished "
+                               "run; it takes neither --only nor --quick")
         write_report(args.out, args.doc)
         return
+    runtime = {"device": args.device} if args.device else {}
+    if args.compile:
+        runtime["compile"] = True
     reproduce(args.only, quick=args.quick, out=args.out, doc=args.doc,
-              progress=not args.no_progress)
+              progress=not args.no_progress, runtime=runtime)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -126,11 +126,17 @@ def _write_or_check_manifest(out: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         same = {k: old.get(k) for k in ("experiment", "config", "sweep")}
         new = json.loads(json.dumps({k: manifest[k] for k in ("experiment", "config", "sweep")}))
+        if same["experiment"] == new["experiment"] and isinstance(same["config"], dict):
+            # a key added to the experiment after the folder was written: that run used the
+            # behaviour of its default
+            defaults = json.loads(json.dumps(dict(get_experiment(new["experiment"]).defaults)))
+            for key, value in defaults.items():
+                same["config"].setdefault(key, value)
         for cfg in (same["config"] or {}, new["config"]):
             for key in RUNTIME_KEYS:
                 cfg.pop(key, None)
         if same != new:
-            diff = sorted(k for k in new["config"] if (old.get("config") or {}).get(k)
+            diff = sorted(k for k in new["config"] if (same["config"] or {}).get(k)
                           != new["config"][k])
             raise ConfigError(
                 f"run folder {out} holds a run with a different configuration "

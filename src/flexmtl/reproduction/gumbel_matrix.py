@@ -41,7 +41,9 @@ def _assess_fig1(run: StudyRun) -> Assessment:
         signs[rho] = (sign, sb["mean"] < ns["mean"])
         texts.append(f"rho={rho:g}: {text}")
     ours = table(["rho", "shared bottom: test loss", "no sharing: test loss"], rows)
-    hurt, helps = signs.get(0.0, (0, False)), signs.get(1.0, (0, False))
+    hurt, helps = signs.get(0.0), signs.get(1.0)
+    if hurt is None or helps is None:
+        return Assessment(ours, NOT_REPRODUCED, "the run lacks rho=0 or rho=1", {})
     directions = [not hurt[1], helps[1]]  # unrelated: sharing worse; equal tasks: better
     significant_ = [hurt[0] < 0, helps[0] > 0]
     verdict = REPRODUCED if all(significant_) else PARTLY if any(directions) else NOT_REPRODUCED
@@ -138,14 +140,19 @@ def _assess_table1(run: StudyRun) -> Assessment:
     ours = table(["method", "paper: test accuracy %", "ours: test accuracy %",
                   "paper: active", "ours: active"], rows)
     best = max(acc, key=lambda m: acc[m]["mean"])
-    gumbel_vs_sb = compare("gumbel", acc["gumbel"], "shared bottom", acc["shared-bottom"],
-                           False, 2, 100.0)
-    sb_vs_ns = compare("shared bottom", acc["shared-bottom"], "no sharing", acc["no-sharing"],
-                       False, 2, 100.0)
-    claims = [all(active_ok), gumbel_vs_sb[0] >= 0 and acc["gumbel"]["mean"] >= acc[
-        "shared-bottom"]["mean"], sb_vs_ns[0] >= 0]
+    vs = {other: compare("gumbel", acc["gumbel"], label, acc[other], False, 2, 100.0)
+          for other, label in (("shared-bottom", "shared bottom"), ("no-sharing", "no sharing"))}
+    budget = compare("gumbel budget 0.75", acc["gumbel-budget"], "gumbel", acc["gumbel"], False,
+                     2, 100.0)
+    # the paper: Gumbel-Matrix above both baselines, the budget variant about as good
+    claims = [all(active_ok),
+              vs["shared-bottom"][0] >= 0 and acc["gumbel"]["mean"] >= acc["shared-bottom"][
+                  "mean"],
+              vs["no-sharing"][0] >= 0 and acc["gumbel"]["mean"] >= acc["no-sharing"]["mean"],
+              acc["gumbel-budget"]["mean"] >= acc["gumbel"]["mean"] - 0.005]
     reason = (f"active connections within 5 points of the paper for {sum(active_ok)} of 4 "
-              f"methods; highest mean accuracy: {best}; {gumbel_vs_sb[1]}; {sb_vs_ns[1]}")
+              f"methods; highest mean accuracy: {best}; {vs['shared-bottom'][1]}; "
+              f"{vs['no-sharing'][1]}; {budget[1]} (criterion: at most 0.5 points lower)")
     data = " ".join(str(v) for v in (run.results.get("data") or {}).values())
     exact = "subset" not in data.lower()
     if not exact:
@@ -158,8 +165,8 @@ def _assess_table1(run: StudyRun) -> Assessment:
 
 register_study(Study(
     key="gm-table1", paper=GUMBEL_MATRIX, figure="Table I",
-    claim="4-MNISTs: Gumbel-Matrix matches or beats shared bottom and no sharing, using ~96% "
-          "of the connections (75% with budget 0.75)",
+    claim="4-MNISTs: Gumbel-Matrix matches or beats shared bottom and no sharing (budget 0.75 "
+          "about as good), using ~96% of the connections (75% with the budget)",
     published=("Test accuracy % (mean ± std, 30 runs) and active connections: no sharing 93.5 "
                "± 5.1 (25%), shared bottom 95.7 ± 0.5 (100%), Gumbel-Matrix 96.8 ± 0.2 (96%), "
                "Gumbel-Matrix budget 0.75: 96.7 ± 0.3 (75%)."),
@@ -175,8 +182,9 @@ register_study(Study(
         "instead (2 seeds, about 11,000 updates per task, `flexmtl run four-mnists --methods "
         "gumbel,shared-bottom --seeds 2 epochs=50`): Gumbel-Matrix 95.8 ± 0.6% (91.7% "
         "active), shared bottom 95.6 ± 0.5%, so Gumbel-Matrix catches up and leads by a trend, "
-        "as in the paper (96.8 vs 95.7). The 10-epoch gap between them comes from how few "
-        "updates the subset allows, not from the method."),
+        "as in the paper (96.8 vs 95.7; with 2 seeds the difference is within noise). This "
+        "is consistent with the 10-epoch gap coming from how few updates the subset allows "
+        "rather than from the method."),
 ))
 
 
@@ -202,8 +210,10 @@ def _assess_fig8(run: StudyRun) -> Assessment:
             f"at step 0, {fmt(end)} at the end ({len(seeds)} seed(s), all tasks and layers)."]
     verdict = REPRODUCED if end["mean"] >= 0.9 else PARTLY if end["mean"] >= 0.5 else (
         NOT_REPRODUCED)
-    return Assessment(ours, verdict, f"{end['mean']:.0%} of the probabilities end within 0.1 "
-                      "of 0 or 1 (the paper: they converge to 0 or 1)", {"settled": end["mean"]})
+    return Assessment(ours, capped(verdict, False),
+                      f"{end['mean']:.0%} of the probabilities end within 0.1 of 0 or 1 (the "
+                      "paper: they converge to 0 or 1); measured on 4-MNISTs, not on the "
+                      "paper's Omniglot, so at most partly", {"settled": end["mean"]})
 
 
 register_study(Study(
@@ -237,14 +247,16 @@ def _assess_clusters(run: StudyRun) -> Assessment:
                  f"against the true clusters: {fmt(ari, 2)}; active connections "
                  f"{fmt(active, 0)}%."]
     same = {k: metric(methods, method, k)["mean"] for k in keys}
-    claims = [same.get("mnist_identical", 0) >= 0.9, same.get("fashion_identical", 0) >= 0.9]
+    # the paper: one embedding for all MNIST tasks, one for all Fashion tasks, and the three
+    # clusters distinct in the similarity matrix (Fig. 6), here: ARI >= 0.5
+    claims = [same.get("mnist_identical", 0) >= 0.9, same.get("fashion_identical", 0) >= 0.9,
+              ari["mean"] >= 0.5]
     cifar = any(k.startswith("cifar") for k in keys)
     verdict = verdict_of(claims)
-    if verdict == NOT_REPRODUCED and ari["mean"] >= 0.5:
-        verdict = PARTLY
     reason = (f"MNIST tasks share one embedding: {same.get('mnist_identical', 0):.0%}, Fashion "
-              f"tasks: {same.get('fashion_identical', 0):.0%} (the paper: 100% each); "
-              f"ARI {ari['mean']:.2f}")
+              f"tasks: {same.get('fashion_identical', 0):.0%} (the paper: 100% each); the "
+              f"clusters are recovered with ARI {ari['mean']:.2f} (criterion 0.5; the paper: "
+              "the three clusters stay distinct)")
     if not cifar:
         reason += "; CIFAR-100 is absent: its cluster is a stand-in, so at most partly"
     return Assessment(ours, capped(verdict, cifar), reason,

@@ -13,8 +13,9 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from flexmtl.data import data_status
 from flexmtl.errors import FlexMTLError, UnknownNameError
@@ -63,8 +64,12 @@ def reproduce(
     doc: str | Path = "REPRODUCTION.md",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    runtime: Mapping[str, Any] | None = None,
 ) -> dict:
     """Run the selected studies in ``full`` or ``quick`` mode, then write the report.
+
+    ``runtime``: config keys that say how to run, not what (``device``, ``compile``), added to
+    every study's overrides; a run folder resumes across them.
 
     Returns the report's data (also written next to the figures as ``reproduction.json``).
     A study that fails is recorded and the others still run; the error is raised at the end.
@@ -87,7 +92,8 @@ def reproduce(
         log(f"\n== {study.key}: {study.paper}, {study.figure} ({mode}) ==")
         try:
             run_experiment(study.experiment, methods=protocol.methods, seeds=protocol.seeds,
-                           out_dir=out / mode / study.key, overrides=dict(protocol.overrides),
+                           out_dir=out / mode / study.key,
+                           overrides={**protocol.overrides, **(runtime or {})},
                            sweep=protocol.sweep or None, progress=progress, plots=True,
                            log=log)
         except FlexMTLError as exc:
@@ -131,7 +137,7 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = "REPRODUC
             entry["why"] = why or f"no finished run under {out}"
             if study.needs:
                 entry["how"] = ("With the data in place (`flexmtl data` says where" +
-                                ("; a GPU in practice, add `--device cuda`" if study.gpu else "")
+                                ("; a GPU in practice: add `--device cuda`" if study.gpu else "")
                                 + "):")
             if study.fixture_test:
                 entry["fixture_test"] = study.fixture_test
