@@ -168,3 +168,60 @@ def test_reproduce_writes_the_report_and_resumes(tiny_study, tmp_path, capsys):
     # the report prefers a finished full run over the quick one
     assert main(["reproduce", "--out", str(out), "--doc", str(doc), "--no-progress"]) == 0
     assert "full protocol, 2 seed(s)" in doc.read_text()
+
+
+def _entry(**metrics: list[float]) -> dict:
+    return {"metrics": {k: summarize(v) for k, v in metrics.items()}}
+
+
+def test_fig5b_soft_must_lead_and_stand_ins_cap(tmp_path):
+    from flexmtl.reproduction.soft_ordering import _assess_fig5b
+
+    def results(soft):
+        methods = {m: _entry(val_loss=v, test_accuracy=[0.5, 0.6, 0.7]) for m, v in (
+            ("single", [9.0, 9.1, 9.2]), ("parallel", [8.6, 8.7, 8.8]),
+            ("permuted", [8.9, 9.0, 9.1]), ("soft", soft))}
+        return {"seeds": [0, 1, 2], "methods": methods}
+
+    good = _run(results([7.0, 7.1, 7.2]), tmp_path)  # no result.json here: data counts as exact
+    assert _assess_fig5b(good).verdict == st.REPRODUCED
+    assert _assess_fig5b(_run(results([9.5, 9.6, 9.7]), tmp_path)).verdict == st.NOT_REPRODUCED
+    seed = tmp_path / "soft" / "seed-0"
+    seed.mkdir(parents=True)
+    (seed / "result.json").write_text(json.dumps({"tasks": [{"name": "a", "exact": False,
+                                                             "stand_in_for": "x"}]}))
+    capped = _assess_fig5b(good)
+    assert capped.verdict == st.PARTLY and "stand-ins" in capped.reason
+
+
+def test_fig7_and_clusters_and_image_studies_on_fake_results(tmp_path):
+    from flexmtl.reproduction.gumbel_matrix import _assess_clusters, _assess_fig7, _assess_table2
+    from flexmtl.reproduction.soft_ordering import _assess_celeba
+
+    pairs = {"seeds": [0, 1, 2], "methods": {
+        "gumbel": _entry(test_loss=[3.0, 3.1, 3.2], pairs_recovered=[1, 1, 1],
+                         within_pair_similarity=[1, 1, 1], across_pair_similarity=[0, 0, 0]),
+        "no-sharing": _entry(test_loss=[4.0, 4.2, 4.1])}}
+    assert _assess_fig7(_run(pairs, tmp_path)).verdict == st.REPRODUCED
+    pairs["methods"]["gumbel"] = _entry(test_loss=[5.0, 5.1, 5.2], pairs_recovered=[0, 0, 0],
+                                        within_pair_similarity=[0.5] * 3,
+                                        across_pair_similarity=[0.5] * 3)
+    assert _assess_fig7(_run(pairs, tmp_path)).verdict == st.NOT_REPRODUCED
+
+    clusters = {"seeds": [0], "methods": {"gumbel-budget": _entry(
+        cluster_ari=[1.0], mnist_identical=[1.0], fashion_identical=[1.0],
+        digits8x8_identical=[0.3], active_connections=[50.0])}}
+    a = _assess_clusters(_run(clusters, tmp_path))
+    assert a.verdict == st.PARTLY and "stand-in" in a.reason  # no CIFAR cluster: capped
+    clusters["methods"]["gumbel-budget"]["metrics"]["cifar_identical"] = summarize([0.2])
+    assert _assess_clusters(_run(clusters, tmp_path)).verdict == st.REPRODUCED
+
+    celeba = {"seeds": [0, 1], "methods": {"parallel": _entry(test_accuracy=[0.897, 0.898]),
+                                           "soft": _entry(test_accuracy=[0.911, 0.913])}}
+    assert _assess_celeba(_run(celeba, tmp_path)).verdict == st.REPRODUCED
+    omniglot = {"seeds": [0, 1], "methods": {
+        "gumbel": _entry(test_accuracy=[0.935, 0.936]),
+        "shared-bottom": _entry(test_accuracy=[0.932, 0.933])}}
+    assert _assess_table2(_run(omniglot, tmp_path)).verdict == st.REPRODUCED
+    omniglot["methods"]["gumbel"] = _entry(test_accuracy=[0.80, 0.81])
+    assert _assess_table2(_run(omniglot, tmp_path)).verdict == st.NOT_REPRODUCED
