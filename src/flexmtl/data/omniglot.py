@@ -242,7 +242,8 @@ def _folder(root: str | os.PathLike[str] | None) -> Path:
 def _download_hint(folder: Path, zips: Sequence[str] = tuple(ZIP_MD5)) -> str:
     files = " and ".join(f"{z} (MD5 {ZIP_MD5[z]})" for z in zips)
     return (
-        f"Download {files} from the Omniglot GitHub repository (brendenlake/omniglot, "
+        "Online, `flexmtl data fetch omniglot` downloads, checks and unpacks them. Or "
+        f"download {files} from the Omniglot GitHub repository (brendenlake/omniglot, "
         f"folder python/) and unzip {'them' if len(zips) > 1 else 'it'} into {folder}, so "
         f"that it holds {_PARTS[0]}/<Alphabet>/character<NN>/*.png and "
         f"{_PARTS[1]}/<Alphabet>/character<NN>/*.png; or set {ENV_VAR} to a data root "

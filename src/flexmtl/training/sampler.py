@@ -6,6 +6,8 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from flexmtl.errors import ConfigError
+
 
 class TaskBatchSampler:
     """Draws one batch of indices per task per call, epoch by epoch without replacement.
@@ -74,6 +76,11 @@ class TaskBatchSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if [len(o) for o in state["orders"]] != self.stream_sizes:
+            raise ConfigError(
+                f"the checkpoint's sampler has streams of sizes {[len(o) for o in state['orders']]}"
+                f", this run's tasks need {self.stream_sizes} (the tasks or their input groups "
+                "changed since the checkpoint was written)")
         self.generator.set_state(state["generator"])
         self.orders = [o.clone() for o in state["orders"]]
         self.positions = list(state["positions"])
