@@ -229,8 +229,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=1,
-                   help="runs per configuration (fresh processes); the run with the median "
-                        "speed-up is kept, all speed-ups are recorded")
+                   help="runs per configuration (fresh processes); each figure is the median "
+                        "over the runs, and the runs' speed-ups are recorded")
     p.add_argument("--merge", action="store_true",
                    help="keep the other configurations' rows of the existing results file")
     p.add_argument("--main-job", action="store_true", help="also time `flexmtl run uci`")
@@ -271,10 +271,7 @@ def main(argv=None):
                   f"(load {runs[-1]['load_average']:.1f})", flush=True)
         if not runs:
             continue
-        row = sorted(runs, key=lambda r: r["speedup"])[(len(runs) - 1) // 2]
-        if len(runs) > 1:
-            row["speedups_of_repeats"] = [r["speedup"] for r in runs]
-        rows.append(row)
+        rows.append(median_row(runs))
     rerun = {r["config"] for r in rows}
     kept = {r["config"]: r for r in old.get("results", []) if r["config"] not in rerun}
     rows = [r for name in CONFIGS for r in rows + list(kept.values()) if r["config"] == name]
@@ -296,12 +293,30 @@ def main(argv=None):
             subprocess.run([sys.executable, "-m", "flexmtl.cli", "run", "uci", "--no-progress",
                             "--out", tmp], check=True, capture_output=True)
             report["main_job_seconds"] = time.perf_counter() - t0
+            report["main_job_measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     elif "main_job_seconds" in old:
-        report["main_job_seconds"] = old["main_job_seconds"]
+        for key in ("main_job_seconds", "main_job_measured"):
+            if key in old:
+                report[key] = old[key]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps(report, indent=2))
     (out / f"{tag}.md").write_text(markdown(report))
     print(markdown(report))
+
+
+def median_row(runs: list[dict]) -> dict:
+    """One row for repeated runs of a configuration: the median of each timing (the
+    speed-up is the median of the runs' own, paired, ratios), the highest load average."""
+    row = dict(runs[0])
+    if len(runs) == 1:
+        return row
+    for key in ("fused_steps_per_s", "reference_steps_per_s", "speedup", "fused_gflops",
+                "peak_memory_mb"):
+        if key in row:
+            row[key] = statistics.median(r[key] for r in runs)
+    row["load_average"] = max(r["load_average"] for r in runs)
+    row["speedups_of_repeats"] = [r["speedup"] for r in runs]
+    return row
 
 
 def markdown(report) -> str:
@@ -310,11 +325,15 @@ def markdown(report) -> str:
              f"thread(s), torch {m['torch']}", "",
              f"fp32 matmul peak (2048x2048): {report['matmul_peak_gflops']:.1f} GFLOP/s", ""]
     if "main_job_seconds" in report:
-        lines += [f"README main job (`flexmtl run uci`): {report['main_job_seconds']:.0f} s", ""]
+        when = report.get("main_job_measured", "an earlier run")
+        lines += [f"README main job (`flexmtl run uci`): {report['main_job_seconds']:.0f} s "
+                  f"({when})", ""]
     lines += ["Fused and reference steps alternate in blocks; the last column says when each row "
-              "was measured and the 1-minute load average then (processes sharing the CPUs slow "
-              "both implementations, not always alike). A speed-up range gives the other "
-              "repeats; the median one is shown.", ""]
+              "was measured and the 1-minute load average then (it counts this benchmark's own "
+              "previous runs too; other processes sharing the CPUs slow both implementations, "
+              "not always alike). With repeated runs every figure is "
+              "the median over the runs, the load the highest, and the speed-up range that of "
+              "the runs.", ""]
     lines += ["| config | unit | fused steps/s | reference steps/s | speed-up | fused GFLOP/s | "
               "% of matmul peak | peak memory MB | measured (1-min load) |",
               "|---|---|---|---|---|---|---|---|---|"]
