@@ -487,8 +487,8 @@ class RoutedCore(nn.Module):
 
     def regularization(self, task: int) -> torch.Tensor:
         """The budget penalty with this core's ``budget``/``budget_weight`` (0 without one)."""
-        if self.budget is None:
-            return self.sharing_snapshot().new_zeros(())
+        if self.budget is None:  # a zero of the right dtype and device, nothing computed
+            return next(self.parameters()).new_zeros(())
         return self.budget_penalty(task, self.budget, self.budget_weight)
 
     @torch.no_grad()
