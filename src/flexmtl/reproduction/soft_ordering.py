@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -321,11 +322,11 @@ def _assess_fig5b(run: StudyRun) -> Assessment:
 
 
 def _tasks(run: StudyRun) -> list[dict]:
-    for seed_dir in seed_dirs(run.run_dir / "soft"):
-        import json
-
-        return json.loads((seed_dir / "result.json").read_text()).get("tasks") or []
-    return []
+    """The tasks (names, notes, data info) recorded by the first finished soft run."""
+    seeds = seed_dirs(run.run_dir / "soft")
+    if not seeds:
+        return []
+    return json.loads((seeds[0] / "result.json").read_text()).get("tasks") or []
 
 
 def _uci_data(run: StudyRun) -> str:
