@@ -41,6 +41,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from flexmtl.analysis.stats import t_quantile_975  # noqa: E402
 from flexmtl.sharing.allocation import cosine_similarity  # noqa: E402
+from flexmtl.training.checkpoint import load_sharing_snapshots  # noqa: E402
 
 __all__ = [
     "plot_allocation",
@@ -195,26 +196,6 @@ def _curves(run_dir: Path, key: str) -> tuple[dict[str, tuple[np.ndarray, np.nda
             continue
         curves[method] = (steps, values)
     return curves, label
-
-
-def _load_snapshots(seed_dir: Path, ndim: int = 3) -> list[tuple[int, torch.Tensor]]:
-    """The sharing snapshots of a run: ``sharing.pt``, or ``last.pt`` of an unfinished run.
-
-    Only snapshots with ``ndim`` dimensions are kept: 3 for soft-order scales
-    ``[tasks, layers, depths]``, 2 for connection probabilities ``[tasks, components]``.
-    """
-    for name in ("sharing.pt", "last.pt"):
-        path = seed_dir / name
-        if not path.exists():
-            continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # a torn or foreign file: nothing to plot from it
-            continue
-        snaps = state.get("sharing") if isinstance(state, dict) else None
-        if snaps:
-            return [(int(step), s) for step, s in snaps if _numpy(s).ndim == ndim]
-    return []
 
 
 # ---------------------------------------------------------------------- figures
@@ -667,7 +648,7 @@ def _task_groups(tasks: list[dict], count: int) -> list[str] | None:
 
 def _plot_soft(method: str, seed_dir: Path, result: dict, label: str | None,
                out: Path) -> list[Path]:
-    snaps = _load_snapshots(seed_dir, ndim=3)
+    snaps = load_sharing_snapshots(seed_dir, ndim=3)
     if not snaps:
         return []
     names = [t.get("name", "") for t in result.get("tasks") or []] or None
@@ -699,7 +680,7 @@ def _plot_allocation(method: str, seed_dir: Path, result: dict, label: str | Non
         plot_similarity(embeddings, out / f"similarity_{method}.png", names, groups,
                         title=f"cosine similarity of the task embeddings\n({where})"),
     ]
-    snaps = [(step, x) for step, x in _load_snapshots(seed_dir, ndim=2)
+    snaps = [(step, x) for step, x in load_sharing_snapshots(seed_dir, ndim=2)
              if tuple(_numpy(x).shape) == embeddings.shape]
     history = np.stack([_numpy(x) for _, x in snaps]) if snaps else np.zeros((0, 0))
     moving = len(snaps) > 1 and bool(np.ptp(history, axis=0).max() > 0)

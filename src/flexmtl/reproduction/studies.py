@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 
 from flexmtl.analysis.stats import summarize
 from flexmtl.registry import Registry
+from flexmtl.training.checkpoint import load_sharing_snapshots
 
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
 SOFT_ORDERING = "Soft layer ordering (Meyerson & Miikkulainen, ICLR 2018)"
@@ -121,8 +123,11 @@ def register_study(study: Study) -> Study:
 
 
 def all_studies() -> list[Study]:
-    """Every study, in catalogue order (each paper's figures in the paper's order)."""
-    return [STUDIES.get(k) for k in _ORDER]
+    """Every study: the soft ordering paper first, each paper's figures in the order they
+    were registered (the paper's order)."""
+    studies = [STUDIES.get(k) for k in _ORDER]
+    papers = [SOFT_ORDERING, GUMBEL_MATRIX]
+    return sorted(studies, key=lambda s: papers.index(s.paper) if s.paper in papers else 2)
 
 
 def get_study(key: str) -> Study:
@@ -202,14 +207,24 @@ def data_notes(run: StudyRun, limit: int = 8) -> str:
 
 
 def snapshots(seed_dir: Path) -> list[tuple[int, np.ndarray]]:
-    """``[(step, array)]`` of a run's ``sharing.pt`` (soft-order scales or probabilities)."""
-    import torch
+    """``[(step, float64 array)]``: a run's soft-order scales or connection probabilities over
+    training (:func:`~flexmtl.training.checkpoint.load_sharing_snapshots`)."""
+    return [(step, s.double().numpy()) for step, s in load_sharing_snapshots(seed_dir)]
 
-    path = seed_dir / "sharing.pt"
-    if not path.exists():
-        return []
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return [(int(step), np.asarray(s, dtype=np.float64)) for step, s in state["sharing"]]
+
+def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
+    """A ``figures`` function copying the run's own plots (``plots/NAME``) into the report."""
+
+    def figures(run: StudyRun, dest: Path) -> list[Path]:
+        out = []
+        for name in names:
+            src = run.run_dir / "plots" / name
+            if src.exists():
+                shutil.copyfile(src, dest / name)
+                out.append(dest / name)
+        return out
+
+    return figures
 
 
 def seed_dirs(folder: Path) -> list[Path]:

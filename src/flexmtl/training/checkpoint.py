@@ -36,6 +36,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
+def load_sharing_snapshots(run_dir: str | Path, ndim: int | None = None
+                           ) -> list[tuple[int, torch.Tensor]]:
+    """A run's sharing parameters over training, ``[(step, tensor)]``: from ``sharing.pt``
+    (written when the run finishes), else ``last.pt`` of an unfinished run; empty when
+    neither is readable. ``ndim`` keeps only snapshots of that many dimensions (3 for
+    soft-order scales ``[tasks, layers, depths]``, 2 for connection probabilities)."""
+    for name in ("sharing.pt", "last.pt"):
+        path = Path(run_dir) / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # a torn or foreign file: no snapshots from it
+            continue
+        snaps = state.get("sharing") if isinstance(state, dict) else None
+        if snaps:
+            return [(int(step), torch.as_tensor(s)) for step, s in snaps
+                    if ndim is None or torch.as_tensor(s).dim() == ndim]
+    return []
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
