@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from flexmtl.analysis.stats import summarize
-from flexmtl.reproduction.soft_ordering import copy_plots
 from flexmtl.reproduction.studies import (
     GUMBEL_MATRIX,
     NOT_REPRODUCED,
@@ -17,6 +16,7 @@ from flexmtl.reproduction.studies import (
     StudyRun,
     capped,
     compare,
+    copy_plots,
     data_notes,
     fmt,
     metric,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from flexmtl.reproduction.studies import (
     StudyRun,
     capped,
     compare,
+    copy_plots,
     data_notes,
     fmt,
     metric,
@@ -36,22 +35,6 @@ from flexmtl.reproduction.studies import (
 )
 
 ORDERINGS = ("single", "parallel", "permuted", "soft")
-
-
-def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
-    """A ``figures`` function copying the run's own plots (``plots/NAME``) into the report."""
-
-    def figures(run: StudyRun, dest: Path) -> list[Path]:
-        out = []
-        for name in names:
-            src = run.run_dir / "plots" / name
-            if src.exists():
-                target = dest / name
-                shutil.copyfile(src, target)
-                out.append(target)
-        return out
-
-    return figures
 
 
 # ---------------------------------------------------------------------- Fig. 2
