@@ -10,7 +10,7 @@ from torch import nn
 
 import flexmtl.sharing.fused as fused
 from flexmtl import ShapeError, Task, TrainConfig, Trainer, build_model, make_core
-from flexmtl.sharing.fused import keep_mask, keep_probability, plan_blocks
+from flexmtl.sharing.fused import drop_, keep_mask, keep_probability, plan_blocks
 
 METHODS = ("soft", "parallel", "permuted", "single")
 SIZES = (3, 5, 1, 4)  # unequal batches
@@ -281,6 +281,42 @@ def test_keep_mask_rate(p):
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert abs(keep_probability(p, x.device) - (1 - p)) < 2**-16
     assert abs(mask.mean().item() - keep_probability(p, x.device)) < 0.005
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_drop_in_place(dtype):
+    """drop_ zeroes about half the elements at p = 0.5 (bitwise path), keeps the others
+    bit for bit, and draws like keep_mask; other p and layouts go through keep_mask."""
+    x = torch.rand(400, 500, dtype=dtype) + 0.5
+    kept = drop_(x.clone(), 0.5)
+    dropped = kept == 0
+    assert torch.equal(kept[~dropped], x[~dropped])
+    assert abs(dropped.double().mean().item() - 0.5) < 0.005
+    torch.manual_seed(3)
+    a = drop_(x.clone(), 0.5)
+    torch.manual_seed(3)
+    assert torch.equal(a, x * keep_mask(x, 0.5))  # the same bits, the same elements
+    strided = x.clone().t()  # not contiguous: the keep_mask path
+    out = drop_(strided, 0.3)
+    assert out is strided and abs((out == 0).double().mean().item() - 0.3) < 0.01
+
+
+def test_dense_soft_order_draws_one_mask_per_depth():
+    """The all-depth draw of _DenseSoftOrder (p = 0.5, ReLU) is the same stream as one
+    drop_ per depth."""
+    gen = torch.Generator().manual_seed(0)
+    h, w, b = (torch.randn(*s, generator=gen, dtype=torch.float64)
+               for s in ((48, 8), (32, 8), (32,)))
+    task_scales = torch.rand(3, 4, 5, generator=gen, dtype=torch.float64)
+    rows = torch.arange(48) % 3
+    torch.manual_seed(7)
+    out = fused._DenseSoftOrder.apply(h, w, b, task_scales, rows, 2.0, True, 0.5)
+    torch.manual_seed(7)
+    y = h
+    for k in range(5):
+        a = drop_(torch.relu(y @ w.t() + b), 0.5).view(48, 4, 8)
+        y = (a * (task_scales[rows, :, k] * 2.0).unsqueeze(-1)).sum(1)
+    torch.testing.assert_close(out, y)
 
 
 # ---------------------------------------------------------------------- through the trainer

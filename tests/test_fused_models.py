@@ -203,11 +203,13 @@ def test_alike_tasks_are_batched_group_by_group(monkeypatch):
     xs = [torch.randn(B, model.encoders[t][1].in_features, dtype=torch.float64) for t in order]
     groups = []
 
-    def counting(modules, inputs):
-        groups.append(len(modules))
-        return stacked_dense(modules, inputs)
+    stacked_parts = models._stacked_parts
 
-    monkeypatch.setattr(models, "stacked_dense", counting)
+    def counting(parts, inputs):
+        groups.append(len(parts))
+        return stacked_parts(parts, inputs)
+
+    monkeypatch.setattr(models, "_stacked_parts", counting)
     fused_out, fused_grads = forward_and_grads(model, xs, order, True)
     assert sorted(groups) == [2, 2, 3, 4]  # encoders of 5 and 7 inputs, heads of 2 and 3
     ref_out, ref_grads = forward_and_grads(model, xs, order, False)

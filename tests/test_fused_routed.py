@@ -10,6 +10,7 @@ from torch import nn
 
 from flexmtl import Task
 from flexmtl.experiments import get_experiment
+from flexmtl.sharing import fused_components
 from flexmtl.sharing.allocation import RoutedLayer, TemperatureSchedule
 from flexmtl.sharing.components import (
     cluster_components,
@@ -198,6 +199,27 @@ def test_dense_components():
     layer = check_layer(components, (d,), batch=7)
     assert [g.indices for g in layer.plan.groups] == [(0, 1, 2), (3, 4), (5, 6)]
     assert layer.plan.singles == [7]
+
+
+def test_one_layer_groups(monkeypatch):
+    """Groups of one Conv2d / Linear (+ ReLU): with and without bias and ReLU, strided and
+    padded, and through the generic convolution as well as the im2col one."""
+    d, h = 6, 5
+    dense = ([nn.Linear(d, h) for _ in range(2)]
+             + [nn.Sequential(nn.Linear(d, h, bias=False), nn.ReLU()) for _ in range(3)])
+    layer = check_layer(dense, (d,), batch=7)
+    assert [g.indices for g in layer.plan.groups] == [(0, 1), (2, 3, 4)]
+    convs = ([nn.Conv2d(3, 2, 3, bias=False) for _ in range(2)]
+             + [nn.Sequential(nn.Conv2d(3, 2, 3, stride=1, padding=1), nn.ReLU())
+                for _ in range(2)])
+    for small in (fused_components.SMALL_CONV_MACS, 0):  # im2col, then the generic path
+        monkeypatch.setattr(fused_components, "SMALL_CONV_MACS", small)
+        check_layer(convs[:2], (3, 6, 6))
+        check_layer(convs[2:], (3, 6, 6))
+    strided = [nn.Sequential(nn.Conv2d(3, 2, 3, stride=2, padding=1), nn.ReLU())
+               for _ in range(3)]
+    layer = check_layer(strided, (3, 7, 7))
+    assert [g.indices for g in layer.plan.groups] == [(0, 1, 2)]
 
 
 def test_sample_evaluation_mode_and_shared_bottom():

@@ -62,24 +62,33 @@ def make_decoder(kind: str, feature_shape: Sequence[int], num_outputs: int) -> n
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), out))
 
 
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
-def _dense_parts(module: nn.Module) -> tuple[bool, nn.Linear, tuple[nn.Module, ...]] | None:
+#: ``(flatten, linear, tail)`` of a dense module, see :func:`_dense_parts`
+DenseParts = tuple[bool, nn.Linear, tuple[nn.Module, ...]]
+
+
+def _dense_parts(module: nn.Module) -> DenseParts | None:
     """``(flatten, linear, tail)`` when ``module`` is ``[Flatten ->] Linear [-> ReLU]`` made
     of these torch classes exactly (a subclass may change ``forward``), without hooks."""
-    parts = list(module) if type(module) is nn.Sequential else [module]
-    if any(getattr(m, attr) for m in (module, *parts) for attr in _HOOKS):
-        return None
+    if type(module) is nn.Sequential:
+        parts = list(module._modules.values())
+        if _has_hooks(module):
+            return None
+    else:
+        parts = [module]
     flatten = bool(parts) and type(parts[0]) is nn.Flatten
     if flatten:
-        if (parts[0].start_dim, parts[0].end_dim) != (1, -1):
+        if (parts[0].start_dim, parts[0].end_dim) != (1, -1) or _has_hooks(parts[0]):
             return None
         parts = parts[1:]
-    if not parts or type(parts[0]) is not nn.Linear:
+    if not parts or type(parts[0]) is not nn.Linear or len(parts) > 2:
         return None
     tail = tuple(parts[1:])
-    if len(tail) > 1 or any(type(m) is not nn.ReLU for m in tail):
+    if any(type(m) is not nn.ReLU for m in tail) or any(_has_hooks(m) for m in parts):
         return None
     return flatten, parts[0], tail
 
@@ -90,10 +99,10 @@ def _dense_parts(module: nn.Module) -> tuple[bool, nn.Linear, tuple[nn.Module, .
 CPU_STACK_LIMIT = 2**16
 
 
-def _dense_key(module: nn.Module, x: torch.Tensor) -> tuple | None:
-    """What :func:`stacked_dense` needs equal for ``module(x)`` to join a batched product
-    with others; None when it cannot (not a dense layer, or too large to stack)."""
-    parts = _dense_parts(module)
+def _dense_key(parts: DenseParts | None, x: torch.Tensor) -> tuple | None:
+    """What :func:`stacked_dense` needs equal for a dense module (``parts``) on ``x`` to
+    join a batched product with others; None when it cannot (not a dense layer, or too
+    large to stack)."""
     if parts is None:
         return None
     flatten, layer, tail = parts
@@ -102,6 +111,11 @@ def _dense_key(module: nn.Module, x: torch.Tensor) -> tuple | None:
         return None
     return (flatten, len(tail), w.shape, w.dtype, w.device, layer.bias is None, x.shape,
             x.dtype, x.device)
+
+
+def _global_hooks() -> bool:
+    return bool(nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
 
 
 def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
@@ -115,18 +129,21 @@ def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
     stacked at every call (``torch.stack`` is differentiable: each module's own parameters
     get their gradient).
     """
-    if len(modules) < 2 or len(xs) != len(modules):
+    if len(modules) < 2 or len(xs) != len(modules) or _global_hooks():
         return None
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-        return None
-    first = _dense_parts(modules[0])
+    return _stacked_parts([_dense_parts(m) for m in modules], xs)
+
+
+def _stacked_parts(parts: Sequence[DenseParts | None], xs: Sequence[torch.Tensor]
+                   ) -> torch.Tensor | None:
+    """:func:`stacked_dense` of modules already split by :func:`_dense_parts`."""
+    first = parts[0]
     if first is None:
         return None
     flatten, layer, tail = first
     w, has_bias = layer.weight, layer.bias is not None
-    if w.device.type == "cpu" and len(modules) * w.numel() > CPU_STACK_LIMIT:
+    if w.device.type == "cpu" and len(parts) * w.numel() > CPU_STACK_LIMIT:
         return None
-    parts = [first, *(_dense_parts(m) for m in modules[1:])]
     if any(p is None or p[0] != flatten or len(p[2]) != len(tail) for p in parts):
         return None
     layers = [p[1] for p in parts]
@@ -220,17 +237,18 @@ class MultiTaskModel(nn.Module):
         """``modules[t](x)`` of the tasks whose modules and inputs are alike, one batched
         product per group (:func:`stacked_dense`); None where a module runs alone."""
         outs: list[torch.Tensor | None] = [None] * len(xs)
-        if not self.fused:
+        if not self.fused or len(xs) < 2 or _global_hooks():
             return outs
+        parts = [_dense_parts(modules[t]) for t in tasks]
         groups: dict[tuple, list[int]] = {}
-        for i, (x, t) in enumerate(zip(xs, tasks)):
-            key = _dense_key(modules[t], x)
+        for i, x in enumerate(xs):
+            key = _dense_key(parts[i], x)
             if key is not None:
                 groups.setdefault(key, []).append(i)
         for members in groups.values():
             if len(members) < 2:
                 continue
-            y = stacked_dense([modules[tasks[i]] for i in members], [xs[i] for i in members])
+            y = _stacked_parts([parts[i] for i in members], [xs[i] for i in members])
             for i, out in zip(members, () if y is None else y.unbind(0)):
                 outs[i] = out
         return outs

@@ -84,7 +84,7 @@ def sample_gumbel(shape: Sequence[int], like: torch.Tensor,
     """Gumbel(0, 1) noise ``g = -log(-log(u))``, ``u ~ U(0, 1)`` (Sec. III-B), drawn from
     ``generator`` (torch's default generator when None)."""
     u = torch.rand(tuple(shape), dtype=like.dtype, device=like.device, generator=generator)
-    return -torch.log(-torch.log(u.clamp_min(torch.finfo(like.dtype).tiny)))
+    return u.clamp_min_(torch.finfo(like.dtype).tiny).log_().neg_().log_().neg_()
 
 
 class Allocation(nn.Module):
@@ -163,6 +163,14 @@ class GumbelMatrixAllocation(Allocation):
         hard = (v[:, 0] >= v[:, 1]).to(soft.dtype)
         return hard + (soft - soft.detach())  # exactly `hard` forward, d soft backward
 
+    def sample_combined(self, task: int, tau: float, mean: bool) -> torch.Tensor:
+        """:meth:`sample` for ``task`` (the same noise, drawn the same way), divided by the
+        number of active components when ``mean`` (at least 1: zero when none is active),
+        as ONE autograd node (:class:`_StraightThroughRow`) instead of a dozen: the weights
+        a fused routed layer combines its components with."""
+        noise = sample_gumbel(self.logits.shape[1:], self.logits, self.generator)
+        return _StraightThroughRow.apply(self.logits, task, noise, tau, mean)
+
     def greedy(self, task: int) -> torch.Tensor:
         """The most likely pattern (Sec. III-C): connected when ``p >= 0.5``."""
         p = self.probs()[task]
@@ -177,6 +185,68 @@ class GumbelMatrixAllocation(Allocation):
         if self.eval_mode == "sample":
             return self.sample(task, tau)
         return self.greedy(task)
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+class _StraightThroughRow(torch.autograd.Function):
+    """``w = s / max(sum(s), 1)`` (or ``s`` when not ``mean``) for the straight-through
+    sample ``s = hard + (soft - soft.detach())`` of row ``task`` of ``logits`` with
+    Gumbel ``noise`` (:meth:`GumbelMatrixAllocation.sample`).
+
+    Forward: ``hard_c = [v_c0 >= v_c1]``, ``v = logits[task] + noise``. Backward, with
+    ``soft_c = softmax(v_c / tau)_0 = sigmoid((v_c0 - v_c1) / tau)``, ``S = sum(hard)``,
+    ``D = max(S, 1)``: ``dL/ds_k = g_k / D - [S >= 1] <g, hard> / D^2`` (the clamp passes
+    the gradient at ``S >= 1``, like ``clamp(min=1)``), ``dL/dv_k0 = -dL/dv_k1 = dL/ds_k
+    soft_k (1 - soft_k) / tau``. The same values as autograd through those ops, up to
+    rounding; inputs ``logits`` ``[T, C, 2]``, ``noise`` ``[C, 2]``.
+
+    On the CPU the C-element row is worked out with Python floats (``v`` itself is summed
+    by torch, so ``hard`` is exactly the reference's): a dozen torch calls on a handful of
+    numbers cost more than the arithmetic. Elsewhere it stays on the device (no sync).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, task, noise, tau, mean):
+        ctx.task, ctx.tau, ctx.shape, ctx.mean = task, tau, logits.shape, mean
+        v = logits[task] + noise
+        if logits.device.type == "cpu":
+            rows = v.tolist()
+            hard = [1.0 if a >= b else 0.0 for a, b in rows]
+            ctx.soft = [_sigmoid((a - b) / tau) for a, b in rows]
+            ctx.hard, ctx.total = hard, sum(hard)
+            ctx.denom = max(ctx.total, 1.0) if mean else 1.0
+            return torch.tensor([x / ctx.denom for x in hard], dtype=logits.dtype)
+        ctx.hard = None
+        hard = (v[:, 0] >= v[:, 1]).to(logits.dtype)
+        soft = torch.sigmoid((v[:, 0] - v[:, 1]) / tau)
+        total = hard.sum()
+        denom = total.clamp(min=1.0) if mean else None
+        ctx.save_for_backward(hard, soft, total, denom)
+        return hard / denom if mean else hard
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = grad.new_zeros(ctx.shape)
+        if ctx.hard is not None:  # the CPU path's Python floats
+            g, hard, soft, denom = grad.tolist(), ctx.hard, ctx.soft, ctx.denom
+            if ctx.mean:
+                through = (ctx.total >= 1) * sum(a * b for a, b in zip(g, hard)) / denom**2
+                g = [x / denom - through for x in g]
+            d = [x * s * (1.0 - s) / ctx.tau for x, s in zip(g, soft)]
+            out[ctx.task] = torch.tensor([[x, -x] for x in d], dtype=grad.dtype)
+            return out, None, None, None, None
+        hard, soft, total, denom = ctx.saved_tensors
+        if denom is not None:  # through the mean's division
+            grad = grad / denom - (total >= 1).to(grad.dtype) * (grad @ hard) / denom**2
+        d = grad * soft * (1.0 - soft) / ctx.tau
+        out[ctx.task] = torch.stack([d, -d], dim=-1)
+        return out, None, None, None, None
 
 
 class FixedAllocation(Allocation):
@@ -347,6 +417,11 @@ class RoutedLayer(nn.Module):
         tau = self.temperature(int(self.num_steps))
         if self.training:
             self.num_steps.add_(1)
+        mean = self.combine == "mean"
+        if (self.fused and self.training and type(self.allocation) is GumbelMatrixAllocation):
+            # one autograd node for the sample and the mean (the same values and noise)
+            weights = self.allocation.sample_combined(task, tau, mean)
+            return self._fused_forward(h, weights, list(range(self.num_components)), False)
         weights = self.allocation(task, tau)  # [C], one row per (task, batch)
         if self.training and self.allocation.learned:
             active = list(range(self.num_components))
@@ -355,7 +430,7 @@ class RoutedLayer(nn.Module):
         if not active:
             return h.new_zeros(h.shape[0], *self.output_shape)
         if self.fused:
-            return self._fused_forward(h, weights, active)
+            return self._fused_forward(h, weights, active, mean)
         outs = torch.stack([self.components[c](h) for c in active])  # [A, B, ...]
         w = weights[active].reshape(-1, *(1,) * (outs.dim() - 1))
         out = (w * outs).sum(dim=0)
@@ -364,13 +439,14 @@ class RoutedLayer(nn.Module):
         return out
 
     def _fused_forward(
-        self, h: torch.Tensor, weights: torch.Tensor, active: list[int]
+        self, h: torch.Tensor, weights: torch.Tensor, active: list[int], mean: bool
     ) -> torch.Tensor:
         """The forward above with each group of same-kind components run as one op.
 
-        Only the ``active`` components run; the mean's division is folded into the weights.
+        Only the ``active`` components run; with ``mean`` the mean's division is folded into
+        the weights (False: ``weights`` are final).
         """
-        if self.combine == "mean":
+        if mean:
             weights = weights / weights.sum().clamp(min=1.0)
         batch, chosen = h.shape[0], set(active)
         out = None

@@ -58,6 +58,7 @@ __all__ = [
     "register_per_example",
     "keep_mask",
     "keep_probability",
+    "drop_",
     "dropout",
     "parallel_tasks",
     "soft_tasks",
@@ -272,6 +273,8 @@ def plan_blocks(blocks: Sequence[nn.Module], feature_shape: Sequence[int]) -> Bl
 
 
 def _code_bits(p: float) -> int:
+    if p == 0.5:
+        return 1
     return 8 if float(p * 256).is_integer() else 16
 
 
@@ -283,29 +286,70 @@ def keep_probability(p: float, device: torch.device) -> float:
     return min(max(round((1.0 - p) * levels), 1), levels) / levels
 
 
+def _random_words(count: int) -> torch.Tensor:
+    """``count`` uniformly random int64 words from torch's default CPU generator."""
+    return torch.empty(count, dtype=torch.int64).random_(-(2**63), None)
+
+
+#: left shifts that move bit j of an int32 word into the sign bit, j = 0..31
+_SIGN_SHIFTS = 31 - torch.arange(32, dtype=torch.int32)
+#: integer dtype of each float dtype's size, for the bitwise mask of :func:`drop_`
+_SAME_SIZE_INT = {torch.float32: torch.int32, torch.float64: torch.int64,
+                  torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def _half_bits(n: int) -> torch.Tensor:
+    """``[n]`` int32: 0 or -1 (all bits set) with probability 1/2 each, independently: one
+    random bit per element, spread by an arithmetic shift (``(w << (31 - j)) >> 31``)."""
+    words = _random_words(-(-n // 64)).view(torch.int32)
+    bits = torch.bitwise_left_shift(words.unsqueeze(1), _SIGN_SHIFTS).bitwise_right_shift_(31)
+    return bits.view(-1)[:n]
+
+
 def keep_mask(x: torch.Tensor, p: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """A float mask like ``x``: 1 (keep) or 0 (drop), independently for every element
     (written into ``out`` when given).
 
-    On CPU each element gets 8 random bits when ``p`` is a multiple of 2**-8 (e.g. 0.5),
-    else 16, so the keep probability is ``1 - p`` rounded to a multiple of 2**-16 (see
-    :func:`keep_probability`). The bits come eight or four per 64-bit draw and become the
-    mask by arithmetic only: ``bernoulli_``, comparisons and boolean masks are all several
-    times slower on CPU.
+    On CPU each element gets one random bit for ``p = 0.5``, 8 when ``p`` is another
+    multiple of 2**-8, else 16, so the keep probability is ``1 - p`` rounded to a multiple
+    of 2**-16 (see :func:`keep_probability`). The bits come 64, eight or four per 64-bit
+    draw and become the mask by arithmetic only: ``bernoulli_``, comparisons and boolean
+    masks are all several times slower on CPU.
     """
     out = torch.empty_like(x) if out is None else out
     if x.device.type != "cpu":
         return out.copy_(torch.rand_like(out) >= p)
     bits = _code_bits(p)
-    half, keep = 2 ** (bits - 1), round(keep_probability(p, x.device) * 2**bits)
     n = x.numel()
-    words = torch.empty(-(-n * bits // 64), dtype=torch.int64).random_(-(2**63), None)
+    if bits == 1:  # -1 / 0 -> 1 / 0
+        return out.copy_(_half_bits(n).view(x.shape)).neg_()
+    half, keep = 2 ** (bits - 1), round(keep_probability(p, x.device) * 2**bits)
+    words = _random_words(-(-n * bits // 64))
     codes = words.view(torch.int8 if bits == 8 else torch.int16)[:n].view(x.shape)
     # codes are uniform integers in [-half, half): keep the top ``keep`` of them
     exact = out.dtype in (torch.float32, torch.float64)  # integers up to 2**16 are exact
     work = out if exact else torch.empty(out.shape, dtype=torch.float32)
     work.copy_(codes).add_(keep - half + 1).clamp_(0.0, 1.0)
     return out if exact else out.copy_(work)
+
+
+def _bitwise_drop(x: torch.Tensor, p: float) -> bool:
+    """Whether :func:`drop_` clears ``x``'s dropped elements with a bitwise AND."""
+    return p == 0.5 and x.device.type == "cpu" and x.dtype in _SAME_SIZE_INT
+
+
+def drop_(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``x *= keep_mask(x, p)`` in place (no rescaling); returns ``x``.
+
+    For ``p = 0.5`` on CPU the dropped elements' bits are cleared with one bitwise AND of
+    a 0 / all-ones integer mask (:func:`_half_bits`): no float mask is made.
+    """
+    if _bitwise_drop(x, p) and x.is_contiguous():
+        bits = _half_bits(x.numel()).view(x.shape)
+        kind = _SAME_SIZE_INT[x.dtype]
+        x.view(kind).bitwise_and_(bits if kind == torch.int32 else bits.to(kind))
+        return x
+    return x.mul_(keep_mask(x, p))
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -399,16 +443,23 @@ class _DenseSoftOrder(torch.autograd.Function):
         scales = task_scales.index_select(0, rows).permute(2, 0, 1).contiguous().mul_(rescale)
         n, layers = h.shape[0], scales.shape[2]
         inputs, acts, masks = [], [], []
-        mask = h.new_empty(n, weight.shape[0]) if p and relu else None
-        for s in scales:
+        # p = 0.5 with ReLU on the CPU: every depth's bits in one draw (the same stream as
+        # one draw per depth: each depth takes whole 64-bit words)
+        bits = (_half_bits(len(scales) * n * weight.shape[0]).view(len(scales), n, -1)
+                if relu and _bitwise_drop(h, p) and n * weight.shape[0] % 64 == 0 else None)
+        for k, s in enumerate(scales):
             z = F.linear(h, weight, bias)  # [N, L*d]: all layers, one GEMM
             if relu:
                 z.relu_()
-            if p:  # ReLU needs no saved mask: A > 0 says where dropout kept
-                kept = keep_mask(z, p, out=mask)
+            if bits is not None:  # no saved mask: A > 0 says where dropout kept
+                kind = _SAME_SIZE_INT[z.dtype]
+                z.view(kind).bitwise_and_(bits[k] if kind == torch.int32 else bits[k].to(kind))
+            elif p and relu:
+                drop_(z, p)
+            elif p:
+                kept = keep_mask(z, p)
                 z.mul_(kept)
-                if not relu:
-                    masks.append(kept)
+                masks.append(kept)
             a = z.view(n, layers, -1)
             inputs.append(h)
             acts.append(a)
