@@ -1,13 +1,24 @@
 """Speed benchmarks: fused vs reference (per-task loop) execution of flexmtl's models.
 
-Each configuration from the papers is timed for whole training steps (forward, backward and
-optimiser update, as the trainer runs them) with the fused implementation and with the
+Each configuration from the papers is timed with the fused implementation and with the
 reference loop (every ``fused`` switch off: cores, routed layers, the model's batched
 encoders and heads, the trainer's stacked losses), in the same process, in alternating
-blocks of steps so that a change of machine load hits both alike. Reported per
-configuration: steps/s of both (medians) and their ratio, achieved GFLOP/s of the fused
-step against this machine's measured fp32 matmul peak, peak memory (resident set size of a
-fresh process, or CUDA peak) and the 1-minute load average when the configuration started
+blocks so that a change of machine load hits both alike; the first steps of every block
+are not timed (they pay for the other implementation's caches), and the speed-up is the
+median of the blocks' paired ratios. Three levels are timed:
+
+* ``step`` -- whole training steps (batches, forward, backward and optimiser update, as
+  the trainer runs them): what a user waits for;
+* ``model`` -- forward and backward of the model and losses on fixed batches (no batch
+  sampling, no optimiser);
+* ``core`` -- forward and backward of the shared core alone on random features: the part
+  that fusion changes (the issue's prototypes timed this).
+
+Work outside the core (frozen encoders, the optimiser, batch sampling) is the same in both
+implementations and bounds the whole-step ratio. Reported per configuration: steps/s of
+both (medians) and their ratio at each level, achieved GFLOP/s of the fused step against
+this machine's measured fp32 matmul peak, peak memory (resident set size of a fresh
+process, or CUDA peak) and the 1-minute load average when the configuration started
 (other processes on a shared machine slow both implementations, not always alike).
 
 Usage::
@@ -150,6 +161,53 @@ def step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
     return step
 
 
+def model_step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
+    """Forward and backward of the model and its losses on fixed batches (no sampling, no
+    update): all tasks together (joint) or one after another (round-robin)."""
+    cfg = fm.TrainConfig(steps=10**9, eval_every=10**9, progress=False, device=device,
+                         **{k: v for k, v in train_kwargs.items() if k in ("batch_size",
+                                                                           "schedule")})
+    trainer = fm.Trainer(model, tasks, cfg)
+    num = tasks_per_step or len(tasks)
+    batches = [trainer._batch(t) for t in range(num)]
+    joint = train_kwargs["schedule"] == "joint"
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        if joint:
+            torch.stack(trainer._losses(range(num), batches)).sum().backward()
+        else:
+            for t in range(num):
+                trainer._losses([t], [batches[t]])[0].backward()
+
+    return step
+
+
+def core_step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
+    """Forward and backward of the shared core alone, on random features of its input
+    shape: all tasks in one ``forward_tasks`` (joint; the reference loops inside it) or
+    one task after another (round-robin)."""
+    core, batch = model.core, train_kwargs["batch_size"]
+    num = tasks_per_step or len(tasks)
+    gen = torch.Generator().manual_seed(0)
+    hs = [torch.randn(batch, *core.feature_shape, generator=gen).to(device).requires_grad_()
+          for _ in range(num)]
+    joint = train_kwargs["schedule"] == "joint" and hasattr(core, "forward_tasks")
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        if joint:
+            sum(y.sum() for y in core.forward_tasks(hs, list(range(num)))).backward()
+        else:
+            for t in range(num):
+                core(hs[t], t).sum().backward()
+
+    return step
+
+
+LEVELS = {"step": step_fn, "model": model_step_fn, "core": core_step_fn}
+
+
 def time_step(step, device) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -161,19 +219,25 @@ def time_step(step, device) -> float:
 
 
 def time_interleaved(model, steps: dict, device, n_steps, warmup, blocks=5) -> dict:
-    """Median seconds per step of each ``steps[fused]``, timed in ``blocks`` alternating
-    blocks (fused, reference, fused, ...) of ``n_steps / blocks`` steps each."""
-    for fused, step in steps.items():
-        set_fused(model, fused)
-        for _ in range(warmup):
-            step()
+    """Seconds per step of each ``steps[fused]`` (median) and the median over blocks of
+    the paired ratio reference / fused, timed in ``blocks`` alternating blocks (fused,
+    reference, fused, ...) of ``n_steps / blocks`` steps, each after ``warmup`` untimed
+    steps (the first steps after a switch pay for the other implementation's caches)."""
     times: dict = {fused: [] for fused in steps}
+    ratios = []
     per_block = max(1, -(-n_steps // blocks))
     for _ in range(blocks):
+        block = {}
         for fused, step in steps.items():
             set_fused(model, fused)
-            times[fused] += [time_step(step, device) for _ in range(per_block)]
-    return {fused: statistics.median(t) for fused, t in times.items()}
+            for _ in range(warmup):
+                step()
+            block[fused] = [time_step(step, device) for _ in range(per_block)]
+            times[fused] += block[fused]
+        ratios.append(statistics.median(block[False]) / statistics.median(block[True]))
+    out = {fused: statistics.median(t) for fused, t in times.items()}
+    out["speedup"] = statistics.median(ratios)
+    return out
 
 
 def matmul_peak(device, n=2048, repeats=10):
@@ -207,18 +271,24 @@ def run_one(name, device, steps):
            "unit": "one task step" if heavy else "one training step (all tasks)",
            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "load_average": os.getloadavg()[0]}
-    steps = {fused: step_fn(model, tasks, kwargs, device, per) for fused in (True, False)}
     has_fused = set_fused(model, True)
     if device.startswith("cuda"):  # the fused step's own peak
         torch.cuda.reset_peak_memory_stats()
-        time_step(steps[True], device)
+        time_step(step_fn(model, tasks, kwargs, device, per), device)
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    seconds = time_interleaved(model, steps, device, n_steps, 2, blocks=2 if heavy else 5)
-    fused, reference = seconds[True], seconds[False]
-    row.update(fused_steps_per_s=1 / fused, reference_steps_per_s=1 / reference,
-               speedup=reference / fused, fused_implemented=has_fused)
-    if flops is not None:
-        row["fused_gflops"] = flops / fused / 1e9
+    row["fused_implemented"] = has_fused
+    for level in ("step",) if heavy else LEVELS:
+        make = LEVELS[level]
+        steps = {fused: make(model, tasks, kwargs, device, per) for fused in (True, False)}
+        seconds = time_interleaved(model, steps, device, n_steps, 1 if heavy else 3,
+                                   blocks=2 if heavy else 6)
+        prefix = "" if level == "step" else f"{level}_"
+        row.update({f"{prefix}fused_steps_per_s": 1 / seconds[True],
+                    f"{prefix}reference_steps_per_s": 1 / seconds[False],
+                    f"{prefix}speedup": seconds["speedup"]})
+        if level == "step" and flops is not None:
+            row["fused_gflops"] = flops / seconds[True] / 1e9
+    set_fused(model, True)
     return row
 
 
@@ -227,7 +297,8 @@ def main(argv=None):
     p.add_argument("--only", help="comma-separated configurations: " + ", ".join(CONFIGS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=60, help="timed steps per implementation and "
+                   "level (in 6 blocks)")
     p.add_argument("--repeats", type=int, default=1,
                    help="runs per configuration (fresh processes); each figure is the median "
                         "over the runs, and the runs' speed-ups are recorded")
@@ -266,9 +337,12 @@ def main(argv=None):
                 print(f"{name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"{name:>16}: fused {runs[-1]['fused_steps_per_s']:8.1f}/s  reference "
-                  f"{runs[-1]['reference_steps_per_s']:8.1f}/s  x{runs[-1]['speedup']:.2f}  "
-                  f"(load {runs[-1]['load_average']:.1f})", flush=True)
+            r = runs[-1]
+            levels = "  ".join(f"{level} x{r[f'{level}_speedup']:.2f}"
+                               for level in ("model", "core") if f"{level}_speedup" in r)
+            print(f"{name:>16}: fused {r['fused_steps_per_s']:8.1f}/s  reference "
+                  f"{r['reference_steps_per_s']:8.1f}/s  x{r['speedup']:.2f}  {levels}  "
+                  f"(load {r['load_average']:.1f})", flush=True)
         if not runs:
             continue
         rows.append(median_row(runs))
@@ -310,8 +384,9 @@ def median_row(runs: list[dict]) -> dict:
     row = dict(runs[0])
     if len(runs) == 1:
         return row
-    for key in ("fused_steps_per_s", "reference_steps_per_s", "speedup", "fused_gflops",
-                "peak_memory_mb"):
+    keys = [f"{prefix}{k}" for prefix in ("", "model_", "core_")
+            for k in ("fused_steps_per_s", "reference_steps_per_s", "speedup")]
+    for key in (*keys, "fused_gflops", "peak_memory_mb"):
         if key in row:
             row[key] = statistics.median(r[key] for r in runs)
     row["load_average"] = max(r["load_average"] for r in runs)
@@ -328,15 +403,20 @@ def markdown(report) -> str:
         when = report.get("main_job_measured", "an earlier run")
         lines += [f"README main job (`flexmtl run uci`): {report['main_job_seconds']:.0f} s "
                   f"({when})", ""]
-    lines += ["Fused and reference steps alternate in blocks; the last column says when each row "
-              "was measured and the 1-minute load average then (it counts this benchmark's own "
-              "previous runs too; other processes sharing the CPUs slow both implementations, "
-              "not always alike). With repeated runs every figure is "
-              "the median over the runs, the load the highest, and the speed-up range that of "
-              "the runs.", ""]
-    lines += ["| config | unit | fused steps/s | reference steps/s | speed-up | fused GFLOP/s | "
-              "% of matmul peak | peak memory MB | measured (1-min load) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["Fused and reference alternate in blocks (the first steps of each block untimed); "
+              "a speed-up is the median of the blocks' paired ratios. `step`: whole training "
+              "steps; `model`: forward + backward of model and losses on fixed batches; "
+              "`core`: forward + backward of the shared core alone (the part fusion changes; "
+              "work outside it is the same in both implementations). The last column says "
+              "when each row was measured and the 1-minute load average then (it counts this "
+              "benchmark's own previous runs too; other processes sharing the CPUs slow both "
+              "implementations, not always alike). With repeated runs every figure is the "
+              "median over the runs, the load the highest, and the step speed-up's range that "
+              "of the runs.", ""]
+    lines += ["| config | unit | fused steps/s | reference steps/s | speed-up (step) | "
+              "speed-up (model) | speed-up (core) | fused GFLOP/s | % of matmul peak | "
+              "peak memory MB | measured (1-min load) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         g = f"{r['fused_gflops']:.1f}" if "fused_gflops" in r else "-"
         frac = (f"{100 * r['fraction_of_matmul_peak']:.0f}%"
@@ -345,11 +425,13 @@ def markdown(report) -> str:
         if "speedups_of_repeats" in r:
             speedup += (f" ({min(r['speedups_of_repeats']):.2f}-"
                         f"{max(r['speedups_of_repeats']):.2f})")
+        model, core = (f"{r[k]:.2f}x" if k in r else "-"
+                       for k in ("model_speedup", "core_speedup"))
         when = (f"{r['measured']} ({r['load_average']:.1f})" if "measured" in r
                 else "earlier run")
         lines.append(f"| {r['config']} | {r['unit']} | {r['fused_steps_per_s']:.1f} | "
-                     f"{r['reference_steps_per_s']:.1f} | {speedup} | {g} | {frac} | "
-                     f"{r.get('peak_memory_mb', float('nan')):.0f} | {when} |")
+                     f"{r['reference_steps_per_s']:.1f} | {speedup} | {model} | {core} | {g} | "
+                     f"{frac} | {r.get('peak_memory_mb', float('nan')):.0f} | {when} |")
     return "\n".join(lines) + "\n"
 
 
