@@ -206,6 +206,10 @@ def test_frozen_encoders_are_stacked_once_and_again_when_they_change(monkeypatch
     assert stacks == [True, False, True, True]
     torch.testing.assert_close(model.forward_tasks(xs, order)[1], model(xs[1], 0),
                                atol=1e-12, rtol=1e-12)
+    for first in range(3):  # other task orders: a bounded number of groups kept
+        for second in range(3):
+            model.forward_tasks(xs[:2], [first, second])
+    assert len(model._frozen_stacks) == models._FROZEN_STACKS_KEPT
 
 
 def test_unequal_input_sizes_fall_back_to_the_loop():

@@ -180,6 +180,11 @@ def _stacked_parts(parts: Sequence[DenseParts | None], xs: Sequence[torch.Tensor
     return y.relu_() if tail else y  # in place: the product's backward does not need y
 
 
+#: how many groups of frozen layers (e.g. the task orders a model is called with) keep their
+#: stacked weights
+_FROZEN_STACKS_KEPT = 8
+
+
 def _frozen_stack(layers: Sequence[nn.Linear], kept: dict
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The stacked ``[T, in, out]`` weights and ``[T, 1, out]`` biases of frozen ``layers``,
@@ -189,6 +194,8 @@ def _frozen_stack(layers: Sequence[nn.Linear], kept: dict
     key = tuple(id(m) for m in layers)
     entry = kept.get(key)
     if entry is None or entry[0] != state:
+        while len(kept) >= _FROZEN_STACKS_KEPT:  # the oldest group of tasks goes
+            kept.pop(next(iter(kept)))
         weight = torch.stack([m.weight.detach() for m in layers]).transpose(1, 2).contiguous()
         bias = (torch.stack([m.bias.detach() for m in layers]).unsqueeze(1)
                 if layers[0].bias is not None else None)
