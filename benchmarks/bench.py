@@ -12,9 +12,10 @@ median of the blocks' paired ratios. Three levels are timed:
 * ``model`` -- forward and backward of the model and losses on fixed batches (no batch
   sampling, no optimiser);
 * ``core`` -- forward and backward of the shared core alone on random features: the part
-  that fusion changes (the issue's prototypes timed this).
+  that fusion changes most.
 
-Work outside the core (frozen encoders, the optimiser, batch sampling) is the same in both
+Outside the core only alike small encoders, heads and losses are batched; the rest (e.g.
+large frozen encoders, the optimiser, batch sampling) takes the same time in both
 implementations and bounds the whole-step ratio. Reported per configuration: steps/s of
 both (medians) and their ratio at each level, achieved GFLOP/s of the fused step against
 this machine's measured fp32 matmul peak, peak memory (resident set size of a fresh
@@ -406,8 +407,9 @@ def markdown(report) -> str:
     lines += ["Fused and reference alternate in blocks (the first steps of each block untimed); "
               "a speed-up is the median of the blocks' paired ratios. `step`: whole training "
               "steps; `model`: forward + backward of model and losses on fixed batches; "
-              "`core`: forward + backward of the shared core alone (the part fusion changes; "
-              "work outside it is the same in both implementations). The last column says "
+              "`core`: forward + backward of the shared core alone (the part fusion changes "
+              "most; outside it only alike small encoders, heads and losses are batched). "
+              "The last column says "
               "when each row was measured and the 1-minute load average then (it counts this "
               "benchmark's own previous runs too; other processes sharing the CPUs slow both "
               "implementations, not always alike). With repeated runs every figure is the "

@@ -296,9 +296,21 @@ def test_drop_in_place(dtype):
     a = drop_(x.clone(), 0.5)
     torch.manual_seed(3)
     assert torch.equal(a, x * keep_mask(x, 0.5))  # the same bits, the same elements
-    strided = x.clone().t()  # not contiguous: the keep_mask path
-    out = drop_(strided, 0.3)
-    assert out is strided and abs((out == 0).double().mean().item() - 0.3) < 0.01
+    for p in (0.5, 0.3):  # not contiguous: the keep_mask path
+        strided = x.clone().t()
+        out = drop_(strided, p)
+        assert out is strided and abs((out == 0).double().mean().item() - p) < 0.01
+    assert set(keep_mask(x, 0.5).unique().tolist()) == {0.0, 1.0}
+    assert not torch.signbit(keep_mask(x, 0.5)).any()  # no -0.0
+
+
+def test_drop_of_a_tracked_tensor_has_the_masks_gradient():
+    w = torch.ones(64, 64, requires_grad=True)
+    z = w * 2.0
+    drop_(z, 0.5)
+    z.sum().backward()
+    torch.testing.assert_close(w.grad, (z != 0).float() * 2.0)  # dropped: no gradient
+    assert 0.4 < (w.grad == 0).float().mean() < 0.6
 
 
 def test_dense_soft_order_draws_one_mask_per_depth():

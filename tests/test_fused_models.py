@@ -169,49 +169,6 @@ def test_forward_tasks_equals_the_per_task_loop(kind, encoder, method):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
-def test_frozen_encoders_are_stacked_once_and_again_when_they_change(monkeypatch):
-    """Frozen alike encoders too large to stack at every call are stacked once and kept;
-    the kept weights are renewed when a weight changes in place or is loaded."""
-    monkeypatch.setattr(models, "CPU_STACK_LIMIT", 0)  # every weight counts as large
-    model = model_for(tasks_of("multiclass"), "frozen", "soft")
-    xs = inputs((7,), n=4, requires_grad=False)
-    order = [2, 0, 1, 2]
-    stacks = []
-    frozen_stack = models._frozen_stack
-
-    def counting(layers, kept):
-        before = dict(kept)
-        out = frozen_stack(layers, kept)
-        stacks.append(kept != before)  # True: (re)stacked
-        return out
-
-    monkeypatch.setattr(models, "_frozen_stack", counting)
-
-    def check():
-        fused_out, fused_grads = forward_and_grads(model, xs, order, True)
-        ref_out, ref_grads = forward_and_grads(model, xs, order, False)
-        for a, b in zip(fused_out + list(fused_grads), ref_out + list(ref_grads)):
-            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
-
-    check()
-    check()
-    assert stacks == [True, False]  # the encoders: stacked, then reused (heads: learned)
-    with torch.no_grad():
-        model.encoders[1][1].weight.mul_(2.0)
-    check()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["encoders.0.1.bias"] += 1.0
-    model.load_state_dict(state)
-    check()
-    assert stacks == [True, False, True, True]
-    torch.testing.assert_close(model.forward_tasks(xs, order)[1], model(xs[1], 0),
-                               atol=1e-12, rtol=1e-12)
-    for first in range(3):  # other task orders: a bounded number of groups kept
-        for second in range(3):
-            model.forward_tasks(xs[:2], [first, second])
-    assert len(model._frozen_stacks) == models._FROZEN_STACKS_KEPT
-
-
 def test_unequal_input_sizes_fall_back_to_the_loop():
     model = model_for(tasks_of("binary", features=(5, 7, 7)))
     xs = [torch.randn(B, f, dtype=torch.float64) for f in (5, 7, 7)]
@@ -248,9 +205,9 @@ def test_alike_tasks_are_batched_group_by_group(monkeypatch):
 
     stacked_parts = models._stacked_parts
 
-    def counting(parts, inputs, *kept):
+    def counting(parts, inputs):
         groups.append(len(parts))
-        return stacked_parts(parts, inputs, *kept)
+        return stacked_parts(parts, inputs)
 
     monkeypatch.setattr(models, "_stacked_parts", counting)
     fused_out, fused_grads = forward_and_grads(model, xs, order, True)

@@ -222,6 +222,30 @@ def test_one_layer_groups(monkeypatch):
     assert [g.indices for g in layer.plan.groups] == [(0, 1, 2)]
 
 
+def test_fused_sample_leaves_hooks_modes_and_double_backward_to_the_reference():
+    """The fused path's one-node sample runs only where it gives what the allocation module
+    would: hooks on the allocation and an allocation in eval mode take the module's own
+    forward; a second derivative through it raises instead of being silently wrong."""
+    comps = [randomize(single_conv(2, 3, 3), i) for i in range(4)]
+    layer = RoutedLayer(comps, 2, (2, 6, 6), "gumbel")
+    set_probs(layer, mixed_probs(2, 4))
+    x = torch.randn(2, 2, 6, 6)
+    calls = []
+    handle = layer.allocation.register_forward_hook(lambda *args: calls.append(1))
+    layer.train()
+    assert_paths_agree(layer, x, seeds=(0,))
+    assert len(calls) == 2 * layer.num_tasks  # the fused path called the module too
+    handle.remove()
+    layer.allocation.eval()  # greedy pattern, the layer still training
+    assert_paths_agree(layer, x, seeds=(0,))
+    layer.train()
+    layer.fused = True  # assert_paths_agree ends on the reference
+    out = layer(x.requires_grad_(), 1)
+    (grad,) = torch.autograd.grad(out.sum(), layer.allocation.logits, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
+
+
 def test_sample_evaluation_mode_and_shared_bottom():
     comps = [randomize(single_conv(2, 3, 3), i) for i in range(4)]
     x = torch.randn(2, 2, 6, 6)

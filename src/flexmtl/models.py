@@ -7,9 +7,7 @@ decoders are task specific unless stated; the core decides how tasks share layer
 encoders (or decoders) are alike dense layers -- ``[Flatten ->] Linear [-> ReLU]`` of one
 shape, as :func:`dense_encoder` and :func:`make_decoder` build them -- and small enough
 have their weights stacked on the fly and run as ONE batched matrix product per group
-(:func:`stacked_dense`); the parameters stay each task's own ``nn.Linear``. Frozen ones
-(no trained parameter, e.g. the random encoders of the MNIST-pairs experiment) are stacked
-once, whatever their size, and re-stacked only when their weights change.
+(:func:`stacked_dense`); the parameters stay each task's own ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -101,25 +99,18 @@ def _dense_parts(module: nn.Module) -> DenseParts | None:
 CPU_STACK_LIMIT = 2**16
 
 
-def _frozen(layer: nn.Linear) -> bool:
-    """Whether no parameter of ``layer`` is trained (its stacked weights can be kept)."""
-    return not (layer.weight.requires_grad
-                or (layer.bias is not None and layer.bias.requires_grad))
-
-
 def _dense_key(parts: DenseParts | None, x: torch.Tensor) -> tuple | None:
     """What :func:`stacked_dense` needs equal for a dense module (``parts``) on ``x`` to
     join a batched product with others; None when it cannot (not a dense layer, or too
-    large to stack at every call: frozen layers are stacked once, see
-    :class:`MultiTaskModel`)."""
+    large to stack)."""
     if parts is None:
         return None
     flatten, layer, tail = parts
-    w, frozen = layer.weight, _frozen(layer)
-    if w.device.type == "cpu" and 2 * w.numel() > CPU_STACK_LIMIT and not frozen:
+    w = layer.weight
+    if w.device.type == "cpu" and 2 * w.numel() > CPU_STACK_LIMIT:
         return None
-    return (flatten, len(tail), w.shape, w.dtype, w.device, layer.bias is None, frozen,
-            x.shape, x.dtype, x.device)
+    return (flatten, len(tail), w.shape, w.dtype, w.device, layer.bias is None, x.shape,
+            x.dtype, x.device)
 
 
 def _global_hooks() -> bool:
@@ -143,20 +134,15 @@ def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
     return _stacked_parts([_dense_parts(m) for m in modules], xs)
 
 
-def _stacked_parts(parts: Sequence[DenseParts | None], xs: Sequence[torch.Tensor],
-                   frozen_stacks: dict | None = None) -> torch.Tensor | None:
-    """:func:`stacked_dense` of modules already split by :func:`_dense_parts`.
-
-    With ``frozen_stacks`` (a dict kept by the caller), the stacked weights of layers that
-    are all frozen are kept there and reused while no weight changed (same storage, same
-    version counter), whatever their size."""
+def _stacked_parts(parts: Sequence[DenseParts | None], xs: Sequence[torch.Tensor]
+                   ) -> torch.Tensor | None:
+    """:func:`stacked_dense` of modules already split by :func:`_dense_parts`."""
     first = parts[0]
     if first is None:
         return None
     flatten, layer, tail = first
     w, has_bias = layer.weight, layer.bias is not None
-    keep = frozen_stacks is not None and all(p is not None and _frozen(p[1]) for p in parts)
-    if w.device.type == "cpu" and len(parts) * w.numel() > CPU_STACK_LIMIT and not keep:
+    if w.device.type == "cpu" and len(parts) * w.numel() > CPU_STACK_LIMIT:
         return None
     if any(p is None or p[0] != flatten or len(p[2]) != len(tail) for p in parts):
         return None
@@ -171,36 +157,12 @@ def _stacked_parts(parts: Sequence[DenseParts | None], xs: Sequence[torch.Tensor
         x = x.flatten(2)
     if x.ndim != 3 or x.shape[2] != w.shape[1]:
         return None  # the reference raises its own error
-    if keep:
-        weight, bias = _frozen_stack(layers, frozen_stacks)
+    weight = torch.stack([m.weight for m in layers]).transpose(1, 2)  # [T, in, out]
+    if has_bias:
+        y = torch.baddbmm(torch.stack([m.bias for m in layers]).unsqueeze(1), x, weight)
     else:
-        weight = torch.stack([m.weight for m in layers]).transpose(1, 2)  # [T, in, out]
-        bias = torch.stack([m.bias for m in layers]).unsqueeze(1) if has_bias else None
-    y = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
+        y = torch.bmm(x, weight)
     return y.relu_() if tail else y  # in place: the product's backward does not need y
-
-
-#: how many groups of frozen layers (e.g. the task orders a model is called with) keep their
-#: stacked weights
-_FROZEN_STACKS_KEPT = 8
-
-
-def _frozen_stack(layers: Sequence[nn.Linear], kept: dict
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The stacked ``[T, in, out]`` weights and ``[T, 1, out]`` biases of frozen ``layers``,
-    from ``kept`` while every tensor has the storage and version it had when stacked."""
-    tensors = [t for m in layers for t in (m.weight, m.bias) if t is not None]
-    state = tuple((t.data_ptr(), t._version) for t in tensors)
-    key = tuple(id(m) for m in layers)
-    entry = kept.get(key)
-    if entry is None or entry[0] != state:
-        while len(kept) >= _FROZEN_STACKS_KEPT:  # the oldest group of tasks goes
-            kept.pop(next(iter(kept)))
-        weight = torch.stack([m.weight.detach() for m in layers]).transpose(1, 2).contiguous()
-        bias = (torch.stack([m.bias.detach() for m in layers]).unsqueeze(1)
-                if layers[0].bias is not None else None)
-        entry = kept[key] = (state, weight, bias)
-    return entry[1], entry[2]
 
 
 class MultiTaskModel(nn.Module):
@@ -237,9 +199,6 @@ class MultiTaskModel(nn.Module):
         self.decoders = nn.ModuleList(decoders)
         self.task_names = list(task_names or [f"task{i}" for i in range(core.num_tasks)])
         self.fused = fused
-        # stacked weights of frozen alike encoders/decoders, kept between calls (a copy of
-        # those weights; re-stacked when one of them changes)
-        self._frozen_stacks: dict = {}
 
     @property
     def num_tasks(self) -> int:
@@ -289,8 +248,7 @@ class MultiTaskModel(nn.Module):
         for members in groups.values():
             if len(members) < 2:
                 continue
-            y = _stacked_parts([parts[i] for i in members], [xs[i] for i in members],
-                               getattr(self, "_frozen_stacks", None))
+            y = _stacked_parts([parts[i] for i in members], [xs[i] for i in members])
             for i, out in zip(members, () if y is None else y.unbind(0)):
                 outs[i] = out
         return outs

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
 from flexmtl.sharing.fused_components import plan_fusion
@@ -231,6 +232,7 @@ class _StraightThroughRow(torch.autograd.Function):
         return hard / denom if mean else hard
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         out = grad.new_zeros(ctx.shape)
         if ctx.hard is not None:  # the CPU path's Python floats
@@ -418,7 +420,12 @@ class RoutedLayer(nn.Module):
         if self.training:
             self.num_steps.add_(1)
         mean = self.combine == "mean"
-        if (self.fused and self.training and type(self.allocation) is GumbelMatrixAllocation):
+        allocation = self.allocation
+        if (self.fused and self.training and type(allocation) is GumbelMatrixAllocation
+                and allocation.training
+                and not (allocation._forward_hooks or allocation._forward_pre_hooks
+                         or nn.modules.module._global_forward_hooks
+                         or nn.modules.module._global_forward_pre_hooks)):
             # one autograd node for the sample and the mean (the same values and noise)
             weights = self.allocation.sample_combined(task, tau, mean)
             return self._fused_forward(h, weights, list(range(self.num_components)), False)

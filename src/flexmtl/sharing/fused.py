@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
@@ -322,7 +323,7 @@ def keep_mask(x: torch.Tensor, p: float, out: torch.Tensor | None = None) -> tor
     bits = _code_bits(p)
     n = x.numel()
     if bits == 1:  # -1 / 0 -> 1 / 0
-        return out.copy_(_half_bits(n).view(x.shape)).neg_()
+        return out.copy_(_half_bits(n).view(x.shape)).abs_()
     half, keep = 2 ** (bits - 1), round(keep_probability(p, x.device) * 2**bits)
     words = _random_words(-(-n * bits // 64))
     codes = words.view(torch.int8 if bits == 8 else torch.int16)[:n].view(x.shape)
@@ -341,10 +342,13 @@ def _bitwise_drop(x: torch.Tensor, p: float) -> bool:
 def drop_(x: torch.Tensor, p: float) -> torch.Tensor:
     """``x *= keep_mask(x, p)`` in place (no rescaling); returns ``x``.
 
-    For ``p = 0.5`` on CPU the dropped elements' bits are cleared with one bitwise AND of
-    a 0 / all-ones integer mask (:func:`_half_bits`): no float mask is made.
+    For ``p = 0.5`` on CPU, when autograd does not track ``x``, the dropped elements' bits
+    are cleared with one bitwise AND of a 0 / all-ones integer mask (:func:`_half_bits`):
+    no float mask is made, and a dropped NaN or infinity becomes 0 (``x * 0`` would keep
+    it NaN). Tracked tensors are multiplied, so that their gradient sees the mask.
     """
-    if _bitwise_drop(x, p) and x.is_contiguous():
+    tracked = torch.is_grad_enabled() and x.requires_grad
+    if _bitwise_drop(x, p) and x.is_contiguous() and not tracked:
         bits = _half_bits(x.numel()).view(x.shape)
         kind = _SAME_SIZE_INT[x.dtype]
         x.view(kind).bitwise_and_(bits if kind == torch.int32 else bits.to(kind))
@@ -422,6 +426,11 @@ def _dense_activation(stacked: StackedLayers) -> str | None:
     return "relu" if len(tail) == 1 and type(tail[0]) is nn.ReLU else None
 
 
+#: the most mask elements :class:`_DenseSoftOrder` draws at once for all depths (int32:
+#: 16 MiB); more are drawn depth by depth
+_ALL_DEPTH_BITS = 2**22
+
+
 class _DenseSoftOrder(torch.autograd.Function):
     """Eq. 7 at every depth for dense blocks ``phi(W_j y + b_j)``, ``phi`` ReLU or identity.
 
@@ -443,10 +452,12 @@ class _DenseSoftOrder(torch.autograd.Function):
         scales = task_scales.index_select(0, rows).permute(2, 0, 1).contiguous().mul_(rescale)
         n, layers = h.shape[0], scales.shape[2]
         inputs, acts, masks = [], [], []
-        # p = 0.5 with ReLU on the CPU: every depth's bits in one draw (the same stream as
-        # one draw per depth: each depth takes whole 64-bit words)
-        bits = (_half_bits(len(scales) * n * weight.shape[0]).view(len(scales), n, -1)
-                if relu and _bitwise_drop(h, p) and n * weight.shape[0] % 64 == 0 else None)
+        # p = 0.5 with ReLU on the CPU: every depth's bits in one draw when they are few
+        # (the same stream as one draw per depth: each depth takes whole 64-bit words)
+        size = len(scales) * n * weight.shape[0]
+        bits = (_half_bits(size).view(len(scales), n, -1)
+                if relu and _bitwise_drop(h, p) and n * weight.shape[0] % 64 == 0
+                and size <= _ALL_DEPTH_BITS else None)
         for k, s in enumerate(scales):
             z = F.linear(h, weight, bias)  # [N, L*d]: all layers, one GEMM
             if relu:
@@ -471,6 +482,7 @@ class _DenseSoftOrder(torch.autograd.Function):
         return h
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         weight, bias, scales, rows, *saved = ctx.saved_tensors
         depth = scales.shape[0]
