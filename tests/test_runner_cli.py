@@ -163,6 +163,7 @@ def test_random_tasks_sweep_results_and_run_folder(tmp_path):
                 assert entry["metrics"]["test_loss"]["values"][seed] == pytest.approx(
                     run["test"]["loss"])
                 assert [t["name"] for t in run["tasks"]] == tasks
+                assert run["finetune_step"] is None  # no finetune optimiser configured
             check_summary(entry["metrics"]["test_loss"], 2)
             check_summary(entry["metrics"]["test_accuracy"], 2)
             for task in tasks:

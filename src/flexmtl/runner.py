@@ -182,6 +182,7 @@ def _report(exp, method, seed, cfg, tasks, model, res, resumed, done: Path, log)
     """Write a finished run's ``result.json`` and print its line (rank 0)."""
     result = {
         "method": method, "seed": seed, "best_step": res.best_step, "steps": res.steps,
+        "finetune_step": res.finetune_step,  # when the finetune optimiser took over, or None
         "seconds": res.seconds, "resumed_from": resumed, "val": res.val, "test": res.test,
         "tasks": [{"name": t.name, "note": t.note, **t.info} for t in tasks],
         # measured on the selected checkpoint, which fit() has loaded into the model
