@@ -324,9 +324,11 @@ def main(argv=None):
     peak = matmul_peak(args.device)
     out = Path(args.out)
     tag = f"{args.device}-{torch.get_num_threads()}threads"
-    old = json.loads((out / f"{tag}.json").read_text()) if args.merge else {}
-    if old:  # the machine's peak: the best measured (a loaded machine measures less)
-        peak = max(peak, old["matmul_peak_gflops"])
+    recorded = out / f"{tag}.json"
+    previous = json.loads(recorded.read_text()) if recorded.exists() else {}
+    if previous:  # the machine's peak: the best measured (a loaded machine measures less)
+        peak = max(peak, previous["matmul_peak_gflops"])
+    old = previous if args.merge else {}
     rows = []
     for name in names:
         runs = []
