@@ -20,6 +20,7 @@ from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
 from flexmtl.sharing import SharedCore
+from flexmtl.sharing.fused import global_forward_hooks, has_hooks
 from flexmtl.tasks import Task
 
 ENCODERS = ("learned", "frozen", "identity", "shared")
@@ -62,11 +63,6 @@ def make_decoder(kind: str, feature_shape: Sequence[int], num_outputs: int) -> n
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), out))
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
-
-
 #: ``(flatten, linear, tail)`` of a dense module, see :func:`_dense_parts`
 DenseParts = tuple[bool, nn.Linear, tuple[nn.Module, ...]]
 
@@ -76,19 +72,19 @@ def _dense_parts(module: nn.Module) -> DenseParts | None:
     of these torch classes exactly (a subclass may change ``forward``), without hooks."""
     if type(module) is nn.Sequential:
         parts = list(module._modules.values())
-        if _has_hooks(module):
+        if has_hooks(module):
             return None
     else:
         parts = [module]
     flatten = bool(parts) and type(parts[0]) is nn.Flatten
     if flatten:
-        if (parts[0].start_dim, parts[0].end_dim) != (1, -1) or _has_hooks(parts[0]):
+        if (parts[0].start_dim, parts[0].end_dim) != (1, -1) or has_hooks(parts[0]):
             return None
         parts = parts[1:]
     if not parts or type(parts[0]) is not nn.Linear or len(parts) > 2:
         return None
     tail = tuple(parts[1:])
-    if any(type(m) is not nn.ReLU for m in tail) or any(_has_hooks(m) for m in parts):
+    if any(type(m) is not nn.ReLU for m in tail) or any(has_hooks(m) for m in parts):
         return None
     return flatten, parts[0], tail
 
@@ -113,11 +109,6 @@ def _dense_key(parts: DenseParts | None, x: torch.Tensor) -> tuple | None:
             x.dtype, x.device)
 
 
-def _global_hooks() -> bool:
-    return bool(nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks)
-
-
 def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
                   ) -> torch.Tensor | None:
     """``torch.stack([m(x) for m, x in zip(modules, xs)])`` as ONE batched matrix product,
@@ -129,7 +120,7 @@ def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
     stacked at every call (``torch.stack`` is differentiable: each module's own parameters
     get their gradient).
     """
-    if len(modules) < 2 or len(xs) != len(modules) or _global_hooks():
+    if len(modules) < 2 or len(xs) != len(modules) or global_forward_hooks():
         return None
     return _stacked_parts([_dense_parts(m) for m in modules], xs)
 
@@ -237,7 +228,7 @@ class MultiTaskModel(nn.Module):
         """``modules[t](x)`` of the tasks whose modules and inputs are alike, one batched
         product per group (:func:`stacked_dense`); None where a module runs alone."""
         outs: list[torch.Tensor | None] = [None] * len(xs)
-        if not self.fused or len(xs) < 2 or _global_hooks():
+        if not self.fused or len(xs) < 2 or global_forward_hooks():
             return outs
         parts = [_dense_parts(modules[t]) for t in tasks]
         groups: dict[tuple, list[int]] = {}

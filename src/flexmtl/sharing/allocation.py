@@ -31,6 +31,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
+from flexmtl.sharing.fused import global_forward_hooks, has_hooks
 from flexmtl.sharing.fused_components import plan_fusion
 from flexmtl.sharing.ordering import probe_shape
 
@@ -422,10 +423,8 @@ class RoutedLayer(nn.Module):
         mean = self.combine == "mean"
         allocation = self.allocation
         if (self.fused and self.training and type(allocation) is GumbelMatrixAllocation
-                and allocation.training
-                and not (allocation._forward_hooks or allocation._forward_pre_hooks
-                         or nn.modules.module._global_forward_hooks
-                         or nn.modules.module._global_forward_pre_hooks)):
+                and allocation.training and not has_hooks(allocation)
+                and not global_forward_hooks()):
             # one autograd node for the sample and the mean (the same values and noise)
             weights = self.allocation.sample_combined(task, tau, mean)
             return self._fused_forward(h, weights, list(range(self.num_components)), False)

@@ -53,6 +53,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 __all__ = [
     "BlockPlan",
+    "has_hooks",
+    "global_forward_hooks",
     "StackedLayers",
     "plan_blocks",
     "blocks_state",
@@ -87,7 +89,19 @@ _PER_EXAMPLE: set[type[nn.Module]] = {
 #: layers whose weights can be stacked, and the functional form of each
 _STACKABLE = {nn.Linear: F.linear, nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d,
               nn.Conv3d: F.conv3d}
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` itself (not its children) has forward or backward hooks: a fused
+    path that skips its ``forward`` would skip them."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def global_forward_hooks() -> bool:
+    """Whether forward hooks are registered for every module (``register_module_forward_hook``)."""
+    return bool(nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
 
 
 def register_per_example(cls: type[nn.Module]) -> type[nn.Module]:
@@ -217,14 +231,10 @@ class BlockPlan:
         return self.reason is None
 
 
-def _has_hooks(block: nn.Module) -> bool:
-    return any(getattr(m, attr) for m in block.modules() for attr in _HOOKS)
-
-
 def _split_block(block: nn.Module, ndim: int) -> tuple[nn.Module, tuple[nn.Module, ...]] | None:
     """``(layer, tail)`` when ``block`` is a stackable layer (+ parameter-free tail)."""
     parts = list(block) if type(block) is nn.Sequential else [block]
-    if not parts or _known(parts[0], _STACKABLE) is None or _has_hooks(block):
+    if not parts or _known(parts[0], _STACKABLE) is None or any(map(has_hooks, block.modules())):
         return None
     layer, tail = parts[0], tuple(parts[1:])
     if isinstance(layer, _ConvNd):
@@ -249,10 +259,8 @@ def _signature(layer: nn.Module, tail: tuple[nn.Module, ...]) -> tuple:
 def blocks_state(blocks: Sequence[nn.Module]) -> tuple:
     """What :func:`plan_blocks` depends on beyond the blocks' classes: identity, training
     mode and hooks of every module (a cheap key to cache plans by)."""
-    return (bool(nn.modules.module._global_forward_hooks
-                 or nn.modules.module._global_forward_pre_hooks),
-            *((id(m), m.training, any(getattr(m, attr) for attr in _HOOKS))
-              for block in blocks for m in block.modules()))
+    return (global_forward_hooks(),
+            *((id(m), m.training, has_hooks(m)) for block in blocks for m in block.modules()))
 
 
 def plan_blocks(blocks: Sequence[nn.Module], feature_shape: Sequence[int]) -> BlockPlan:
@@ -262,7 +270,7 @@ def plan_blocks(blocks: Sequence[nn.Module], feature_shape: Sequence[int]) -> Bl
         reason = _mixing_reason(block, ndim)
         if reason is not None:
             return BlockPlan(None, reason, type(block).__name__)
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+    if global_forward_hooks():
         return BlockPlan(None)
     parts = [_split_block(b, ndim) for b in blocks]
     if any(p is None for p in parts) or len({_signature(*p) for p in parts}) != 1:
