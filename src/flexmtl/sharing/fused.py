@@ -357,11 +357,16 @@ def drop_(x: torch.Tensor, p: float) -> torch.Tensor:
     """
     tracked = torch.is_grad_enabled() and x.requires_grad
     if _bitwise_drop(x, p) and x.is_contiguous() and not tracked:
-        bits = _half_bits(x.numel()).view(x.shape)
-        kind = _SAME_SIZE_INT[x.dtype]
-        x.view(kind).bitwise_and_(bits if kind == torch.int32 else bits.to(kind))
-        return x
+        return _clear_dropped_(x, _half_bits(x.numel()).view(x.shape))
     return x.mul_(keep_mask(x, p))
+
+
+def _clear_dropped_(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Zero the elements of ``x`` (contiguous, a float dtype of :data:`_SAME_SIZE_INT`)
+    where the int32 ``bits`` (:func:`_half_bits`) are 0, in place."""
+    kind = _SAME_SIZE_INT[x.dtype]
+    x.view(kind).bitwise_and_(bits if kind == torch.int32 else bits.to(kind))
+    return x
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -471,8 +476,7 @@ class _DenseSoftOrder(torch.autograd.Function):
             if relu:
                 z.relu_()
             if bits is not None:  # no saved mask: A > 0 says where dropout kept
-                kind = _SAME_SIZE_INT[z.dtype]
-                z.view(kind).bitwise_and_(bits[k] if kind == torch.int32 else bits[k].to(kind))
+                _clear_dropped_(z, bits[k])
             elif p and relu:
                 drop_(z, p)
             elif p:
