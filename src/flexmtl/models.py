@@ -70,21 +70,18 @@ DenseParts = tuple[bool, nn.Linear, tuple[nn.Module, ...]]
 def _dense_parts(module: nn.Module) -> DenseParts | None:
     """``(flatten, linear, tail)`` when ``module`` is ``[Flatten ->] Linear [-> ReLU]`` made
     of these torch classes exactly (a subclass may change ``forward``), without hooks."""
-    if type(module) is nn.Sequential:
-        parts = list(module._modules.values())
-        if has_hooks(module):
-            return None
-    else:
-        parts = [module]
+    parts = list(module) if type(module) is nn.Sequential else [module]
+    if any(map(has_hooks, (module, *parts))):
+        return None
     flatten = bool(parts) and type(parts[0]) is nn.Flatten
     if flatten:
-        if (parts[0].start_dim, parts[0].end_dim) != (1, -1) or has_hooks(parts[0]):
+        if (parts[0].start_dim, parts[0].end_dim) != (1, -1):
             return None
         parts = parts[1:]
-    if not parts or type(parts[0]) is not nn.Linear or len(parts) > 2:
+    if not parts or type(parts[0]) is not nn.Linear:
         return None
     tail = tuple(parts[1:])
-    if any(type(m) is not nn.ReLU for m in tail) or any(has_hooks(m) for m in parts):
+    if len(tail) > 1 or any(type(m) is not nn.ReLU for m in tail):
         return None
     return flatten, parts[0], tail
 
