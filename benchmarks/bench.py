@@ -147,12 +147,18 @@ def set_fused(model: nn.Module, fused: bool) -> bool:
     return found
 
 
-def step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
-    """One training step of ``model`` as the trainer runs it (its own trainer and state)."""
+def _trainer(model, tasks, train_kwargs, device) -> fm.Trainer:
+    """A trainer of ``model`` with the configuration's batch size and schedule (never
+    evaluating or stopping by itself)."""
     cfg = fm.TrainConfig(steps=10**9, eval_every=10**9, progress=False, device=device,
                          **{k: v for k, v in train_kwargs.items() if k in ("batch_size",
                                                                            "schedule")})
-    trainer = fm.Trainer(model, tasks, cfg)
+    return fm.Trainer(model, tasks, cfg)
+
+
+def step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
+    """One training step of ``model`` as the trainer runs it (its own trainer and state)."""
+    trainer = _trainer(model, tasks, train_kwargs, device)
     num = tasks_per_step or len(tasks)
 
     def step():
@@ -165,10 +171,7 @@ def step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
 def model_step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
     """Forward and backward of the model and its losses on fixed batches (no sampling, no
     update): all tasks together (joint) or one after another (round-robin)."""
-    cfg = fm.TrainConfig(steps=10**9, eval_every=10**9, progress=False, device=device,
-                         **{k: v for k, v in train_kwargs.items() if k in ("batch_size",
-                                                                           "schedule")})
-    trainer = fm.Trainer(model, tasks, cfg)
+    trainer = _trainer(model, tasks, train_kwargs, device)
     num = tasks_per_step or len(tasks)
     batches = [trainer._batch(t) for t in range(num)]
     joint = train_kwargs["schedule"] == "joint"
