@@ -396,7 +396,9 @@ def median_row(runs: list[dict]) -> dict:
         if key in row:
             row[key] = statistics.median(r[key] for r in runs)
     row["load_average"] = max(r["load_average"] for r in runs)
-    row["speedups_of_repeats"] = [r["speedup"] for r in runs]
+    for prefix in ("", "model_", "core_"):  # each level's runs, for its range
+        if f"{prefix}speedup" in row:
+            row[f"{prefix}speedups_of_repeats"] = [r[f"{prefix}speedup"] for r in runs]
     return row
 
 
@@ -418,8 +420,8 @@ def markdown(report) -> str:
               "when each row was measured and the 1-minute load average then (it counts this "
               "benchmark's own previous runs too; other processes sharing the CPUs slow both "
               "implementations, not always alike). With repeated runs every figure is the "
-              "median over the runs, the load the highest, and the step speed-up's range that "
-              "of the runs.", ""]
+              "median over the runs, the load the highest, and each speed-up's range (in "
+              "brackets) that of the runs.", ""]
     lines += ["| config | unit | fused steps/s | reference steps/s | speed-up (step) | "
               "speed-up (model) | speed-up (core) | fused GFLOP/s | % of matmul peak | "
               "peak memory MB | measured (1-min load) |",
@@ -428,18 +430,22 @@ def markdown(report) -> str:
         g = f"{r['fused_gflops']:.1f}" if "fused_gflops" in r else "-"
         frac = (f"{100 * r['fraction_of_matmul_peak']:.0f}%"
                 if "fraction_of_matmul_peak" in r else "-")
-        speedup = f"{r['speedup']:.2f}x"
-        if "speedups_of_repeats" in r:
-            speedup += (f" ({min(r['speedups_of_repeats']):.2f}-"
-                        f"{max(r['speedups_of_repeats']):.2f})")
-        model, core = (f"{r[k]:.2f}x" if k in r else "-"
-                       for k in ("model_speedup", "core_speedup"))
+        speedup, model, core = (_speedup(r, prefix) for prefix in ("", "model_", "core_"))
         when = (f"{r['measured']} ({r['load_average']:.1f})" if "measured" in r
                 else "earlier run")
         lines.append(f"| {r['config']} | {r['unit']} | {r['fused_steps_per_s']:.1f} | "
                      f"{r['reference_steps_per_s']:.1f} | {speedup} | {model} | {core} | {g} | "
                      f"{frac} | {r.get('peak_memory_mb', float('nan')):.0f} | {when} |")
     return "\n".join(lines) + "\n"
+
+
+def _speedup(row: dict, prefix: str) -> str:
+    """A level's speed-up, with the range of the runs when there were several."""
+    if f"{prefix}speedup" not in row:
+        return "-"
+    text = f"{row[f'{prefix}speedup']:.2f}x"
+    runs = row.get(f"{prefix}speedups_of_repeats")
+    return text + (f" ({min(runs):.2f}-{max(runs):.2f})" if runs else "")
 
 
 if __name__ == "__main__":
