@@ -2,6 +2,7 @@
 reference path: same outputs and gradients, in training and evaluation."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -360,3 +361,52 @@ def test_double_precision(dtype):
     torch.testing.assert_close(out_f, out_r, rtol=1e-12, atol=1e-12)
     for name in grads_r:
         torch.testing.assert_close(grads_f[name], grads_r[name], rtol=1e-12, atol=1e-12)
+
+
+def test_the_plan_follows_hooks_and_replaced_components():
+    """Hooks added after the layer was built still run (their component leaves its group),
+    and a replaced component is planned again."""
+    comps = [randomize(single_conv(2, 3, 3), i) for i in range(3)]
+    layer = RoutedLayer(comps, 2, (2, 6, 6), "shared-bottom")
+    x = torch.randn(2, 2, 6, 6)
+    assert [g.indices for g in layer.plan.groups] == [(0, 1, 2)]
+    calls = []
+    handle = layer.components[1].register_forward_hook(lambda *args: calls.append(1))
+    assert [g.indices for g in layer.plan.groups] == [(0, 2)]
+    assert_paths_agree(layer, x, seeds=(0,))
+    assert len(calls) == 2 * layer.num_tasks  # fused and reference, every task
+    handle.remove()
+    assert [g.indices for g in layer.plan.groups] == [(0, 1, 2)]
+    backward = []
+    layer.components[0][0].register_full_backward_hook(lambda *args: backward.append(1))
+    assert [g.indices for g in layer.plan.groups] == [(1, 2)]
+    layer.fused = True
+    layer(x.requires_grad_(), 1).sum().backward()
+    assert backward == [1]
+    with torch.nn.modules.module.register_module_forward_hook(lambda *args: None):
+        assert layer.plan.groups == []  # every module must run its own forward
+    layer.components[2] = nn.Sequential(nn.MaxPool2d(1), nn.Conv2d(2, 3, 3))
+    assert layer.plan.groups == [] and layer.plan.singles == [0, 1, 2]
+
+
+class Doubler(nn.Module):  # a user op the planner does not know
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+
+    def forward(self, x):
+        return 2 * self.conv(x)
+
+
+def test_alike_components_that_cannot_fuse_warn_once():
+    layer = RoutedLayer([Doubler(), Doubler(), single_conv(2, 3, 3)], 2, (2, 6, 6),
+                        "shared-bottom")
+    x = torch.randn(2, 2, 6, 6)
+    with pytest.warns(UserWarning, match=r"components \[0, 1\] \(Doubler\) one by one"):
+        layer(x, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(x, 1)
+        # one unknown component among known ones (the pools of the Omniglot layers) is
+        # not a missed fusion: no warning
+        RoutedLayer(omniglot_components(2), 1, (2, 8, 8))(torch.randn(2, 2, 8, 8), 0)

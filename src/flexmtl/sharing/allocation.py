@@ -23,6 +23,7 @@ stacked weights, a grouped convolution, a batched matmul: :mod:`.fused_component
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
-from flexmtl.sharing.fused import global_forward_hooks, has_hooks
-from flexmtl.sharing.fused_components import plan_fusion
+from flexmtl.sharing.fused import blocks_state, global_forward_hooks, has_hooks
+from flexmtl.sharing.fused_components import FusionPlan, plan_fusion
 from flexmtl.sharing.ordering import probe_shape
 
 __all__ = [
@@ -345,8 +346,9 @@ class RoutedLayer(nn.Module):
     In training every component runs when the allocation is learned, so that inactive
     connections get a gradient (Sec. III-B); otherwise inactive components are skipped.
     The buffer ``num_steps`` counts training forwards (per-task batches) and sets ``tau``.
-    The fusion plan (:attr:`plan`) is made here from the components' structure; after
-    replacing a component, set ``layer.plan = plan_fusion(layer.components, input_shape)``.
+    The fusion plan (:attr:`plan`) follows the components: it is made again when one is
+    replaced or gets a hook (components with hooks run their own ``forward``). Alike
+    components that cannot be fused run one by one, with a warning (once).
     """
 
     def __init__(
@@ -391,7 +393,29 @@ class RoutedLayer(nn.Module):
         self.temperature = temperature or TemperatureSchedule()
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self.fused = fused
-        self.plan = plan_fusion(self.components, self.input_shape)
+        self._plan: tuple[tuple, FusionPlan] | None = None
+        self._warned_unfused = False
+
+    @property
+    def plan(self) -> FusionPlan:
+        """:func:`plan_fusion` of the components, cached until a component, a mode or a
+        hook changes."""
+        key = blocks_state(self.components)
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, plan_fusion(self.components, self.input_shape))
+            self._warn_unfused(self._plan[1])
+        return self._plan[1]
+
+    def _warn_unfused(self, plan: FusionPlan) -> None:
+        alike = plan.alike_unrecognised(self.components)
+        if not alike or self._warned_unfused:
+            return
+        self._warned_unfused = True
+        names = sorted({type(self.components[c]).__name__ for c in alike})
+        warnings.warn(
+            f"RoutedLayer runs components {alike} ({', '.join(names)}) one by one: only "
+            "chains of Conv2d, Linear, GroupNorm and parameter-free activations without "
+            "hooks run as one op (see flexmtl.sharing.fused_components)", stacklevel=3)
 
     @property
     def num_components(self) -> int:
@@ -454,15 +478,15 @@ class RoutedLayer(nn.Module):
         """
         if mean:
             weights = weights / weights.sum().clamp(min=1.0)
-        batch, chosen = h.shape[0], set(active)
+        batch, chosen, plan = h.shape[0], set(active), self.plan
         out = None
-        for group in self.plan.groups:
+        for group in plan.groups:
             members = [c for c in group.indices if c in chosen]
             if members:  # weighted sum of the G outputs [B, G, N]: a batched [1, G] matmul
                 w = _take(weights, members).expand(batch, 1, len(members))
                 part = torch.bmm(w, group(h, members)).view(batch, *self.output_shape)
                 out = part if out is None else out + part
-        for c in self.plan.singles:
+        for c in plan.singles:
             if c in chosen:
                 part = weights[c] * self.components[c](h)
                 out = part if out is None else out + part

@@ -39,7 +39,7 @@ reference; in evaluation both are deterministic and equal up to float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -258,9 +258,20 @@ def _signature(layer: nn.Module, tail: tuple[nn.Module, ...]) -> tuple:
 
 def blocks_state(blocks: Sequence[nn.Module]) -> tuple:
     """What :func:`plan_blocks` depends on beyond the blocks' classes: identity, training
-    mode and hooks of every module (a cheap key to cache plans by)."""
+    mode and hooks of every module (a cheap key to cache plans by; it is computed at every
+    fused call, so it walks ``_modules`` directly instead of ``Module.modules()``)."""
     return (global_forward_hooks(),
-            *((id(m), m.training, has_hooks(m)) for block in blocks for m in block.modules()))
+            *[(id(m), m.training, has_hooks(m)) for m in _all_modules(blocks, [])])
+
+
+def _all_modules(modules: Iterable[nn.Module | None], out: list[nn.Module]) -> list[nn.Module]:
+    """``modules`` and all their submodules, depth first, appended to ``out``."""
+    for m in modules:
+        if m is not None:
+            out.append(m)
+            if m._modules:
+                _all_modules(m._modules.values(), out)
+    return out
 
 
 def plan_blocks(blocks: Sequence[nn.Module], feature_shape: Sequence[int]) -> BlockPlan:

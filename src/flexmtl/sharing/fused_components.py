@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from flexmtl.sharing.fused import global_forward_hooks, has_hooks
 
 __all__ = ["FusedGroup", "FusionPlan", "plan_fusion", "op_signature"]
 
@@ -68,9 +70,9 @@ def _component_signature(component: nn.Module, input_shape: tuple[int, ...]) -> 
 
     Fusable: a convolution chain (Conv2d, GroupNorm, activations) on ``[C, H, W]`` inputs or
     a dense chain (Linear, activations) on ``[F]`` inputs, starting with a Conv2d/Linear;
-    no hooks on any of its modules.
+    no hooks on any of its modules (a fused group skips the modules' own ``forward``).
     """
-    if any(m._forward_hooks or m._forward_pre_hooks for m in component.modules()):
+    if global_forward_hooks() or any(has_hooks(m) for m in component.modules()):
         return None
     signature = tuple(op_signature(op) for op in _ops(component))
     if any(s is None for s in signature):
@@ -157,10 +159,22 @@ class FusedGroup:
 
 @dataclass
 class FusionPlan:
-    """Groups of >= 2 same-kind components, and the components that run one by one."""
+    """Groups of >= 2 same-kind components, and the components that run one by one
+    (``unrecognised``: those of them that no group could take, whatever their siblings)."""
 
     groups: list[FusedGroup]
     singles: list[int]
+    unrecognised: list[int] = field(default_factory=list)
+
+    def alike_unrecognised(self, components: Sequence[nn.Module]) -> list[int]:
+        """The unrecognised components that have an unrecognised twin (same class and
+        parameter shapes): work that would fuse if their ops were known."""
+        kinds: dict[tuple, list[int]] = {}
+        for c in self.unrecognised:
+            key = (type(components[c]),
+                   tuple((name, p.shape) for name, p in components[c].named_parameters()))
+            kinds.setdefault(key, []).append(c)
+        return sorted(c for members in kinds.values() if len(members) > 1 for c in members)
 
 
 def plan_fusion(components: Sequence[nn.Module], input_shape: Sequence[int]) -> FusionPlan:
@@ -170,11 +184,12 @@ def plan_fusion(components: Sequence[nn.Module], input_shape: Sequence[int]) -> 
     """
     input_shape = tuple(input_shape)
     by_signature: dict[tuple, list[int]] = {}
-    singles = []
+    singles, unrecognised = [], []
     for c, component in enumerate(components):
         signature = _component_signature(component, input_shape)
         if signature is None:
             singles.append(c)
+            unrecognised.append(c)
         else:
             by_signature.setdefault(signature, []).append(c)
     groups = []
@@ -183,4 +198,4 @@ def plan_fusion(components: Sequence[nn.Module], input_shape: Sequence[int]) -> 
             singles.append(indices[0])
         else:
             groups.append(FusedGroup(tuple(indices), {c: _ops(components[c]) for c in indices}))
-    return FusionPlan(groups, sorted(singles))
+    return FusionPlan(groups, sorted(singles), unrecognised)
