@@ -17,10 +17,12 @@ median of the blocks' paired ratios. Three levels are timed:
 Outside the core only alike small encoders, heads and losses are batched; the rest (e.g.
 large frozen encoders, the optimiser, batch sampling) takes the same time in both
 implementations and bounds the whole-step ratio. Reported per configuration: steps/s of
-both (medians) and their ratio at each level, achieved GFLOP/s of the fused step against
-this machine's measured fp32 matmul peak, peak memory (resident set size of a fresh
-process, or CUDA peak) and the 1-minute load average when the configuration started
-(other processes on a shared machine slow both implementations, not always alike).
+both (medians) and their ratio at each level; achieved GFLOP/s of the fused step against
+this machine's measured fp32 matmul peak (the FLOPs of matmuls and convolutions in one
+reference step, counted by ``torch.utils.flop_counter``); the peak memory of each
+implementation training alone (the resident set size of a fresh process, or the CUDA
+peak); and the 1-minute load average when the configuration started (other processes on a
+shared machine slow both implementations, not always alike).
 
 Usage::
 
@@ -77,8 +79,7 @@ def soft_dense(width, tasks=10, layers=4, batch=64):
     blocks = [nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(layers)]
     core = fm.make_core("soft", blocks, tasks, dropout=0.0)
     model = fm.build_model(ts, core, encoder="identity")
-    flops = 3 * 2 * tasks * batch * width * width * layers * layers  # fwd + 2x bwd, L x D
-    return model, ts, dict(batch_size=batch, schedule="joint"), flops
+    return model, ts, dict(batch_size=batch, schedule="joint")
 
 
 def mnist_pairs_10(batch=32):
@@ -86,9 +87,7 @@ def mnist_pairs_10(batch=32):
     cfg = exp.resolve_config()
     ts = random_tasks([(784,)] * 10, [2] * 10, batch * 4, kind="binary")
     model = exp.build_model("soft", ts, cfg, 0)
-    w, L = cfg["width"], cfg["layers"]
-    flops = 3 * 2 * 10 * batch * w * w * L * L + 2 * 2 * 10 * batch * 784 * w  # core + frozen enc
-    return model, ts, dict(batch_size=batch, schedule="joint", dropout_note=cfg["dropout"]), flops
+    return model, ts, dict(batch_size=batch, schedule="joint")
 
 
 def uci_10(batch=32):
@@ -98,9 +97,7 @@ def uci_10(batch=32):
     classes = [2, 2, 8, 2, 5, 2, 3, 2, 3, 10]
     ts = random_tasks([(f,) for f in features], classes, batch * 4)
     model = exp.build_model("soft", ts, cfg, 0)
-    w, L = cfg["width"], cfg["layers"]
-    flops = 3 * 2 * 10 * batch * w * w * L * L
-    return model, ts, dict(batch_size=batch, schedule="joint"), flops
+    return model, ts, dict(batch_size=batch, schedule="joint")
 
 
 def four_mnists(batch=16):
@@ -108,11 +105,7 @@ def four_mnists(batch=16):
     cfg = exp.resolve_config()
     ts = random_tasks([(1, 28, 28)] * 4, [10] * 4, batch * 4)
     model = exp.build_model("gumbel", ts, cfg, 0)
-    # per task step, all 4 components of each layer run: 5x5 (1->4) on 24x24, 3x3 (4->4) on
-    # 10x10 and 3x3 on 3x3; x3 for forward + backward
-    conv = 4 * (24 * 24 * 4 * 25 + 10 * 10 * 4 * 4 * 9 + 3 * 3 * 4 * 4 * 9)
-    flops = 3 * 2 * 4 * batch * conv
-    return model, ts, dict(batch_size=batch, schedule="round-robin"), flops
+    return model, ts, dict(batch_size=batch, schedule="round-robin")
 
 
 def omniglot_20(batch=16, size=105):
@@ -120,7 +113,7 @@ def omniglot_20(batch=16, size=105):
     cfg = exp.resolve_config(overrides={"size": size})
     ts = random_tasks([(1, size, size)] * 20, [40] * 20, batch * 2)
     model = exp.build_model("gumbel", ts, cfg, 0)
-    return model, ts, dict(batch_size=batch, schedule="round-robin"), None
+    return model, ts, dict(batch_size=batch, schedule="round-robin")
 
 
 CONFIGS = {
@@ -261,10 +254,24 @@ def matmul_peak(device, n=2048, repeats=10):
     return 2 * n**3 / best / 1e9
 
 
+def count_flops(model, tasks, kwargs, device, per) -> int:
+    """Matmul and convolution FLOPs of one reference training step (forward and backward,
+    as ``torch.utils.flop_counter`` counts them): the work both implementations do."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = step_fn(model, tasks, kwargs, device, per)
+    set_fused(model, False)
+    step()  # untimed and uncounted: lazy state is made here
+    with FlopCounterMode(display=False) as counter:
+        step()
+    set_fused(model, True)
+    return counter.get_total_flops()
+
+
 def run_one(name, device, steps):
     """Benchmark one configuration in this process; returns a result row."""
     torch.manual_seed(0)
-    model, tasks, kwargs, flops = CONFIGS[name]()
+    model, tasks, kwargs = CONFIGS[name]()
     model.to(device)
     heavy = name in HEAVY
     n_steps = max(2, steps // 10) if heavy else steps
@@ -275,12 +282,9 @@ def run_one(name, device, steps):
            "unit": "one task step" if heavy else "one training step (all tasks)",
            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "load_average": os.getloadavg()[0]}
-    has_fused = set_fused(model, True)
-    if device.startswith("cuda"):  # the fused step's own peak
-        torch.cuda.reset_peak_memory_stats()
-        time_step(step_fn(model, tasks, kwargs, device, per), device)
-        row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    row["fused_implemented"] = has_fused
+    row["fused_implemented"] = set_fused(model, True)
+    flops = count_flops(model, tasks, kwargs, device, per)
+    row["step_flops"] = flops
     for level in ("step",) if heavy else LEVELS:
         make = LEVELS[level]
         steps = {fused: make(model, tasks, kwargs, device, per) for fused in (True, False)}
@@ -290,10 +294,53 @@ def run_one(name, device, steps):
         row.update({f"{prefix}fused_steps_per_s": 1 / seconds[True],
                     f"{prefix}reference_steps_per_s": 1 / seconds[False],
                     f"{prefix}speedup": seconds["speedup"]})
-        if level == "step" and flops is not None:
+        if level == "step" and flops:
             row["fused_gflops"] = flops / seconds[True] / 1e9
     set_fused(model, True)
     return row
+
+
+def peak_memory(name, device, fused: bool, steps=3) -> dict:
+    """Peak memory (MB) of training steps of one implementation alone (``peak``), and how
+    much of it the steps added to the built model and data (``steps``): the CUDA peak, or
+    on the CPU the resident set size of this process (run it fresh: the peak counts
+    everything the process ever held)."""
+    torch.manual_seed(0)
+    model, tasks, kwargs = CONFIGS[name]()
+    model.to(device)
+    step = step_fn(model, tasks, kwargs, device, 1 if name in HEAVY else None)
+    set_fused(model, fused)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+    else:
+        before = _resident_mb()
+    for _ in range(steps):
+        time_step(step, device)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak": peak, "steps": peak - before}
+
+
+def _resident_mb() -> float:
+    """This process's resident set size now (MB; Linux), else its peak so far."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _subprocess_json(args: list[str], what: str):
+    """Run this script with ``args`` in a fresh process; its last stdout line as JSON (None
+    after a failure, which is reported)."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if done.returncode:
+        print(f"{what}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
@@ -311,14 +358,16 @@ def main(argv=None):
     p.add_argument("--main-job", action="store_true", help="also time `flexmtl run uci`")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
+    p.add_argument("--memory", help=argparse.SUPPRESS)  # internal: CONFIG:fused|reference
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        row = run_one(args.one, args.device, args.steps)
-        if not args.device.startswith("cuda"):
-            row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(row))
+        print(json.dumps(run_one(args.one, args.device, args.steps)))
+        return
+    if args.memory:
+        name, impl = args.memory.split(":")
+        print(json.dumps(peak_memory(name, args.device, impl == "fused")))
         return
     names = args.only.split(",") if args.only else list(CONFIGS)
     for n in names:
@@ -335,15 +384,12 @@ def main(argv=None):
     rows = []
     for name in names:
         runs = []
+        common = ["--device", args.device, "--threads", str(args.threads)]
         for _ in range(args.repeats):
-            cmd = [sys.executable, __file__, "--one", name, "--device", args.device, "--steps",
-                   str(args.steps), "--threads", str(args.threads)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                print(f"{name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+            r = _subprocess_json(["--one", name, "--steps", str(args.steps), *common], name)
+            if r is None:
                 continue
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            r = runs[-1]
+            runs.append(r)
             levels = "  ".join(f"{level} x{r[f'{level}_speedup']:.2f}"
                                for level in ("model", "core") if f"{level}_speedup" in r)
             print(f"{name:>16}: fused {r['fused_steps_per_s']:8.1f}/s  reference "
@@ -352,6 +398,11 @@ def main(argv=None):
         if not runs:
             continue
         rows.append(median_row(runs))
+        for impl, prefix in (("fused", ""), ("reference", "reference_")):
+            mb = _subprocess_json(["--memory", f"{name}:{impl}", *common], f"{name} memory")
+            if mb is not None:
+                rows[-1][f"{prefix}peak_memory_mb"] = mb["peak"]
+                rows[-1][f"{prefix}steps_memory_mb"] = mb["steps"]
     rerun = {r["config"] for r in rows}
     kept = {r["config"]: r for r in old.get("results", []) if r["config"] not in rerun}
     rows = [r for name in CONFIGS for r in rows + list(kept.values()) if r["config"] == name]
@@ -392,7 +443,7 @@ def median_row(runs: list[dict]) -> dict:
         return row
     keys = [f"{prefix}{k}" for prefix in ("", "model_", "core_")
             for k in ("fused_steps_per_s", "reference_steps_per_s", "speedup")]
-    for key in (*keys, "fused_gflops", "peak_memory_mb"):
+    for key in (*keys, "fused_gflops"):
         if key in row:
             row[key] = statistics.median(r[key] for r in runs)
     row["load_average"] = max(r["load_average"] for r in runs)
@@ -421,10 +472,14 @@ def markdown(report) -> str:
               "benchmark's own previous runs too; other processes sharing the CPUs slow both "
               "implementations, not always alike). With repeated runs every figure is the "
               "median over the runs, the load the highest, and each speed-up's range (in "
-              "brackets) that of the runs.", ""]
+              "brackets) that of the runs. GFLOP/s: the matmul and convolution FLOPs of a "
+              "reference step (torch.utils.flop_counter) per second of the fused step. Peak "
+              "memory: of a fresh process training with one implementation (CPU: resident "
+              "set size, torch and the data included); in brackets what its training "
+              "steps added to the built model.", ""]
     lines += ["| config | unit | fused steps/s | reference steps/s | speed-up (step) | "
               "speed-up (model) | speed-up (core) | fused GFLOP/s | % of matmul peak | "
-              "peak memory MB | measured (1-min load) |",
+              "peak memory MB (fused / reference) | measured (1-min load) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         g = f"{r['fused_gflops']:.1f}" if "fused_gflops" in r else "-"
@@ -435,8 +490,17 @@ def markdown(report) -> str:
                 else "earlier run")
         lines.append(f"| {r['config']} | {r['unit']} | {r['fused_steps_per_s']:.1f} | "
                      f"{r['reference_steps_per_s']:.1f} | {speedup} | {model} | {core} | {g} | "
-                     f"{frac} | {r.get('peak_memory_mb', float('nan')):.0f} | {when} |")
+                     f"{frac} | {_memory(r)} | {when} |")
     return "\n".join(lines) + "\n"
+
+
+def _memory(row: dict) -> str:
+    """``fused / reference`` peak MB, and in brackets what the training steps added."""
+    text = " / ".join(f"{row[k]:.0f}" if k in row else "-"
+                      for k in ("peak_memory_mb", "reference_peak_memory_mb"))
+    if "steps_memory_mb" in row and "reference_steps_memory_mb" in row:
+        text += f" (+{row['steps_memory_mb']:.0f} / +{row['reference_steps_memory_mb']:.0f})"
+    return text
 
 
 def _speedup(row: dict, prefix: str) -> str:
