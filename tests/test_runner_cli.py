@@ -632,3 +632,29 @@ def test_cli_interrupted_run_resumes(stop_at, eval_every, resumed_from, monkeypa
     assert [int(r["step"]) for r in read_csv(run / "train_log.csv")] == [1, 2, 3, 4, 5, 6]
     expected_evals = [s for s in range(1, 7) if s % eval_every == 0 or s == 6]
     assert [int(r["step"]) for r in read_csv(run / "eval_log.csv")] == expected_evals
+
+
+def test_cli_device_and_compile_flags(capsys, monkeypatch):
+    """--compile wraps the training forward in torch.compile (the eager backend here: the
+    same tracing, without the C++ compile time); --device takes cpu, cuda, cuda:N, auto."""
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(module, **kwargs):
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    assert main(["run", "random-tasks", "n=8", "m=4", "--device", "cpu", "--compile",
+                 *TINY_RUN]) == 0, _error(capsys)
+    cfg = json.loads(Path("o/config.json").read_text())["config"]
+    assert (cfg["device"], cfg["compile"]) == ("cpu", True)
+    assert len(compiled) == 1  # one trainer: one seed, one method
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "random-tasks", "--device", "gpu", *TINY_RUN])
+    assert exc.value.code == 2
+    assert "expected cpu, cuda, cuda:N or auto, got 'gpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["run", "random-tasks", "n=8", "m=4", "--device", "cuda:1",
+                     *TINY_RUN[:-1], "o2"]) == 2
+        assert "device 'cuda:1': CUDA is not available here" in _error(capsys)

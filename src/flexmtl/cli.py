@@ -7,6 +7,7 @@ the library.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-sweep", action="store_true", help="run only the configured point")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--no-plots", action="store_true", help="skip plotting at the end")
-    run.add_argument("--device", choices=("cpu", "cuda", "auto"),
+    run.add_argument("--device", type=_device, metavar="{cpu,cuda,cuda:N,auto}",
                      help="train on cpu or cuda (auto: cuda when present); default: the "
                           "config's device key (cpu). Under torchrun each process takes "
                           "the GPU of its LOCAL_RANK")
@@ -90,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--root", help="data root (default: $FLEXMTL_DATA, else "
                                         "~/.flexmtl/data)")
     return p
+
+
+def _device(name: str) -> str:
+    """``--device``: cpu, cuda, cuda:N or auto."""
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", name):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {name!r}")
+    return name
 
 
 def _cmd_list() -> None:

@@ -32,9 +32,10 @@ here run ALL tasks of a step through each depth together; the cores call them fr
 
 Dropout keeps the reference semantics -- an independent mask for every element of every
 shared layer's output, applied before the soft-order scaling -- but on CPU draws each
-element's mask from 8 or 16 random bits (:func:`keep_mask`): ``bernoulli_`` is several
-times slower there. In training the fused path therefore draws other masks than the
-reference; in evaluation both are deterministic and equal up to float rounding.
+element's mask from 1 (``p = 0.5``), 8 or 16 random bits (:func:`keep_mask`):
+``bernoulli_`` is several times slower there. In training the fused path therefore draws
+other masks than the reference; in evaluation both are deterministic and equal up to float
+rounding.
 """
 
 from __future__ import annotations
