@@ -281,7 +281,8 @@ def matmul_peak(device, n=2048, repeats=10):
 
 def count_flops(model, tasks, kwargs, device, per) -> int:
     """Matmul and convolution FLOPs of one reference training step (forward and backward,
-    as ``torch.utils.flop_counter`` counts them): the work both implementations do."""
+    as ``torch.utils.flop_counter`` counts them): the useful work of a step (rows the fused
+    path pads to stack tasks' batches are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     step = step_fn(model, tasks, kwargs, device, per)
@@ -327,35 +328,51 @@ def run_one(name, device, steps):
 
 def peak_memory(name, device, fused: bool, steps=3) -> dict:
     """Peak memory (MB) of training steps of one implementation alone (``peak``), and how
-    much of it the steps added to the built model and data (``steps``): the CUDA peak, or
-    on the CPU the resident set size of this process (run it fresh: the peak counts
-    everything the process ever held)."""
+    much the steps added to the built model and data (``steps``): the CUDA peak, or on the
+    CPU the resident set size of this process (run it fresh: ``peak`` counts everything the
+    process ever held; ``steps`` is the peak during the steps where Linux can restart the
+    count, else the whole process's)."""
     torch.manual_seed(0)
     model, tasks, kwargs = CONFIGS[name]()
     model.to(device)
     step = step_fn(model, tasks, kwargs, device, 1 if name in HEAVY else None)
     set_fused(model, fused)
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 2**20
     else:
-        before = _resident_mb()
+        before, restarted = _resident_mb("VmRSS"), _restart_peak_rss()
     for _ in range(steps):
         time_step(step, device)
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
+    if cuda:
+        peak = during = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak": peak, "steps": peak - before}
+        during = _resident_mb("VmHWM") if restarted else peak
+    return {"peak": max(peak, during), "steps": during - before}
 
 
-def _resident_mb() -> float:
-    """This process's resident set size now (MB; Linux), else its peak so far."""
+def _resident_mb(field: str) -> float:
+    """``VmRSS`` (resident set size now) or ``VmHWM`` (its peak) of this process in MB, from
+    Linux's /proc; elsewhere the peak so far."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _restart_peak_rss() -> bool:
+    """Restart this process's peak resident set size (``VmHWM``) from its present size;
+    False where Linux's /proc/self/clear_refs is not there to do it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def _subprocess_json(args: list[str], what: str):

@@ -385,6 +385,9 @@ def test_the_plan_follows_hooks_and_replaced_components():
     assert backward == [1]
     with torch.nn.modules.module.register_module_forward_hook(lambda *args: None):
         assert layer.plan.groups == []  # every module must run its own forward
+    with torch.nn.modules.module.register_module_full_backward_hook(lambda *args: None):
+        assert layer.plan.groups == []
+    assert [g.indices for g in layer.plan.groups] == [(1, 2)]
     layer.components[2] = nn.Sequential(nn.MaxPool2d(1), nn.Conv2d(2, 3, 3))
     assert layer.plan.groups == [] and layer.plan.singles == [0, 1, 2]
 
@@ -406,7 +409,13 @@ def test_alike_components_that_cannot_fuse_warn_once():
         layer(x, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        layer.eval()  # a new plan: still no second warning
         layer(x, 1)
+        # components left alone only for their hooks are not reported
+        hooked = RoutedLayer([single_conv(2, 3, 3) for _ in range(3)], 1, (2, 6, 6),
+                             "shared-bottom")
+        with torch.nn.modules.module.register_module_forward_hook(lambda *args: None):
+            hooked(x, 0)
         # one unknown component among known ones (the pools of the Omniglot layers) is
         # not a missed fusion: no warning
         RoutedLayer(omniglot_components(2), 1, (2, 8, 8))(torch.randn(2, 2, 8, 8), 0)

@@ -637,19 +637,24 @@ def test_cli_interrupted_run_resumes(stop_at, eval_every, resumed_from, monkeypa
 def test_cli_device_and_compile_flags(capsys, monkeypatch):
     """--compile wraps the training forward in torch.compile (the eager backend here: the
     same tracing, without the C++ compile time); --device takes cpu, cuda, cuda:N, auto."""
-    compiled = []
+    calls = []
     real_compile = torch.compile
 
     def eager_compile(module, **kwargs):
-        compiled.append(module)
-        return real_compile(module, backend="eager")
+        compiled = real_compile(module, backend="eager")
+
+        def forward(*args):
+            calls.append(len(args))
+            return compiled(*args)
+
+        return forward
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    assert main(["run", "random-tasks", "n=8", "m=4", "--device", "cpu", "--compile",
+    assert main(["run", "random-tasks", "n=8", "m=4", "--device", "auto", "--compile",
                  *TINY_RUN]) == 0, _error(capsys)
     cfg = json.loads(Path("o/config.json").read_text())["config"]
-    assert (cfg["device"], cfg["compile"]) == ("cpu", True)
-    assert len(compiled) == 1  # one trainer: one seed, one method
+    assert (cfg["device"], cfg["compile"]) == ("auto", True)  # the defaults are cpu, False
+    assert len(calls) == 6  # the compiled forward ran every training step
     with pytest.raises(SystemExit) as exc:
         main(["run", "random-tasks", "--device", "gpu", *TINY_RUN])
     assert exc.value.code == 2

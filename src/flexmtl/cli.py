@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--report-only", action="store_true",
                      help="rewrite the whole report from the finished runs (full, else quick) "
                           "without training")
-    rep.add_argument("--device", choices=("cpu", "cuda", "auto"),
+    rep.add_argument("--device", type=_device, metavar="{cpu,cuda,cuda:N,auto}",
                      help="train on cpu or cuda (auto: cuda when present); default cpu")
     rep.add_argument("--compile", action="store_true",
                      help="apply torch.compile to the training forward")

@@ -20,7 +20,7 @@ from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
 from flexmtl.sharing import SharedCore
-from flexmtl.sharing.fused import global_forward_hooks, has_hooks
+from flexmtl.sharing.fused import global_hooks, has_hooks
 from flexmtl.tasks import Task
 
 ENCODERS = ("learned", "frozen", "identity", "shared")
@@ -117,7 +117,7 @@ def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
     stacked at every call (``torch.stack`` is differentiable: each module's own parameters
     get their gradient).
     """
-    if len(modules) < 2 or len(xs) != len(modules) or global_forward_hooks():
+    if len(modules) < 2 or len(xs) != len(modules) or global_hooks():
         return None
     return _stacked_parts([_dense_parts(m) for m in modules], xs)
 
@@ -225,7 +225,7 @@ class MultiTaskModel(nn.Module):
         """``modules[t](x)`` of the tasks whose modules and inputs are alike, one batched
         product per group (:func:`stacked_dense`); None where a module runs alone."""
         outs: list[torch.Tensor | None] = [None] * len(xs)
-        if not self.fused or len(xs) < 2 or global_forward_hooks():
+        if not self.fused or len(xs) < 2 or global_hooks():
             return outs
         parts = [_dense_parts(modules[t]) for t in tasks]
         groups: dict[tuple, list[int]] = {}

@@ -32,7 +32,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
-from flexmtl.sharing.fused import blocks_state, global_forward_hooks, has_hooks
+from flexmtl.sharing.fused import blocks_state, global_hooks, has_hooks
 from flexmtl.sharing.fused_components import FusionPlan, plan_fusion
 from flexmtl.sharing.ordering import probe_shape
 
@@ -401,14 +401,15 @@ class RoutedLayer(nn.Module):
         """:func:`plan_fusion` of the components, cached until a component, a mode or a
         hook changes."""
         key = blocks_state(self.components)
-        if self._plan is None or self._plan[0] != key:
-            self._plan = (key, plan_fusion(self.components, self.input_shape))
-            self._warn_unfused(self._plan[1])
-        return self._plan[1]
+        cached = getattr(self, "_plan", None)  # absent in layers pickled by older versions
+        if cached is None or cached[0] != key:
+            cached = self._plan = (key, plan_fusion(self.components, self.input_shape))
+            self._warn_unfused(cached[1])
+        return cached[1]
 
     def _warn_unfused(self, plan: FusionPlan) -> None:
         alike = plan.alike_unrecognised(self.components)
-        if not alike or self._warned_unfused:
+        if not alike or getattr(self, "_warned_unfused", False):
             return
         self._warned_unfused = True
         names = sorted({type(self.components[c]).__name__ for c in alike})
@@ -448,7 +449,7 @@ class RoutedLayer(nn.Module):
         allocation = self.allocation
         if (self.fused and self.training and type(allocation) is GumbelMatrixAllocation
                 and allocation.training and not has_hooks(allocation)
-                and not global_forward_hooks()):
+                and not global_hooks()):
             # one autograd node for the sample and the mean (the same values and noise)
             weights = self.allocation.sample_combined(task, tau, mean)
             return self._fused_forward(h, weights, list(range(self.num_components)), False)

@@ -55,7 +55,7 @@ from torch.nn.utils.rnn import pad_sequence
 __all__ = [
     "BlockPlan",
     "has_hooks",
-    "global_forward_hooks",
+    "global_hooks",
     "StackedLayers",
     "plan_blocks",
     "blocks_state",
@@ -99,10 +99,12 @@ def has_hooks(module: nn.Module) -> bool:
                 or module._backward_pre_hooks)
 
 
-def global_forward_hooks() -> bool:
-    """Whether forward hooks are registered for every module (``register_module_forward_hook``)."""
-    return bool(nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks)
+def global_hooks() -> bool:
+    """Whether forward or backward hooks are registered for every module
+    (``register_module_forward_hook``, ``register_module_full_backward_hook``, ...)."""
+    module = nn.modules.module
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks
+                or module._global_backward_hooks or module._global_backward_pre_hooks)
 
 
 def register_per_example(cls: type[nn.Module]) -> type[nn.Module]:
@@ -260,18 +262,22 @@ def _signature(layer: nn.Module, tail: tuple[nn.Module, ...]) -> tuple:
 def blocks_state(blocks: Sequence[nn.Module]) -> tuple:
     """What :func:`plan_blocks` depends on beyond the blocks' classes: identity, training
     mode and hooks of every module (a cheap key to cache plans by; it is computed at every
-    fused call, so it walks ``_modules`` directly instead of ``Module.modules()``)."""
-    return (global_forward_hooks(),
-            *[(id(m), m.training, has_hooks(m)) for m in _all_modules(blocks, [])])
+    fused call, so it walks ``_modules`` directly instead of ``Module.modules()``). The key
+    holds the modules themselves: they compare by identity and stay alive while cached."""
+    return (global_hooks(),
+            *[(m, m.training, has_hooks(m)) for m in _all_modules(blocks, [], set())])
 
 
-def _all_modules(modules: Iterable[nn.Module | None], out: list[nn.Module]) -> list[nn.Module]:
-    """``modules`` and all their submodules, depth first, appended to ``out``."""
+def _all_modules(modules: Iterable[nn.Module | None], out: list[nn.Module],
+                 seen: set[int]) -> list[nn.Module]:
+    """``modules`` and all their submodules, depth first, each once (as
+    ``Module.modules()``), appended to ``out``."""
     for m in modules:
-        if m is not None:
+        if m is not None and id(m) not in seen:
+            seen.add(id(m))
             out.append(m)
             if m._modules:
-                _all_modules(m._modules.values(), out)
+                _all_modules(m._modules.values(), out, seen)
     return out
 
 
@@ -282,7 +288,7 @@ def plan_blocks(blocks: Sequence[nn.Module], feature_shape: Sequence[int]) -> Bl
         reason = _mixing_reason(block, ndim)
         if reason is not None:
             return BlockPlan(None, reason, type(block).__name__)
-    if global_forward_hooks():
+    if global_hooks():
         return BlockPlan(None)
     parts = [_split_block(b, ndim) for b in blocks]
     if any(p is None for p in parts) or len({_signature(*p) for p in parts}) != 1:

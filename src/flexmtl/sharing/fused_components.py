@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexmtl.sharing.fused import global_forward_hooks, has_hooks
+from flexmtl.sharing.fused import global_hooks, has_hooks
 
 __all__ = ["FusedGroup", "FusionPlan", "plan_fusion", "op_signature"]
 
@@ -69,11 +69,8 @@ def _component_signature(component: nn.Module, input_shape: tuple[int, ...]) -> 
     """The signatures of a component's ops if it can be fused, else None.
 
     Fusable: a convolution chain (Conv2d, GroupNorm, activations) on ``[C, H, W]`` inputs or
-    a dense chain (Linear, activations) on ``[F]`` inputs, starting with a Conv2d/Linear;
-    no hooks on any of its modules (a fused group skips the modules' own ``forward``).
+    a dense chain (Linear, activations) on ``[F]`` inputs, starting with a Conv2d/Linear.
     """
-    if global_forward_hooks() or any(has_hooks(m) for m in component.modules()):
-        return None
     signature = tuple(op_signature(op) for op in _ops(component))
     if any(s is None for s in signature):
         return None
@@ -160,7 +157,8 @@ class FusedGroup:
 @dataclass
 class FusionPlan:
     """Groups of >= 2 same-kind components, and the components that run one by one
-    (``unrecognised``: those of them that no group could take, whatever their siblings)."""
+    (``unrecognised``: those of them whose ops no group could take, whatever their
+    siblings; not those that only have hooks)."""
 
     groups: list[FusedGroup]
     singles: list[int]
@@ -180,12 +178,18 @@ class FusionPlan:
 def plan_fusion(components: Sequence[nn.Module], input_shape: Sequence[int]) -> FusionPlan:
     """Group ``components`` by structure (:func:`op_signature` of every op).
 
-    A structure shared by a single component gains nothing from fusion and runs alone.
+    A structure shared by a single component gains nothing from fusion and runs alone; so
+    do components with hooks, and all of them while hooks are registered for every module
+    (they must run their modules' own ``forward``).
     """
     input_shape = tuple(input_shape)
     by_signature: dict[tuple, list[int]] = {}
     singles, unrecognised = [], []
+    every_module_hooked = global_hooks()
     for c, component in enumerate(components):
+        if every_module_hooked or any(map(has_hooks, component.modules())):
+            singles.append(c)  # a fused group would skip its modules' forward and hooks
+            continue
         signature = _component_signature(component, input_shape)
         if signature is None:
             singles.append(c)
