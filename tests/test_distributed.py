@@ -10,7 +10,8 @@ folders; and an experiment with dropout stopped mid-run and resumed by
 state included.
 
 This file is also the script the first launch runs (see ``worker``); two launches in all,
-about 30 s on 2 cpu cores.
+about 30 s on 2 cpu cores. DDP looks for parameters without a gradient only where a step
+can leave some.
 """
 
 from __future__ import annotations
@@ -110,15 +111,35 @@ def run_experiment(out_dir: Path, stop_at: int | None = None) -> None:
         flexmtl.runner.Trainer = trainer
 
 
+def with_a_spare_layer(tasks):
+    """A soft-ordering model with a layer no loss uses: DDP must be told to expect it."""
+    model = soft_model(tasks)
+    model.spare = nn.Linear(2, 2)
+    return model
+
+
 def worker(out: Path) -> None:
     """The first launch, in each process: train RUNS into ``out/NAME`` and save each rank's
-    final parameters beside them; run EXPERIMENT to the end in ``out/straight`` and stopped
-    after step STOP_AT in ``out/resumed``."""
+    final parameters and DDP's ``find_unused_parameters`` beside them; run EXPERIMENT to
+    the end in ``out/straight`` and stopped after step STOP_AT in ``out/resumed``; train a
+    model with a spare layer jointly, which stops with a ConfigError saying what to set,
+    and again with that setting."""
     for name in RUNS:
-        trainer = train(name, out / name)
-        torch.save(trainer.final_state, out / f"{name}.rank{distributed.rank()}.pt")
+        trainer = train(name, out / name)  # joins the process group
+        rank = distributed.rank()
+        torch.save(trainer.final_state, out / f"{name}.rank{rank}.pt")
+        (out / f"{name}.unused").write_text(str(trainer.training_forward.find_unused_parameters))
     run_experiment(out / "straight")
     run_experiment(out / "resumed", stop_at=STOP_AT)
+    tasks = make_tasks()
+    for setting in ("auto", "true"):
+        cfg = fm.TrainConfig(steps=3, progress=False, find_unused_parameters=setting)
+        try:
+            fm.Trainer(with_a_spare_layer(tasks), tasks, cfg).fit()
+            message = "trained"
+        except fm.ConfigError as exc:
+            message = str(exc)
+        (out / f"spare-{setting}.rank{rank}.txt").write_text(message)
     distributed.cleanup(wait=True)
 
 
@@ -141,11 +162,24 @@ def assert_close(a: dict, b: dict, atol: float = 1e-5) -> None:
 def two_processes(tmp_path_factory):
     """The worker's launch, then ``python -m flexmtl run`` resuming the stopped experiment."""
     out = tmp_path_factory.mktemp("ddp")
-    launch(__file__, str(out))
+    first = launch(__file__, str(out))
     assert (out / "resumed" / "soft" / "seed-0" / "last.pt").exists()
     assert not (out / "resumed" / "soft" / "seed-0" / "result.json").exists()
     cli = launch("-m", "flexmtl", *CLI_ARGS, "--out", str(out / "resumed"), "--device", "cpu")
+    for proc in (first, cli):  # DDP warns when told to look for unused parameters in vain
+        assert "did not find any unused parameters" not in proc.stdout + proc.stderr
     return out, cli
+
+
+@needs_gloo
+def test_ddp_looks_for_unused_parameters_only_where_a_step_can_leave_some(two_processes):
+    out, _ = two_processes
+    assert (out / "soft-joint.unused").read_text() == "False"
+    assert (out / "routed-rr.unused").read_text() == "True"  # round-robin, routed layers
+    for rank in (0, 1):
+        said = (out / f"spare-auto.rank{rank}.txt").read_text()
+        assert said.endswith("set find_unused_parameters=true"), said
+        assert (out / f"spare-true.rank{rank}.txt").read_text() == "trained"
 
 
 @needs_gloo

@@ -439,6 +439,8 @@ def test_cli_unknown_experiment_and_key(capsys):
                                 "Did you mean 'width'?"),
     (["--sweep", "width=8,x"], "width='x': expected int like 32"),
     (["--config", "missing.json"], "config file missing.json does not exist"),
+    (["find_unused_parameters=maybe"],
+     "find_unused_parameters must be auto, true or false, got 'maybe'"),
 ])
 def test_cli_bad_values_give_clear_errors(args, message, capsys):
     assert main(["run", "uci", *args, "--out", "o", "--no-progress", "--no-plots"]) == 2

@@ -35,7 +35,7 @@ from flexmtl.training import Trainer, distributed, seed_everything
 
 RESULTS_VERSION = 1
 #: config keys that say how to run, not what to compute: a run folder resumes across them
-RUNTIME_KEYS = ("device", "compile")
+RUNTIME_KEYS = ("device", "compile", "find_unused_parameters")
 
 
 def run_experiment(
@@ -65,6 +65,7 @@ def run_experiment(
         updates = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
         cfg = exp.resolve_config(config_file, {**updates, "steps": steps})
     points = _sweep_points(exp, cfg, sweep)
+    exp.train_config(cfg, 0, False).validate()  # bad training settings: before any folder
     distributed.setup(distributed.resolve_device(cfg.get("device", "cpu")))
     if not distributed.is_main():
         log, progress, plots = _quiet, False, False

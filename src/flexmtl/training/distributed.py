@@ -244,16 +244,18 @@ class SharedStream:
                 m.generator = None
 
 
-def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+def wrap(module: nn.Module, device: torch.device, find_unused_parameters: bool = True
+         ) -> nn.Module:
     """``module`` in DistributedDataParallel when there are several ranks.
 
-    ``find_unused_parameters``: a round-robin step trains one task, so the other tasks'
-    encoders and heads (and components a fixed allocation skips) get no gradient; DDP then
-    leaves their gradients None on every rank, as one process would, and the optimiser
-    skips them.
+    ``find_unused_parameters``: when a step may leave parameters without a gradient (a
+    round-robin step trains one task, so the other tasks' encoders and heads get none, and
+    a fixed allocation skips components), DDP then leaves their gradients None on every
+    rank, as one process would, and the optimiser skips them. It costs a pass over the
+    autograd graph each step, and DDP warns when it finds nothing.
     """
     if world_size() == 1:
         return module
     return nn.parallel.DistributedDataParallel(
         module, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True)
+        find_unused_parameters=find_unused_parameters)

@@ -34,6 +34,7 @@ from torch import nn
 
 from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
 from flexmtl.registry import Registry
+from flexmtl.sharing.allocation import RoutedLayer
 from flexmtl.tasks import Split, Task
 from flexmtl.training import distributed
 from flexmtl.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -76,6 +77,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"  # cpu, cuda (cuda:LOCAL_RANK under torchrun), cuda:N, or auto
     compile: bool = False  # torch.compile the training forward
+    # under torchrun: let DistributedDataParallel look for parameters a step leaves without a
+    # gradient ("auto": for schedules other than joint and models with routed layers)
+    find_unused_parameters: str = "auto"  # auto, true or false
     threads: int = 0  # torch intra-op threads; 0: torch's default (1 is fastest for tiny layers)
     progress: bool = True
 
@@ -98,6 +102,9 @@ class TrainConfig:
                     f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}") from None
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if self.find_unused_parameters not in ("auto", "true", "false"):
+            raise ConfigError("find_unused_parameters must be auto, true or false, got "
+                              f"{self.find_unused_parameters!r}")
         if self.steps == 0 and self.epochs <= 0:
             raise ConfigError("set steps >= 1, or steps=0 and epochs > 0")
         if self.steps > 0 and self.epochs > 0:
@@ -205,7 +212,8 @@ class Trainer:
             # a fresh start: logs of an earlier attempt are stale
             for name in ("train_log.csv", "eval_log.csv", "best.pt", "sharing.pt"):
                 (self.out_dir / name).unlink(missing_ok=True)
-        self.training_forward = distributed.wrap(_TrainingForward(self.model), self.device)
+        self.training_forward = distributed.wrap(_TrainingForward(self.model), self.device,
+                                                 self._find_unused_parameters())
         if cfg.compile:
             self.training_forward = torch.compile(self.training_forward)
 
@@ -281,14 +289,30 @@ class Trainer:
         return [loss if loss is not None else self.tasks[t].loss(out, y)
                 for loss, t, out, y in zip(losses, tasks, outs, ys)]
 
+    def _find_unused_parameters(self) -> bool:
+        """Whether DDP must look for parameters without a gradient after each backward: a
+        round-robin step trains one task (the others' encoders and heads get none), and a
+        routed layer with a fixed pattern skips components; a joint step of the orderings
+        reaches every parameter, and the search would cost a pass over the graph."""
+        setting = self.config.find_unused_parameters
+        if setting != "auto":
+            return setting == "true"
+        return self.config.schedule != "joint" or any(
+            isinstance(m, RoutedLayer) for m in self.model.modules())
+
     def _forward(self, xs: list[torch.Tensor], tasks: list[int]):
-        if not self.config.compile:
-            return self.training_forward(xs, tasks)
         try:
             return self.training_forward(xs, tasks)
         except FlexMTLError:
             raise
-        except Exception as exc:  # dynamo's own errors, and crashes of some versions
+        except Exception as exc:
+            if "find_unused_parameters" in str(exc) and distributed.world_size() > 1:
+                raise ConfigError(
+                    "DistributedDataParallel: the last step left some parameters without a "
+                    "gradient; set find_unused_parameters=true") from exc
+            if not self.config.compile:
+                raise
+            # dynamo's own errors, and crashes of some versions
             text = str(exc).strip()
             raise ConfigError(
                 f"the torch.compile'd training forward failed ({type(exc).__name__}: "
@@ -599,7 +623,7 @@ class _TrainingForward(nn.Module):
 
 #: settings that may change between a run and its resumption
 RUNTIME_KEYS = ("steps", "epochs", "device", "threads", "progress", "compile", "eval_batch_size",
-                "log_every", "checkpoint_every", "eval_every")
+                "log_every", "checkpoint_every", "eval_every", "find_unused_parameters")
 
 
 def _check_resumable(state: dict, cfg: TrainConfig) -> None:
