@@ -279,6 +279,13 @@ def matmul_peak(device, n=2048, repeats=10):
     return 2 * n**3 / best / 1e9
 
 
+def build(name, device):
+    """``(model, tasks, train kwargs)`` of configuration ``name`` on ``device``, seeded."""
+    torch.manual_seed(0)
+    model, tasks, kwargs = CONFIGS[name]()
+    return model.to(device), tasks, kwargs
+
+
 def count_flops(model, tasks, kwargs, device, per) -> int:
     """Matmul and convolution FLOPs of one reference training step (forward and backward,
     as ``torch.utils.flop_counter`` counts them): the useful work of a step (rows the fused
@@ -296,9 +303,7 @@ def count_flops(model, tasks, kwargs, device, per) -> int:
 
 def run_one(name, device, steps):
     """Benchmark one configuration in this process; returns a result row."""
-    torch.manual_seed(0)
-    model, tasks, kwargs = CONFIGS[name]()
-    model.to(device)
+    model, tasks, kwargs = build(name, device)
     heavy = name in HEAVY
     n_steps = max(2, steps // 10) if heavy else steps
     # omniglot: time one task step (1 of 20 tasks per "step") to keep the reference bearable
@@ -332,9 +337,7 @@ def peak_memory(name, device, fused: bool, steps=3) -> dict:
     CPU the resident set size of this process (run it fresh: ``peak`` counts everything the
     process ever held; ``steps`` is the peak during the steps where Linux can restart the
     count, else the whole process's)."""
-    torch.manual_seed(0)
-    model, tasks, kwargs = CONFIGS[name]()
-    model.to(device)
+    model, tasks, kwargs = build(name, device)
     step = step_fn(model, tasks, kwargs, device, 1 if name in HEAVY else None)
     set_fused(model, fused)
     cuda = device.startswith("cuda")

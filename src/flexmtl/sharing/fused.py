@@ -55,6 +55,7 @@ from torch.nn.utils.rnn import pad_sequence
 __all__ = [
     "BlockPlan",
     "has_hooks",
+    "any_hooks",
     "global_hooks",
     "StackedLayers",
     "plan_blocks",
@@ -97,6 +98,11 @@ def has_hooks(module: nn.Module) -> bool:
     path that skips its ``forward`` would skip them."""
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks)
+
+
+def any_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` or any of its submodules has hooks (:func:`has_hooks`)."""
+    return any(map(has_hooks, module.modules()))
 
 
 def global_hooks() -> bool:
@@ -237,7 +243,7 @@ class BlockPlan:
 def _split_block(block: nn.Module, ndim: int) -> tuple[nn.Module, tuple[nn.Module, ...]] | None:
     """``(layer, tail)`` when ``block`` is a stackable layer (+ parameter-free tail)."""
     parts = list(block) if type(block) is nn.Sequential else [block]
-    if not parts or _known(parts[0], _STACKABLE) is None or any(map(has_hooks, block.modules())):
+    if not parts or _known(parts[0], _STACKABLE) is None or any_hooks(block):
         return None
     layer, tail = parts[0], tuple(parts[1:])
     if isinstance(layer, _ConvNd):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexmtl.sharing.fused import global_hooks, has_hooks
+from flexmtl.sharing.fused import any_hooks, global_hooks
 
 __all__ = ["FusedGroup", "FusionPlan", "plan_fusion", "op_signature"]
 
@@ -187,7 +187,7 @@ def plan_fusion(components: Sequence[nn.Module], input_shape: Sequence[int]) -> 
     singles, unrecognised = [], []
     every_module_hooked = global_hooks()
     for c, component in enumerate(components):
-        if every_module_hooked or any(map(has_hooks, component.modules())):
+        if every_module_hooked or any_hooks(component):
             singles.append(c)  # a fused group would skip its modules' forward and hooks
             continue
         signature = _component_signature(component, input_shape)

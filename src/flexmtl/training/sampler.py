@@ -76,11 +76,12 @@ class TaskBatchSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if [len(o) for o in state["orders"]] != self.stream_sizes:
+        sizes = [len(o) for o in state["orders"]]
+        if sizes != self.stream_sizes:
             raise ConfigError(
-                f"the checkpoint's sampler has streams of sizes {[len(o) for o in state['orders']]}"
-                f", this run's tasks need {self.stream_sizes} (the tasks or their input groups "
-                "changed since the checkpoint was written)")
+                f"the checkpoint's sampler has streams of sizes {sizes}, this run's tasks need "
+                f"{self.stream_sizes} (the tasks or their input groups changed since the "
+                "checkpoint was written)")
         self.generator.set_state(state["generator"])
         self.orders = [o.clone() for o in state["orders"]]
         self.positions = list(state["positions"])
