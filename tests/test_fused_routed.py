@@ -322,7 +322,9 @@ def train_round_robin(model, tasks, fused, steps=3):
         for t in torch.randperm(len(tasks), generator=order).tolist():
             batch = slice(step * 8, (step + 1) * 8)
             x, y = tasks[t].train.x[batch], tasks[t].train.y[batch]
-            loss = tasks[t].loss(model(x, t), y) + model.core.regularization(t)
+            loss = tasks[t].loss(model(x, t), y)
+            penalty = model.core.regularization(t)  # None without a budget
+            loss = loss if penalty is None else loss + penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -56,7 +56,8 @@ def _write_seed(seed_dir: Path, method: str, seed: int) -> None:
             loss = 3.0 / (1 + step / 100) + 0.05 * seed + (0.2 if method == "parallel" else 0)
             w.writerow([step, loss, 1 - loss / 4] + [loss / 3] * 3 + [1 - loss / 4] * 3)
     result = {"method": method, "seed": seed, "best_step": 200, "steps": 200,
-              "tasks": [{"name": t, "note": ""} for t in TASKS]}
+              "tasks": [{"name": t, "note": ""} for t in TASKS],
+              "sharing": {"kind": "soft-order" if method == "soft" else "fixed-order"}}
     (seed_dir / "result.json").write_text(json.dumps(result))
     if method == "soft" and seed == 0:
         torch.save({"sharing": [(s, _scales(s)) for s in (0, 100, 200)]},
@@ -354,9 +355,13 @@ def test_plot_run_soft_method_from_sharing_kind(tmp_path):
     assert {p.name for p in plot_run(run)} == {
         "learning_curves.png", "scale_trajectories_soft-ordering.png",
         "soft_order_soft-ordering.png"}
-    # a result.json whose sharing entry says "no sharing" wins over the name "soft"
+    # the kind decides, never the method's name: no sharing summary, no sharing plots
     renamed.rename(run / "soft")
-    soft["sharing"] = None
+    for sharing in (None, {"kind": "fixed-order"}):
+        soft["sharing"] = sharing
+        (run / "soft" / "seed-0" / "result.json").write_text(json.dumps(soft))
+        assert {p.name for p in plot_run(run)} == {"learning_curves.png"}
+    del soft["sharing"]  # an unfinished or older run
     (run / "soft" / "seed-0" / "result.json").write_text(json.dumps(soft))
     assert {p.name for p in plot_run(run)} == {"learning_curves.png"}
 

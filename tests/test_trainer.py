@@ -195,7 +195,7 @@ def test_parameter_groups_skip_l2_on_biases_and_sharing_parameters():
     assert groups["weights"]["weight_decay"] == 0.1
     counted = sum(len(g["params"]) for g in groups.values())
     assert counted == sum(1 for p in model.parameters() if p.requires_grad)
-    model.core.sharing_lr_multiplier = 4.0  # e.g. Gumbel-Matrix: tasks x lr
+    model.core.sharing_lr = lambda lr: 4.0 * lr  # the core's rule, e.g. Gumbel-Matrix: tasks x lr
     groups = {g["name"]: g for g in parameter_groups(model, TrainConfig(lr=0.01))}
     assert groups["sharing"]["lr"] == pytest.approx(0.04)
 

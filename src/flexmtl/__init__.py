@@ -10,15 +10,18 @@ from flexmtl.errors import (
 )
 from flexmtl.models import MultiTaskModel, build_model
 from flexmtl.sharing import (
-    CORES,
+    METHODS,
+    Method,
     ParallelOrdering,
     PermutedOrdering,
     RoutedCore,
     RoutedLayer,
     SharedCore,
+    SharingCore,
     SingleTaskCore,
     SoftOrdering,
     make_core,
+    register_method,
 )
 from flexmtl.tasks import Split, Task
 from flexmtl.training import TrainConfig, Trainer, TrainResult, seed_everything
@@ -34,7 +37,10 @@ __all__ = [
     "UnknownNameError",
     "MultiTaskModel",
     "build_model",
-    "CORES",
+    "METHODS",
+    "Method",
+    "register_method",
+    "SharingCore",
     "SharedCore",
     "ParallelOrdering",
     "PermutedOrdering",

@@ -108,8 +108,9 @@ def _cmd_list() -> None:
     for name in EXPERIMENTS.names():
         exp = EXPERIMENTS.get(name)
         print(f"  {name:<14} {exp.summary}  [{exp.paper}]")
-        default = exp.default_methods or exp.methods
-        print(f"  {'':<14} methods: {', '.join(exp.methods)} (default: {', '.join(default)})")
+        default = exp.default_methods or exp.method_names()
+        print(f"  {'':<14} methods: {', '.join(exp.method_names())} "
+              f"(default: {', '.join(default)})")
         keys = ", ".join(f"{k}={v!r}" for k, v in exp.defaults.items())
         print(f"  {'':<14} config: {keys}")
         if exp.sweep:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
-from flexmtl.sharing import SharedCore
+from flexmtl.sharing.base import SharingCore
 from flexmtl.sharing.fused import global_hooks, has_hooks
 from flexmtl.tasks import Task
 
@@ -157,9 +157,8 @@ class MultiTaskModel(nn.Module):
     """``decoders[i](core(encoders[i](x), i))`` for each task ``i``.
 
     Args:
-        core: a :class:`~flexmtl.sharing.SharedCore` (or any module with the same
-            ``core(h, task)`` signature and ``num_tasks``, ``feature_shape`` (input) and
-            ``output_shape`` attributes).
+        core: a :class:`~flexmtl.sharing.SharingCore` (an ordering, a routed core or a
+            method of your own).
         encoders: one module per task (the same module may appear several times to share it).
         decoders: one module per task.
         task_names: optional names, for messages and results.
@@ -170,13 +169,18 @@ class MultiTaskModel(nn.Module):
 
     def __init__(
         self,
-        core: SharedCore,
+        core: SharingCore,
         encoders: Sequence[nn.Module],
         decoders: Sequence[nn.Module],
         task_names: Sequence[str] | None = None,
         fused: bool = True,
     ):
         super().__init__()
+        if not isinstance(core, SharingCore):
+            raise ConfigError(
+                f"the core must be a flexmtl.sharing.SharingCore, got {type(core).__name__}; "
+                "subclass SharingCore (forward(h, task), num_tasks, feature_shape, "
+                "output_shape) to use a core of your own")
         if len(encoders) != core.num_tasks or len(decoders) != core.num_tasks:
             raise ConfigError(
                 f"need one encoder and one decoder per task: core has {core.num_tasks} tasks, "
@@ -207,16 +211,15 @@ class MultiTaskModel(nn.Module):
     def forward_tasks(self, xs: Sequence[torch.Tensor], tasks: Sequence[int]) -> list[torch.Tensor]:
         """Outputs of several tasks at once: ``[model(x, t) for x, t in zip(xs, tasks)]``.
 
-        Cores with a ``forward_tasks`` method (the fused orderings) process all tasks in one
-        batched pass; others are called task by task. Alike dense encoders (and decoders)
+        The core's :meth:`~flexmtl.sharing.SharingCore.forward_tasks` runs the tasks (the
+        fused orderings in one batched pass). Alike dense encoders (and decoders)
         run as one batched product per group of alike ones (:func:`stacked_dense`) unless
         ``fused`` is False.
         """
         shape = tuple(self.core.feature_shape)
         hs = [h if h is not None and h.shape[1:] == shape else self._encode(x, t)  # raises
               for h, x, t in zip(self._batched(self.encoders, xs, tasks), xs, tasks)]
-        fused = getattr(self.core, "forward_tasks", None)
-        hs = fused(hs, tasks) if callable(fused) else [self.core(h, t) for h, t in zip(hs, tasks)]
+        hs = self.core.forward_tasks(hs, tasks)
         return [y if y is not None else self.decoders[t](h)
                 for y, h, t in zip(self._batched(self.decoders, hs, tasks), hs, tasks)]
 
@@ -244,7 +247,7 @@ class MultiTaskModel(nn.Module):
 
 def build_model(
     tasks: Sequence[Task],
-    core: SharedCore,
+    core: SharingCore,
     encoder: str = "learned",
     decoder: str | None = None,
 ) -> MultiTaskModel:

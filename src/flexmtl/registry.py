@@ -43,6 +43,10 @@ class Registry(Generic[T]):
         """Registered names, sorted, optionally filtered by a shell-style wildcard."""
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, entry)`` pairs in the order they were registered."""
+        return list(self._entries.items())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

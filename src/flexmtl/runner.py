@@ -30,7 +30,7 @@ from flexmtl.analysis.stats import format_mean_ci, summarize
 from flexmtl.errors import ConfigError, UnknownNameError
 from flexmtl.experiments import get_experiment
 from flexmtl.experiments.base import Experiment, coerce, parse_overrides
-from flexmtl.sharing import RoutedCore, SoftOrdering
+from flexmtl.sharing import find_cores
 from flexmtl.training import Trainer, distributed, seed_everything
 
 RESULTS_VERSION = 1
@@ -57,7 +57,7 @@ def run_experiment(
     single configured point, or ``(key, values)`` sweeps ``key``.
     """
     exp = get_experiment(name)
-    methods = exp.check_methods(methods or exp.default_methods or exp.methods)
+    methods = exp.check_methods(methods or exp.default_methods or exp.method_names())
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
     cfg = exp.resolve_config(config_file, overrides)
@@ -199,23 +199,12 @@ def _report(exp, method, seed, cfg, tasks, model, res, resumed, done: Path, log)
 
 
 @torch.no_grad()
-def sharing_summary(model) -> dict | None:
-    """What the model learned about sharing, as plain data for ``result.json``.
-
-    Soft ordering: the scales ``[tasks][layers][depths]`` and each task's strongest path.
-    Routed cores: connection probabilities and the binary task embeddings (Sec. III-E),
-    with the number of components of each routed layer.
-    """
-    core = getattr(model, "core", None)
-    if isinstance(core, SoftOrdering):
-        return {"kind": "soft-order", "gate": core.gate, "scales": core.scales().tolist(),
-                "strongest_path": [core.layer_order(t) for t in range(core.num_tasks)]}
-    if isinstance(core, RoutedCore):
-        return {"kind": "allocation",
-                "layer_sizes": [layer.num_components for layer in core.routed_layers],
-                "probabilities": core.sharing_snapshot().tolist(),
-                "embeddings": core.embeddings().int().tolist()}
-    return None
+def sharing_summary(model: torch.nn.Module) -> dict | None:
+    """What the model learned about sharing, as plain data for ``result.json``: its sharing
+    core's :meth:`~flexmtl.sharing.SharingCore.summary` (``{"kind": ..., ...}``); None for
+    a model with no core or several."""
+    cores = find_cores(model)
+    return cores[0].summary() if len(cores) == 1 else None
 
 
 def _aggregate(runs: dict[str, list[dict]]) -> dict:

@@ -26,7 +26,7 @@ import csv
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from flexmtl.analysis.stats import t_quantile_975  # noqa: E402
+from flexmtl.registry import Registry  # noqa: E402
 from flexmtl.sharing.allocation import cosine_similarity  # noqa: E402
 from flexmtl.training.checkpoint import load_sharing_snapshots  # noqa: E402
 
@@ -50,6 +51,7 @@ __all__ = [
     "plot_run",
     "plot_scale_trajectories",
     "plot_similarity",
+    "SHARING_PLOTS",
     "plot_soft_order",
     "plot_sweep",
     "strongest_path",
@@ -629,13 +631,12 @@ def plot_allocation_trajectories(snapshots: Snapshots, out_path: str | Path,
 # ---------------------------------------------------------------------- run
 
 
-def _sharing_kind(result: dict | None, method: str) -> str | None:
-    """``result.json``'s sharing kind; without one (older or unfinished runs) the method
-    named ``soft`` counts as soft ordering."""
-    if result is not None and "sharing" in result:
-        sharing = result["sharing"]
-        return sharing.get("kind") if isinstance(sharing, dict) else None
-    return "soft-order" if method == "soft" else None
+def _sharing_kind(result: dict | None) -> str | None:
+    """The ``kind`` of what a run learned about sharing (``result.json``'s ``sharing``, the
+    core's :meth:`~flexmtl.sharing.SharingCore.summary`); None for unfinished runs."""
+    sharing = (result or {}).get("sharing")
+    kind = sharing.get("kind") if isinstance(sharing, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _task_groups(tasks: list[dict], count: int) -> list[str] | None:
@@ -648,7 +649,7 @@ def _task_groups(tasks: list[dict], count: int) -> list[str] | None:
 
 def _plot_soft(method: str, seed_dir: Path, result: dict, label: str | None,
                out: Path) -> list[Path]:
-    snaps = load_sharing_snapshots(seed_dir, ndim=3)
+    snaps = [(step, x) for step, x in load_sharing_snapshots(seed_dir) if _numpy(x).ndim == 3]
     if not snaps:
         return []
     names = [t.get("name", "") for t in result.get("tasks") or []] or None
@@ -680,7 +681,7 @@ def _plot_allocation(method: str, seed_dir: Path, result: dict, label: str | Non
         plot_similarity(embeddings, out / f"similarity_{method}.png", names, groups,
                         title=f"cosine similarity of the task embeddings\n({where})"),
     ]
-    snaps = [(step, x) for step, x in load_sharing_snapshots(seed_dir, ndim=2)
+    snaps = [(step, x) for step, x in load_sharing_snapshots(seed_dir)
              if tuple(_numpy(x).shape) == embeddings.shape]
     history = np.stack([_numpy(x) for _, x in snaps]) if snaps else np.zeros((0, 0))
     moving = len(snaps) > 1 and bool(np.ptp(history, axis=0).max() > 0)
@@ -692,14 +693,24 @@ def _plot_allocation(method: str, seed_dir: Path, result: dict, label: str | Non
     return written
 
 
+#: a run's sharing plots by the ``kind`` of its core's summary:
+#: ``fn(method, seed_dir, result, sweep_label, out_dir) -> written paths``
+SharingPlot = Callable[[str, Path, dict, "str | None", Path], list[Path]]
+SHARING_PLOTS: Registry[SharingPlot] = Registry("sharing plot")
+SHARING_PLOTS.register("soft-order", _plot_soft)
+SHARING_PLOTS.register("allocation", _plot_allocation)
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write the plots of a run folder into ``run_dir/plots`` and return their paths.
 
     ``learning_curves.png`` (Fig. 5b) when any eval log exists. For each method, from seed 0
     at the primary sweep point:
 
-    * soft ordering (``result.json`` sharing kind ``soft-order``, or without that entry the
-      method named ``soft``): ``soft_order.png`` (Fig. 4d, final snapshot) and
+    What a method's core learned is drawn by the plot registered in :data:`SHARING_PLOTS`
+    for the ``kind`` of its ``result.json`` sharing summary (other kinds: none):
+
+    * soft ordering (kind ``soft-order``): ``soft_order.png`` (Fig. 4d, final snapshot) and
       ``scale_trajectories.png`` (Fig. 4b-c), suffixed ``_<method>`` for a method not named
       ``soft``;
     * learned allocation (sharing kind ``allocation``): ``allocation_<method>.png``
@@ -727,11 +738,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             continue
         seed_dir = next((p for p in seeds if p.name == "seed-0"), seeds[0])
         result = _read_json(seed_dir / "result.json")
-        kind = _sharing_kind(result, method)
-        if kind == "soft-order":
-            written += _plot_soft(method, seed_dir, result or {}, label, out)
-        elif kind == "allocation":
-            written += _plot_allocation(method, seed_dir, result or {}, label, out)
+        kind = _sharing_kind(result)
+        if kind is not None and kind in SHARING_PLOTS:
+            written += SHARING_PLOTS.get(kind)(method, seed_dir, result or {}, label, out)
     from flexmtl.analysis.layer_vis_plots import plot_layer_vis_run  # soft ordering Table 1
 
     written += plot_layer_vis_run(run_dir)  # nothing unless a layer-vis run

@@ -19,6 +19,7 @@ from torch import nn
 
 from flexmtl.errors import ConfigError, UnknownNameError
 from flexmtl.registry import Registry
+from flexmtl.sharing import methods_of
 from flexmtl.tasks import Task
 from flexmtl.training import TrainConfig
 
@@ -37,7 +38,9 @@ class Experiment:
         defaults: every configurable key with its default (training keys included).
         build_tasks: ``(config, seed) -> tasks``.
         build_model: ``(method, tasks, config, seed) -> model``.
-        methods: the methods it supports; ``default_methods`` run when none are named.
+        family: the family of sharing methods it runs (see
+            :func:`flexmtl.sharing.methods_of`): every method registered for it, unless
+            ``methods`` names a subset. ``default_methods`` run when none are named.
         sweep: a default ``(key, values)`` swept by ``flexmtl run`` (e.g. samples per task).
         data: the data sources it reads (names from ``flexmtl.data.data_status``).
         analyze: ``(model, tasks, config) -> {name: number}``, measured on the selected
@@ -50,17 +53,23 @@ class Experiment:
     defaults: Mapping[str, Any]
     build_tasks: Callable[[dict, int], list[Task]]
     build_model: Callable[[str, list[Task], dict, int], nn.Module]
-    methods: tuple[str, ...] = ("single", "parallel", "permuted", "soft")
+    family: str = "ordering"
+    methods: tuple[str, ...] | None = None
     default_methods: tuple[str, ...] | None = None
     sweep: tuple[str, tuple] | None = None
     data: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
     analyze: Callable[[nn.Module, list[Task], dict], dict[str, float]] | None = None
 
+    def method_names(self) -> tuple[str, ...]:
+        """The methods it runs: ``methods``, or every registered method of its family."""
+        return self.methods if self.methods is not None else methods_of(self.family)
+
     def check_methods(self, methods: Sequence[str]) -> list[str]:
+        known = self.method_names()
         for m in methods:
-            if m not in self.methods:
-                raise UnknownNameError(f"method of experiment {self.name!r}", m, self.methods)
+            if m not in known:
+                raise UnknownNameError(f"method of experiment {self.name!r}", m, known)
         return list(methods)
 
     def resolve_config(

@@ -29,12 +29,8 @@ from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
 from flexmtl.experiments.soft_ordering import split_indices
 from flexmtl.models import MultiTaskModel, build_model, make_decoder
-from flexmtl.sharing.allocation import (
-    RoutedCore,
-    RoutedLayer,
-    TemperatureSchedule,
-    cosine_similarity,
-)
+from flexmtl.sharing import ALLOCATION_DEFAULTS, make_core, method_options
+from flexmtl.sharing.allocation import cosine_similarity
 from flexmtl.sharing.components import (
     cluster_components,
     omniglot_components,
@@ -44,24 +40,13 @@ from flexmtl.sharing.components import (
 )
 from flexmtl.tasks import Task
 
-ALLOCATION_METHODS = ("gumbel", "gumbel-budget", "shared-bottom", "no-sharing")
 
-
-def routed_layer(method: str, components: Sequence[nn.Module], num_tasks: int,
-                 input_shape: Sequence[int], cfg: dict) -> RoutedLayer:
-    """A routed layer whose allocation is given by ``method`` and the experiment config."""
-    allocation = "gumbel" if method.startswith("gumbel") else method
-    return RoutedLayer(components, num_tasks, input_shape, allocation,
-                       p_init=cfg.get("p_init", 0.5), eval_mode=cfg.get("eval_mode", "greedy"),
-                       temperature=TemperatureSchedule(cfg.get("tau_scale", 50.0),
-                                                       cfg.get("tau_min", 0.5)))
-
-
-def routed_core(method: str, layers: Sequence[nn.Module], num_tasks: int,
-                feature_shape: Sequence[int], cfg: dict) -> RoutedCore:
-    budget = cfg["budget"] if method == "gumbel-budget" else None
-    return RoutedCore(layers, num_tasks, feature_shape, budget=budget,
-                      budget_weight=cfg.get("budget_weight", 1.0))
+def allocation_core(method: str, layers: Sequence[nn.Module | Sequence[nn.Module]],
+                    num_tasks: int, feature_shape: Sequence[int], cfg: dict, **options):
+    """The core of allocation ``method`` over ``layers`` (a list of modules: a routed layer
+    of those components), with the method's options from the experiment config."""
+    return make_core(method, layers, num_tasks, feature_shape=feature_shape,
+                     **method_options(method, cfg), **options)
 
 
 def allocation_analysis(model: nn.Module, tasks: list[Task], cfg: dict) -> dict[str, float]:
@@ -73,9 +58,9 @@ def allocation_analysis(model: nn.Module, tasks: list[Task], cfg: dict) -> dict[
 
 
 ALLOCATION_TRAINING = dict(schedule="round-robin", select_on="val_accuracy", threads=1)
-#: tau(step) = max(tau_min, tau_scale / sqrt(step + 1)), step counting per-task batches
-ALLOCATION_KEYS = {"p_init": 0.5, "eval_mode": "greedy", "budget": 0.75, "budget_weight": 1.0,
-                   "tau_scale": 50.0, "tau_min": 0.5}
+#: the allocation methods' config keys and defaults (:data:`flexmtl.sharing.ALLOCATION_DEFAULTS`:
+#: tau(step) = max(tau_min, tau_scale / sqrt(step + 1)), step counting per-task batches)
+ALLOCATION_KEYS = dict(ALLOCATION_DEFAULTS)
 
 
 # ---------------------------------------------------------------------- synthetic data
@@ -113,12 +98,9 @@ def _transfer_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.
                   nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU()),
                   nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())]
     # without sharing each task gets one shallow and one deep component
-    allocation = {"shared-bottom": [[1, 1, 1, 1], [1, 1, 1, 1]],
-                  "no-sharing": [[1, 0, 1, 0], [0, 1, 0, 1]], "gumbel": "gumbel"}[method]
-    layer = RoutedLayer(components, 2, (d,), allocation, combine=cfg["combine"],
-                        p_init=cfg["p_init"],
-                        temperature=TemperatureSchedule(cfg["tau_scale"], cfg["tau_min"]))
-    core = RoutedCore([layer], 2, (d,))
+    pattern = {"no-sharing": {"allocation": [[1, 0, 1, 0], [0, 1, 0, 1]]}}.get(method, {})
+    core = allocation_core(method, [components], 2, (d,), cfg, combine=cfg["combine"],
+                           **pattern)
     return build_model(tasks, core, encoder="identity", decoder="linear")
 
 
@@ -135,6 +117,7 @@ register_experiment(Experiment(
     },
     build_tasks=_transfer_tasks,
     build_model=_transfer_model,
+    family="allocation",
     methods=("shared-bottom", "no-sharing", "gumbel"),
     default_methods=("shared-bottom", "no-sharing"),
     sweep=("rho", (0.0, 1.0)),
@@ -162,7 +145,7 @@ def _pairs_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Mod
     d, h = cfg["d"], cfg["hidden"]
     components = [nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                                 nn.Linear(h, 1)) for _ in range(4)]
-    core = RoutedCore([routed_layer(method, components, 4, (d,), cfg)], 4, (d,))
+    core = allocation_core(method, [components], 4, (d,), cfg)
     return MultiTaskModel(core, [nn.Identity()] * 4, [nn.Identity()] * 4,
                           [t.name for t in tasks])
 
@@ -191,6 +174,7 @@ register_experiment(Experiment(
     },
     build_tasks=_pairs_tasks,
     build_model=_pairs_model,
+    family="allocation",
     methods=("gumbel", "no-sharing", "shared-bottom"),
     default_methods=("gumbel", "no-sharing"),
     data=("synthetic",),
@@ -241,17 +225,16 @@ def _four_mnists_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> 
     """Appendix B: 3 routed layers x 4 components (conv 5x5, avg-pool 2, conv 3x3, avg-pool
     2, conv 3x3; 4 filters, no padding), flatten, dropout 0.5 before the linear heads."""
     f, T = cfg["filters"], len(tasks)
-    shape1, shape2, shape3 = (1, 28, 28), (f, 12, 12), (f, 5, 5)
     layers = [
-        routed_layer(method, [single_conv(1, f, 5) for _ in range(4)], T, shape1, cfg),
+        [single_conv(1, f, 5) for _ in range(4)],
         nn.AvgPool2d(2),
-        routed_layer(method, [single_conv(f, f, 3) for _ in range(4)], T, shape2, cfg),
+        [single_conv(f, f, 3) for _ in range(4)],
         nn.AvgPool2d(2),
-        routed_layer(method, [single_conv(f, f, 3) for _ in range(4)], T, shape3, cfg),
+        [single_conv(f, f, 3) for _ in range(4)],
         nn.Flatten(),
         nn.Dropout(cfg["dropout"]),
     ]
-    core = routed_core(method, layers, T, shape1, cfg)
+    core = allocation_core(method, layers, T, (1, 28, 28), cfg)
     return build_model(tasks, core, encoder="identity", decoder="softmax")
 
 
@@ -267,7 +250,7 @@ register_experiment(Experiment(
     },
     build_tasks=_four_mnists_tasks,
     build_model=_four_mnists_model,
-    methods=ALLOCATION_METHODS,
+    family="allocation",
     data=("mnist", "fashion-mnist"),
     analyze=allocation_analysis,
     notes=("paper Table I (30 runs, test accuracy %): no sharing 93.5 +- 5.1 (25% active), "
@@ -365,13 +348,10 @@ def _cluster_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.M
     """Sec. V-C: 1x1 stem conv to 8 channels, 3 routed layers x 16 components (8 conv 3x3,
     8 conv 5x5, GroupNorm, stride 2), linear heads."""
     c, T = cfg["channels"], len(tasks)
-    layers: list[nn.Module] = [nn.Conv2d(3, c, 1), post_layer_norm(c)]
-    shape = (c, 32, 32)
-    for _ in range(cfg["layers"]):
-        layers.append(routed_layer(method, cluster_components(c, stride=2), T, shape, cfg))
-        shape = layers[-1].output_shape
+    layers: list = [nn.Conv2d(3, c, 1), post_layer_norm(c)]
+    layers += [cluster_components(c, stride=2) for _ in range(cfg["layers"])]
     layers.append(nn.Flatten())
-    core = routed_core(method, layers, T, (3, 32, 32), cfg)
+    core = allocation_core(method, layers, T, (3, 32, 32), cfg)
     encoders = [GreyToRGB() if t.input_shape[0] == 1 else nn.Identity() for t in tasks]
     decoders = [make_decoder("softmax", core.output_shape, t.num_outputs) for t in tasks]
     return MultiTaskModel(core, encoders, decoders, [t.name for t in tasks])
@@ -416,7 +396,8 @@ register_experiment(Experiment(
     },
     build_tasks=_cluster_tasks,
     build_model=_cluster_model,
-    methods=ALLOCATION_METHODS[:3],
+    family="allocation",
+    methods=("gumbel", "gumbel-budget", "shared-bottom"),
     default_methods=("gumbel-budget",),
     data=("mnist", "fashion-mnist", "cifar-100"),
     analyze=_cluster_analysis,
@@ -446,16 +427,12 @@ def _omniglot_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.
     components with GroupNorm + ReLU after each, stride 2 in layers 0, 1, 3, 4, 6; flatten,
     dropout 0.5, linear heads."""
     c, T, size = cfg["channels"], len(tasks), cfg["size"]
-    layers: list[nn.Module] = [nn.Conv2d(1, c, 1), post_layer_norm(c)]
+    layers: list = [nn.Conv2d(1, c, 1), post_layer_norm(c)]
     strided = set(strided_layers(cfg["layers"], min(cfg["downsamples"], cfg["layers"])))
-    shape = (c, size, size)
     for i in range(cfg["layers"]):
-        stride = 2 if i in strided else 1
-        layers.append(routed_layer(method, omniglot_components(c, stride), T, shape, cfg))
-        shape = layers[-1].output_shape
-        layers.append(post_layer_norm(c))
+        layers += [omniglot_components(c, 2 if i in strided else 1), post_layer_norm(c)]
     layers += [nn.Flatten(), nn.Dropout(cfg["dropout"])]
-    core = routed_core(method, layers, T, (1, size, size), cfg)
+    core = allocation_core(method, layers, T, (1, size, size), cfg)
     return build_model(tasks, core, encoder="identity", decoder="softmax")
 
 
@@ -473,6 +450,7 @@ register_experiment(Experiment(
     },
     build_tasks=_omniglot_tasks,
     build_model=_omniglot_model,
+    family="allocation",
     methods=("gumbel", "gumbel-budget", "shared-bottom"),
     default_methods=("gumbel", "shared-bottom"),
     data=("omniglot",),
@@ -484,5 +462,5 @@ register_experiment(Experiment(
 ))
 
 
-__all__ = ["ALLOCATION_METHODS", "routed_layer", "routed_core", "allocation_analysis",
+__all__ = ["allocation_core", "allocation_analysis",
            "to_grey32", "GreyToRGB"]

@@ -22,7 +22,7 @@ from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
 from flexmtl.experiments.soft_ordering import dense_blocks
 from flexmtl.models import GlobalAveragePool, MultiTaskModel
-from flexmtl.sharing import SoftOrdering
+from flexmtl.sharing import make_core
 from flexmtl.tasks import Task
 
 IMAGE_SHAPE = (28, 28)
@@ -58,8 +58,8 @@ def _tasks(cfg: dict, seed: int) -> list[Task]:
 
 def _model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
     width = cfg["width"]
-    core = SoftOrdering(dense_blocks(width, cfg["layers"]), len(tasks), depth=cfg["depth"] or None,
-                        dropout=0.0, gate="sigmoid")
+    core = make_core("soft", dense_blocks(width, cfg["layers"]), len(tasks), depth=cfg["depth"],
+                     dropout=0.0, gate="sigmoid")
     encoder = nn.Linear(2, width)  # E: linear, one for all tasks
     decoder = GlobalAveragePool()  # D: mean over the core's units
     return MultiTaskModel(core, [encoder] * len(tasks), [decoder] * len(tasks),

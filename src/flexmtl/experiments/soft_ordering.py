@@ -14,10 +14,8 @@ from flexmtl.data import UCI_TASKS, load_mnist, load_uci, random_binary_tasks
 from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
 from flexmtl.models import MultiTaskModel, build_model
-from flexmtl.sharing import make_core
+from flexmtl.sharing import make_core, method_options
 from flexmtl.tasks import Task
-
-ORDERING_METHODS = ("single", "parallel", "permuted", "soft")
 
 
 def dense_blocks(width: int, layers: int, activation: str = "relu") -> list[nn.Module]:
@@ -26,13 +24,6 @@ def dense_blocks(width: int, layers: int, activation: str = "relu") -> list[nn.M
     if activation not in act:
         raise ConfigError(f"activation must be one of {sorted(act)}, got {activation!r}")
     return [nn.Sequential(nn.Linear(width, width), act[activation]()) for _ in range(layers)]
-
-
-def ordering_core_kwargs(method: str, cfg: dict) -> dict:
-    kwargs: dict = {"dropout": cfg["dropout"]}
-    if method == "soft":
-        kwargs.update(gate=cfg["gate"], depth=cfg["depth"] or None)
-    return kwargs
 
 
 def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
@@ -55,7 +46,7 @@ def _random_tasks(cfg: dict, seed: int) -> list[Task]:
 
 def _random_tasks_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
     m, act = cfg["m"], cfg["activation"]
-    kwargs = ordering_core_kwargs(method, cfg)
+    kwargs = method_options(method, cfg)
     if method == "permuted":  # Eq. 4: the two tasks use the two layers in opposite orders
         kwargs["permutations"] = [[0, 1], [1, 0]]
     core = make_core(method, dense_blocks(m, 2, act), 2, seed=seed, **kwargs)
@@ -112,7 +103,7 @@ def _mnist_pair_tasks(cfg: dict, seed: int) -> list[Task]:
 def _mnist_pairs_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
     width = cfg["width"]
     core = make_core(method, dense_blocks(width, cfg["layers"]), len(tasks), seed=seed,
-                     **ordering_core_kwargs(method, cfg))
+                     **method_options(method, cfg))
     return build_model(tasks, core, encoder=cfg["encoder"], decoder="sigmoid")
 
 
@@ -153,7 +144,7 @@ def _uci_tasks(cfg: dict, seed: int) -> list[Task]:
 
 def _uci_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
     core = make_core(method, dense_blocks(cfg["width"], cfg["layers"]), len(tasks), seed=seed,
-                     **ordering_core_kwargs(method, cfg))
+                     **method_options(method, cfg))
     return build_model(tasks, core, encoder="learned", decoder="softmax")
 
 

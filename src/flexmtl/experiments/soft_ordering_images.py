@@ -25,13 +25,9 @@ from flexmtl.data.celeba import SPLITS, CelebAImages, load_celeba_index
 from flexmtl.data.omniglot import OMNIGLOT_ALPHABET_ORDER, load_omniglot
 from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
-from flexmtl.experiments.soft_ordering import (
-    ORDERING_METHODS,
-    dense_blocks,
-    ordering_core_kwargs,
-)
+from flexmtl.experiments.soft_ordering import dense_blocks
 from flexmtl.models import MultiTaskModel, make_decoder
-from flexmtl.sharing import make_core
+from flexmtl.sharing import make_core, method_options
 from flexmtl.tasks import Task
 from flexmtl.vision import FEATURES as RESNET_FEATURES
 from flexmtl.vision import (
@@ -107,7 +103,7 @@ def _omniglot_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.
     if padding is None:
         raise ConfigError(f"padding must be 'valid' or 'same', got {cfg['padding']!r}")
     core = make_core(method, omniglot_blocks(c, cfg["layers"], padding), len(tasks), seed=seed,
-                     feature_shape=(c, size, size), **ordering_core_kwargs(method, cfg))
+                     feature_shape=(c, size, size), **method_options(method, cfg))
     pad = ChannelPad(c)
     decoders = [make_decoder("softmax", core.output_shape, t.num_outputs) for t in tasks]
     return MultiTaskModel(core, [pad] * len(tasks), decoders, [t.name for t in tasks])
@@ -126,7 +122,6 @@ register_experiment(Experiment(
     },
     build_tasks=_omniglot_tasks,
     build_model=_omniglot_model,
-    methods=ORDERING_METHODS,
     sweep=("num_tasks", (10, 20, 30, 40, 50)),
     data=("omniglot",),
     notes=("data: images_background.zip and images_evaluation.zip of the Omniglot repository "
@@ -174,7 +169,7 @@ def resnet50_encoder(width: int, pretrained: bool, weights: str = "") -> nn.Modu
 def _celeba_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
     width = cfg["width"]
     core = make_core(method, dense_blocks(width, cfg["layers"]), len(tasks), seed=seed,
-                     **ordering_core_kwargs(method, cfg))
+                     **method_options(method, cfg))
     encoder = resnet50_encoder(width, cfg["pretrained"], cfg["pretrained_weights"])
     decoders = [make_decoder("sigmoid", core.output_shape, 1) for _ in tasks]
     return SharedEncoderModel(core, encoder, decoders, [t.name for t in tasks])
@@ -194,7 +189,6 @@ register_experiment(Experiment(
     },
     build_tasks=_celeba_tasks,
     build_model=_celeba_model,
-    methods=ORDERING_METHODS,
     default_methods=("parallel", "soft"),
     data=("celeba",),
     notes=("data: img_align_celeba.zip, list_attr_celeba.txt and list_eval_partition.txt of "

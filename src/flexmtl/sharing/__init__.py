@@ -3,12 +3,8 @@ learned allocation of components to tasks (Gumbel-Matrix paper)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from torch import nn
 
-from flexmtl.registry import Registry
 from flexmtl.sharing.allocation import (
     FixedAllocation,
     GumbelMatrixAllocation,
@@ -17,6 +13,17 @@ from flexmtl.sharing.allocation import (
     TemperatureSchedule,
     cosine_similarity,
     group_tasks,
+)
+from flexmtl.sharing.base import SharingCore, find_cores
+from flexmtl.sharing.methods import (
+    ALLOCATION_DEFAULTS,
+    METHODS,
+    Method,
+    make_core,
+    method_options,
+    methods_of,
+    register_method,
+    routed_core,
 )
 from flexmtl.sharing.ordering import (
     ParallelOrdering,
@@ -28,36 +35,29 @@ from flexmtl.sharing.ordering import (
     random_permutations,
 )
 
-#: Methods of sharing a core, by the names the CLI and configs use.
-CORES: Registry[type[SharedCore]] = Registry("method")
-CORES.register("single", SingleTaskCore)
-CORES.register("parallel", ParallelOrdering)
-CORES.register("permuted", PermutedOrdering)
-CORES.register("soft", SoftOrdering)
 
-
-def make_core(
-    method: str,
-    blocks: Sequence[nn.Module],
-    num_tasks: int,
-    *,
-    seed: int | None = None,
-    **kwargs,
-) -> SharedCore:
-    """Build the shared core of ``method`` (see :data:`CORES`) over ``blocks``.
-
-    ``seed`` draws the permutations of ``"permuted"``; other keyword arguments go to the
-    core's constructor (``depth``, ``dropout``, ``feature_shape``, ``gate``, ...).
-    """
-    cls = CORES.get(method)
-    if cls is PermutedOrdering and "generator" not in kwargs and seed is not None:
-        kwargs["generator"] = torch.Generator().manual_seed(seed)
-    return cls(blocks, num_tasks, **kwargs)
+def may_leave_unused_parameters(model: nn.Module) -> bool:
+    """Whether a training step of ``model`` may leave some of its sharing parameters
+    without a gradient: a core says so, or routed layers sit outside any routed core."""
+    cores = find_cores(model)
+    if any(core.may_leave_unused_parameters() for core in cores):
+        return True
+    in_cores = {id(m) for core in cores for m in core.modules()}
+    return any(isinstance(m, RoutedLayer) and id(m) not in in_cores for m in model.modules())
 
 
 __all__ = [
-    "CORES",
+    "SharingCore",
+    "find_cores",
+    "may_leave_unused_parameters",
+    "ALLOCATION_DEFAULTS",
+    "Method",
+    "METHODS",
+    "register_method",
     "make_core",
+    "method_options",
+    "methods_of",
+    "routed_core",
     "SharedCore",
     "ParallelOrdering",
     "PermutedOrdering",

@@ -32,6 +32,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
+from flexmtl.sharing.base import SharingCore
 from flexmtl.sharing.fused import blocks_state, global_hooks, has_hooks
 from flexmtl.sharing.fused_components import FusionPlan, plan_fusion
 from flexmtl.sharing.ordering import probe_shape
@@ -502,8 +503,9 @@ def _take(weights: torch.Tensor, indices: list[int]) -> torch.Tensor:
     return weights if len(indices) == len(weights) else weights[first : last + 1]
 
 
-class RoutedCore(nn.Module):
-    """Routed layers and plain shared modules in sequence, with the shared-core interface.
+class RoutedCore(SharingCore):
+    """Routed layers and plain shared modules in sequence: a
+    :class:`~flexmtl.sharing.base.SharingCore` of kind ``"allocation"``.
 
     Args:
         layers: :class:`RoutedLayer` s and plain modules; a plain module (stem conv,
@@ -513,10 +515,12 @@ class RoutedCore(nn.Module):
         budget: maximum expected fraction of active allocations per task, in (0, 1]; the
             penalty of Sec. III-D is added by :meth:`regularization` (None: no penalty).
         budget_weight: lambda of the budget penalty.
-        sharing_lr_multiplier: allocation learning rate / model learning rate, read by the
-            trainer; default the number of tasks, the rule of thumb of Sec. V-B (the logits of
-            a task are updated once every T steps). 1 for the 4-MNISTs setup.
+        sharing_lr_multiplier: allocation learning rate / model learning rate
+            (:meth:`sharing_lr`); default the number of tasks, the rule of thumb of Sec. V-B
+            (the logits of a task are updated once every T steps). 1 for the 4-MNISTs setup.
     """
+
+    kind = "allocation"
 
     def __init__(
         self,
@@ -579,9 +583,26 @@ class RoutedCore(nn.Module):
         """The allocation logits (own optimiser group, no weight decay)."""
         return [p for layer in self.routed_layers for p in layer.allocation.parameters()]
 
+    def sharing_lr(self, lr: float) -> float:
+        """``lr`` times :attr:`sharing_lr_multiplier`."""
+        return lr * self.sharing_lr_multiplier
+
     def sharing_snapshot(self) -> torch.Tensor:
         """Connection probabilities ``[T, total components]`` over the routed layers."""
         return torch.cat([layer.probs() for layer in self.routed_layers], dim=1)
+
+    @torch.no_grad()
+    def summary(self) -> dict:
+        """Components per routed layer, connection probabilities ``[T][components]`` and the
+        binary task embeddings (Sec. III-E)."""
+        return {"kind": self.kind,
+                "layer_sizes": [layer.num_components for layer in self.routed_layers],
+                "probabilities": self.sharing_snapshot().tolist(),
+                "embeddings": self.embeddings().int().tolist()}
+
+    def may_leave_unused_parameters(self) -> bool:
+        """A fixed pattern skips components, and a round of one task skips the others'."""
+        return True
 
     def expected_active(self, task: int) -> torch.Tensor:
         """``e_c``: expected fraction of active allocations of ``task`` (Sec. III-D)."""
@@ -592,10 +613,10 @@ class RoutedCore(nn.Module):
         _check_budget(budget, weight)
         return weight * torch.relu(self.expected_active(task) - budget)
 
-    def regularization(self, task: int) -> torch.Tensor:
-        """The budget penalty with this core's ``budget``/``budget_weight`` (0 without one)."""
-        if self.budget is None:  # a zero of the right dtype and device, nothing computed
-            return next(self.parameters()).new_zeros(())
+    def regularization(self, task: int) -> torch.Tensor | None:
+        """The budget penalty with this core's ``budget``/``budget_weight`` (None without)."""
+        if self.budget is None:
+            return None
         return self.budget_penalty(task, self.budget, self.budget_weight)
 
     @torch.no_grad()

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError
+from flexmtl.sharing.base import SharingCore
 from flexmtl.sharing.fused import (
     BlockPlan,
     blocks_state,
@@ -126,8 +127,9 @@ def random_permutations(
     return torch.stack([torch.randperm(depth, generator=generator) for _ in range(num_tasks)])
 
 
-class SharedCore(nn.Module):
-    """Base class: a list of shared blocks applied at ``depth`` depths, per task.
+class SharedCore(SharingCore):
+    """Base class of the orderings: a list of shared blocks applied at ``depth`` depths,
+    per task (a :class:`~flexmtl.sharing.base.SharingCore`).
 
     Args:
         blocks: the shared layers. At every depth all blocks must map the incoming shape
@@ -142,6 +144,7 @@ class SharedCore(nn.Module):
             the tasks with the reference :meth:`forward`).
     """
 
+    kind = "fixed-order"
     #: whether this core can use fewer or more depths than blocks
     allows_depth_mismatch = False
 
@@ -209,6 +212,10 @@ class SharedCore(nn.Module):
     def layer_order(self, task: int) -> list[int]:
         """Index of the block applied at each depth for ``task`` (hard orderings)."""
         raise NotImplementedError
+
+    def summary(self) -> dict:
+        """The order of the blocks each task applies (``orders[task][depth]``)."""
+        return {"kind": self.kind, "orders": [self.layer_order(t) for t in range(self.num_tasks)]}
 
     def forward(self, h: torch.Tensor, task: int) -> torch.Tensor:
         self._check_task(task)
@@ -335,6 +342,8 @@ class SingleTaskCore(SharedCore):
     Copies are re-initialised (``reset_parameters``) so tasks do not start identical.
     """
 
+    kind = "single-task"
+
     def __init__(
         self,
         blocks: Sequence[nn.Module],
@@ -359,6 +368,9 @@ class SingleTaskCore(SharedCore):
     @property
     def num_layers(self) -> int:
         return len(self.task_blocks[0])
+
+    def summary(self) -> dict:
+        return {"kind": self.kind}
 
     def forward(self, h: torch.Tensor, task: int) -> torch.Tensor:
         self._check_task(task)
@@ -394,6 +406,7 @@ class SoftOrdering(SharedCore):
     The number of blocks may differ from ``depth`` (a generalisation; the paper uses equal).
     """
 
+    kind = "soft-order"
     allows_depth_mismatch = True
     GATES = ("softmax", "sigmoid")
 
@@ -427,6 +440,12 @@ class SoftOrdering(SharedCore):
     def sharing_snapshot(self) -> torch.Tensor:
         """What the trainer logs over training: the scales ``[tasks, layers, depths]``."""
         return self.scales()
+
+    @torch.no_grad()
+    def summary(self) -> dict:
+        """The gate, the scales ``[tasks][layers][depths]`` and each task's strongest path."""
+        return {"kind": self.kind, "gate": self.gate, "scales": self.scales().tolist(),
+                "strongest_path": [self.layer_order(t) for t in range(self.num_tasks)]}
 
     def layer_order(self, task: int) -> list[int]:
         """The strongest layer at each depth (the path drawn in Fig. 4d)."""

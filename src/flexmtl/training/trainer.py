@@ -34,7 +34,7 @@ from torch import nn
 
 from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
 from flexmtl.registry import Registry
-from flexmtl.sharing.allocation import RoutedLayer
+from flexmtl.sharing import find_cores, may_leave_unused_parameters
 from flexmtl.tasks import Split, Task
 from flexmtl.training import distributed
 from flexmtl.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -267,7 +267,7 @@ class Trainer:
             losses = self._global_mean(losses, [len(y) for y in ys])
         if not regularization:  # the core has none
             return losses
-        return [loss + reg for loss, reg in zip(losses, regularization)]
+        return [loss if reg is None else loss + reg for loss, reg in zip(losses, regularization)]
 
     def _task_losses(self, tasks: Sequence[int], outs: Sequence[torch.Tensor],
                      ys: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -297,8 +297,7 @@ class Trainer:
         setting = self.config.find_unused_parameters
         if setting != "auto":
             return setting == "true"
-        return self.config.schedule != "joint" or any(
-            isinstance(m, RoutedLayer) for m in self.model.modules())
+        return self.config.schedule != "joint" or may_leave_unused_parameters(self.model)
 
     def _forward(self, xs: list[torch.Tensor], tasks: list[int]):
         try:
@@ -429,10 +428,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _snapshot_sharing(self) -> None:
-        snap = getattr(self.model, "core", None)
-        fn = getattr(snap, "sharing_snapshot", None)
-        if callable(fn):
-            self.sharing.append((self.step, fn().detach().cpu().clone()))
+        """Log what the model's core has learned about sharing (a model with several cores:
+        nothing, as there is no one tensor to log)."""
+        cores = find_cores(self.model)
+        snapshot = cores[0].sharing_snapshot() if len(cores) == 1 else None
+        if snapshot is not None:
+            self.sharing.append((self.step, snapshot.detach().cpu().clone()))
 
     def state_dict(self) -> dict:
         """Everything :meth:`fit` needs to resume (this rank's random state; ``last.pt``
@@ -601,13 +602,15 @@ class Trainer:
 class _TrainingForward(nn.Module):
     """The training forward of several tasks as one module call: the outputs
     (``model.forward_tasks`` where the model has it, else ``model(x, t)`` per task) and the
-    core's regularisation of each task (an empty list when the core has none).
+    sharing cores' regularisation of each task (None for a task without any; an empty list
+    when no core has one).
     DistributedDataParallel wraps this module, so every parameter a training loss uses is
     reached through DDP's forward."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.cores = find_cores(model)
 
     def forward(self, xs: list[torch.Tensor],
                 tasks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -616,9 +619,12 @@ class _TrainingForward(nn.Module):
             outs = forward_tasks(xs, tasks)
         else:
             outs = [self.model(x, t) for x, t in zip(xs, tasks)]
-        regularization = getattr(getattr(self.model, "core", None), "regularization", None)
-        regs = [regularization(t) for t in tasks] if callable(regularization) else []
-        return outs, regs
+        regs: list[torch.Tensor | None] = []
+        for t in tasks:
+            terms = [r for r in (core.regularization(t) for core in self.cores) if r is not None]
+            regs.append(None if not terms else terms[0] if len(terms) == 1
+                        else torch.stack(terms).sum())
+        return outs, regs if any(r is not None for r in regs) else []
 
 
 #: settings that may change between a run and its resumption
@@ -701,22 +707,24 @@ def _fast_optimizer(factory: Callable[..., torch.optim.Optimizer],
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """Optimiser groups: weights (with L2), biases and norms (no L2), sharing parameters.
 
-    Sharing parameters are those the core returns from ``sharing_parameters()`` (soft-order
-    scales, allocation logits). They get ``cfg.sharing_lr``, or ``cfg.lr`` times the core's
-    ``sharing_lr_multiplier`` (the Gumbel-Matrix rule of thumb: number of tasks), and no L2.
+    Sharing parameters are those the model's sharing cores return from
+    :meth:`~flexmtl.sharing.SharingCore.sharing_parameters` (soft-order scales, allocation
+    logits). They get ``cfg.sharing_lr``, or the core's rule
+    :meth:`~flexmtl.sharing.SharingCore.sharing_lr` (allocation: the Gumbel-Matrix rule of
+    thumb, ``lr`` x number of tasks), and no L2; one group per core (``sharing``,
+    ``sharing1``, ...).
     """
-    core = getattr(model, "core", None)
-    sharing_fn = getattr(core, "sharing_parameters", None)
-    sharing = [p for p in (sharing_fn() if callable(sharing_fn) else []) if p.requires_grad]
-    ids = {id(p) for p in sharing}
+    cores = find_cores(model)
+    per_core = [[p for p in core.sharing_parameters() if p.requires_grad] for core in cores]
+    ids = {id(p) for params in per_core for p in params}
     trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     decay = [p for p in trainable if p.ndim > 1]
     no_decay = [p for p in trainable if p.ndim <= 1]
     groups = [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "weights"},
               {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "name": "biases"}]
-    if sharing:
-        lr = cfg.sharing_lr or cfg.lr * getattr(core, "sharing_lr_multiplier", 1.0)
-        groups.append({"params": sharing, "lr": lr, "weight_decay": 0.0, "name": "sharing"})
+    for i, (core, sharing) in enumerate(zip(cores, per_core)):
+        groups.append({"params": sharing, "lr": cfg.sharing_lr or core.sharing_lr(cfg.lr),
+                       "weight_decay": 0.0, "name": f"sharing{i or ''}"})
     return [g for g in groups if g["params"]]
 
 
