@@ -33,6 +33,11 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return its entry (e.g. a method registered for one test)."""
+        self.get(name)  # unknown names: the usual error with suggestions
+        return self._entries.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

@@ -42,7 +42,7 @@ from flexmtl.sharing.ordering import (
 __all__ = ["ALLOCATION_DEFAULTS", "Method", "METHODS", "register_method", "make_core",
            "method_options", "methods_of", "routed_core"]
 
-#: ``build(layers, num_tasks, **options) -> core``
+#: ``build(layers, num_tasks, *, seed=None, **options) -> core``
 CoreBuilder = Callable[..., SharingCore]
 
 
@@ -53,7 +53,8 @@ class Method:
     Args:
         name: the name configs and the CLI use.
         family: which experiments can run it (``"ordering"``, ``"allocation"`` or your own).
-        build: ``build(layers, num_tasks, **options) -> SharingCore``.
+        build: ``build(layers, num_tasks, *, seed=None, **options) -> SharingCore``;
+            ``seed`` (the run's) is for what the method draws before training.
         options: the experiment config keys the builder reads (passed on when present; see
             :func:`method_options`).
         summary: one line for listings.
