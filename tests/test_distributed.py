@@ -132,8 +132,8 @@ def worker(out: Path) -> None:
     run_experiment(out / "straight")
     run_experiment(out / "resumed", stop_at=STOP_AT)
     tasks = make_tasks()
-    for setting in ("auto", "true"):
-        cfg = fm.TrainConfig(steps=3, progress=False, find_unused_parameters=setting)
+    for setting, value in (("auto", None), ("true", True)):
+        cfg = fm.TrainConfig(steps=3, progress=False, find_unused_parameters=value)
         try:
             fm.Trainer(with_a_spare_layer(tasks), tasks, cfg).fit()
             message = "trained"

@@ -660,8 +660,19 @@ def test_cli_device_and_compile_flags(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main(["run", "random-tasks", "--device", "gpu", *TINY_RUN])
     assert exc.value.code == 2
-    assert "expected cpu, cuda, cuda:N or auto, got 'gpu'" in capsys.readouterr().err
+    assert "device must be cpu, cuda, cuda:N or auto, got 'gpu'" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["run", "random-tasks", "n=8", "m=4", "--device", "cuda:1",
                      *TINY_RUN[:-1], "o2"]) == 2
         assert "device 'cuda:1': CUDA is not available here" in _error(capsys)
+
+
+def test_optional_bool_config_keys_are_typed():
+    from flexmtl.experiments import get_experiment
+
+    exp = get_experiment("uci")
+    assert exp.resolve_config()["find_unused_parameters"] is None
+    for text, value in (("auto", None), ("true", True), ("False", False), ("yes", True)):
+        cfg = exp.resolve_config(overrides=[f"find_unused_parameters={text}"])
+        assert cfg["find_unused_parameters"] is value
+        assert exp.train_config(cfg, 0, False).find_unused_parameters is value

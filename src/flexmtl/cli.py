@@ -7,12 +7,11 @@ the library.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from flexmtl.errors import FlexMTLError
+from flexmtl.errors import ConfigError, FlexMTLError
 
 if TYPE_CHECKING:
     from flexmtl.data import SourceStatus
@@ -94,10 +93,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str) -> str:
-    """``--device``: cpu, cuda, cuda:N or auto."""
-    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", name):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {name!r}")
-    return name
+    """``--device``: cpu, cuda, cuda:N or auto (:func:`~flexmtl.training.distributed.
+    check_device_name`)."""
+    from flexmtl.training.distributed import check_device_name
+
+    try:
+        return check_device_name(name)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_list() -> None:

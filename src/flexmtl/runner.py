@@ -34,8 +34,10 @@ from flexmtl.sharing import find_cores
 from flexmtl.training import Trainer, distributed, seed_everything
 
 RESULTS_VERSION = 1
-#: config keys that say how to run, not what to compute: a run folder resumes across them
-RUNTIME_KEYS = ("device", "compile", "find_unused_parameters")
+#: config keys that say how to run, not what to compute: a run folder's manifest may differ
+#: in them (unlike :data:`~flexmtl.training.trainer.CHANGEABLE_ON_RESUME`, which also lets a
+#: resumed run train longer)
+HOW_TO_RUN_KEYS = ("device", "compile", "find_unused_parameters")
 
 
 def run_experiment(
@@ -66,7 +68,7 @@ def run_experiment(
         cfg = exp.resolve_config(config_file, {**updates, "steps": steps})
     points = _sweep_points(exp, cfg, sweep)
     exp.train_config(cfg, 0, False).validate()  # bad training settings: before any folder
-    distributed.setup(distributed.resolve_device(cfg.get("device", "cpu")))
+    distributed.setup(distributed.resolve_device(cfg["device"]))
     if not distributed.is_main():
         log, progress, plots = _quiet, False, False
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
@@ -134,7 +136,7 @@ def _write_or_check_manifest(out: Path, manifest: dict) -> None:
             for key, value in defaults.items():
                 same["config"].setdefault(key, value)
         for cfg in (same["config"] or {}, new["config"]):
-            for key in RUNTIME_KEYS:
+            for key in HOW_TO_RUN_KEYS:
                 cfg.pop(key, None)
         if same != new:
             diff = sorted(k for k in new["config"] if (same["config"] or {}).get(k)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from torch import nn
 
@@ -25,6 +25,9 @@ from flexmtl.training import TrainConfig
 
 #: keys every experiment has, passed to :class:`~flexmtl.training.TrainConfig`
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed", "progress"))
+#: training keys that are true, false or unset (``None``, "auto": decided for each run)
+OPTIONAL_BOOL_KEYS = tuple(name for name, hint in get_type_hints(TrainConfig).items()
+                           if set(get_args(hint)) == {bool, type(None)})
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,10 @@ class Experiment:
             if key not in self.defaults:
                 raise UnknownNameError(f"config key of experiment {self.name!r} ({origin})",
                                        key, self.defaults)
-            cfg[key] = coerce(value, self.defaults[key], key)
+            if key in OPTIONAL_BOOL_KEYS:
+                cfg[key] = optional_bool(value, key)
+            else:
+                cfg[key] = coerce(value, self.defaults[key], key)
         # steps and epochs are two ways to give the length: naming one drops the other
         if "steps" in updates and "epochs" not in updates and cfg["steps"] > 0:
             cfg["epochs"] = 0.0
@@ -151,6 +157,20 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         out[key.strip()] = value.strip()
     return out
+
+
+def optional_bool(value: Any, key: str) -> bool | None:
+    """``True``/``False``, or ``None`` for unset (``"auto"``, ``None``)."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto", "none", "null"):
+        return None
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{key} must be auto, true or false, got {value!r}")
 
 
 def coerce(value: Any, default: Any, key: str) -> Any:

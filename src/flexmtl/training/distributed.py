@@ -73,14 +73,24 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def check_device_name(name: str) -> str:
+    """``name`` if it names a device (``cpu``, ``cuda``, ``cuda:N``, ``auto``, or another
+    torch device type); a :class:`ConfigError` otherwise. Whether it exists is
+    :func:`resolve_device`'s question."""
+    if name != "auto":
+        try:
+            torch.device(name)
+        except (RuntimeError, TypeError):
+            raise ConfigError(
+                f"device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` (``cuda:LOCAL_RANK`` under torchrun) or ``auto`` (cuda if present)."""
-    if name == "auto":
+    if check_device_name(name) == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r}: CUDA is not available here; use device=cpu")

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,8 @@ OPTIMIZERS.register("adam", torch.optim.Adam)
 OPTIMIZERS.register("sgd", torch.optim.SGD)
 OPTIMIZERS.register("rmsprop", torch.optim.RMSprop)
 
-SELECT_ON = ("val_loss", "val_accuracy", "last")
+SelectOn = Literal["val_loss", "val_accuracy", "last"]
+SELECT_ON: tuple[SelectOn, ...] = get_args(SelectOn)
 
 
 @dataclass
@@ -66,20 +68,21 @@ class TrainConfig:
     finetune_lr: float = 1e-5
     finetune_patience: int = 5
     weight_decay: float = 0.0  # L2; never applied to biases or to sharing parameters
-    sharing_lr: float = 0.0  # lr of the sharing parameters (0: lr x the core's multiplier)
+    sharing_lr: float = 0.0  # lr of the sharing parameters (0: the core's rule, sharing_lr())
     clip_grad_norm: float = 0.0  # 0: no clipping
     schedule: str = "joint"
     eval_every: int = 50
     log_every: int = 1
     checkpoint_every: int = 0  # 0: at every evaluation
-    select_on: str = "val_loss"
+    select_on: SelectOn = "val_loss"
     eval_batch_size: int = 1024
     seed: int = 0
     device: str = "cpu"  # cpu, cuda (cuda:LOCAL_RANK under torchrun), cuda:N, or auto
     compile: bool = False  # torch.compile the training forward
     # under torchrun: let DistributedDataParallel look for parameters a step leaves without a
-    # gradient ("auto": for schedules other than joint and models with routed layers)
-    find_unused_parameters: str = "auto"  # auto, true or false
+    # gradient (None, "auto": for schedules other than joint and for cores that say a step
+    # may leave some)
+    find_unused_parameters: bool | None = None
     threads: int = 0  # torch intra-op threads; 0: torch's default (1 is fastest for tiny layers)
     progress: bool = True
 
@@ -94,15 +97,10 @@ class TrainConfig:
         SCHEDULES.get(self.schedule)
         if self.select_on not in SELECT_ON:
             raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise ConfigError(
-                    f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}") from None
+        distributed.check_device_name(self.device)
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
-        if self.find_unused_parameters not in ("auto", "true", "false"):
+        if self.find_unused_parameters not in (None, True, False):
             raise ConfigError("find_unused_parameters must be auto, true or false, got "
                               f"{self.find_unused_parameters!r}")
         if self.steps == 0 and self.epochs <= 0:
@@ -295,8 +293,8 @@ class Trainer:
         routed layer with a fixed pattern skips components; a joint step of the orderings
         reaches every parameter, and the search would cost a pass over the graph."""
         setting = self.config.find_unused_parameters
-        if setting != "auto":
-            return setting == "true"
+        if setting is not None:
+            return setting
         return self.config.schedule != "joint" or may_leave_unused_parameters(self.model)
 
     def _forward(self, xs: list[torch.Tensor], tasks: list[int]):
@@ -627,16 +625,17 @@ class _TrainingForward(nn.Module):
         return outs, regs if any(r is not None for r in regs) else []
 
 
-#: settings that may change between a run and its resumption
-RUNTIME_KEYS = ("steps", "epochs", "device", "threads", "progress", "compile", "eval_batch_size",
-                "log_every", "checkpoint_every", "eval_every", "find_unused_parameters")
+#: training settings that may change between a run and its resumption
+CHANGEABLE_ON_RESUME = ("steps", "epochs", "device", "threads", "progress", "compile",
+                        "eval_batch_size", "log_every", "checkpoint_every", "eval_every",
+                        "find_unused_parameters")
 
 
 def _check_resumable(state: dict, cfg: TrainConfig) -> None:
     """Refuse to resume a checkpoint trained with other settings, or past the end."""
     saved = state.get("config", {})
     now = asdict(cfg)
-    changed = sorted(k for k in saved if k not in RUNTIME_KEYS and k in now
+    changed = sorted(k for k in saved if k not in CHANGEABLE_ON_RESUME and k in now
                      and saved[k] != now[k])
     if changed:
         raise ConfigError(
