@@ -452,7 +452,7 @@ def test_trainer_uses_allocation_lr_budget_and_step_counter():
     import numpy as np
 
     from flexmtl import Task, TrainConfig, Trainer, build_model
-    from flexmtl.training.trainer import parameter_groups
+    from flexmtl.training.optim import parameter_groups
 
     rng = np.random.default_rng(0)
     tasks = []

@@ -13,7 +13,7 @@ from torch import nn
 import flexmtl as fm
 from flexmtl.runner import run_experiment
 from flexmtl.sharing import METHODS, Method, SharingCore, make_core, register_method
-from flexmtl.training.trainer import parameter_groups
+from flexmtl.training.optim import parameter_groups
 
 
 class ToyGate(SharingCore):

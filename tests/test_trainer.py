@@ -182,7 +182,7 @@ def test_fresh_start_replaces_logs_of_an_attempt_without_checkpoint(tmp_path):
 
 
 def test_parameter_groups_skip_l2_on_biases_and_sharing_parameters():
-    from flexmtl.training.trainer import parameter_groups
+    from flexmtl.training.optim import parameter_groups
 
     model = make_model("soft")
     groups = {g["name"]: g for g in parameter_groups(

@@ -1,9 +1,11 @@
 """Training: schedules, the multi-task trainer, checkpoints."""
 
 from flexmtl.training.checkpoint import atomic_save, load_checkpoint, seed_everything
+from flexmtl.training.config import TrainConfig
+from flexmtl.training.optim import OPTIMIZERS
 from flexmtl.training.sampler import TaskBatchSampler
 from flexmtl.training.schedules import SCHEDULES, JointSchedule, RoundRobinSchedule, Schedule
-from flexmtl.training.trainer import OPTIMIZERS, TrainConfig, Trainer, TrainResult
+from flexmtl.training.trainer import Trainer, TrainResult
 
 __all__ = [
     "atomic_save",

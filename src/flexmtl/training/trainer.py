@@ -21,101 +21,25 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
-from flexmtl.registry import Registry
 from flexmtl.sharing import find_cores, may_leave_unused_parameters
 from flexmtl.tasks import Split, Task
 from flexmtl.training import distributed
 from flexmtl.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from flexmtl.training.config import CHANGEABLE_ON_RESUME, TrainConfig
+from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
 from flexmtl.training.sampler import TaskBatchSampler
 from flexmtl.training.schedules import SCHEDULES
-
-OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
-OPTIMIZERS.register("adam", torch.optim.Adam)
-OPTIMIZERS.register("sgd", torch.optim.SGD)
-OPTIMIZERS.register("rmsprop", torch.optim.RMSprop)
-
-SelectOn = Literal["val_loss", "val_accuracy", "last"]
-SELECT_ON: tuple[SelectOn, ...] = get_args(SelectOn)
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run (one method, one seed)."""
-
-    steps: int = 1000  # 0: set from epochs
-    epochs: float = 0.0  # used when steps is 0: epochs x batches per epoch of the largest task
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    # a second phase once validation stalls (soft ordering App. A.4: "After validation loss
-    # converges via Adam, models are trained with RMSProp with learning rate 1e-5"): a fresh
-    # optimiser of this kind ("": none) with finetune_lr, continuing from the current weights,
-    # after finetune_patience evaluations without a better validation score
-    finetune_optimizer: str = ""
-    finetune_lr: float = 1e-5
-    finetune_patience: int = 5
-    weight_decay: float = 0.0  # L2; never applied to biases or to sharing parameters
-    sharing_lr: float = 0.0  # lr of the sharing parameters (0: the core's rule, sharing_lr())
-    clip_grad_norm: float = 0.0  # 0: no clipping
-    schedule: str = "joint"
-    eval_every: int = 50
-    log_every: int = 1
-    checkpoint_every: int = 0  # 0: at every evaluation
-    select_on: SelectOn = "val_loss"
-    eval_batch_size: int = 1024
-    seed: int = 0
-    device: str = "cpu"  # cpu, cuda (cuda:LOCAL_RANK under torchrun), cuda:N, or auto
-    compile: bool = False  # torch.compile the training forward
-    # under torchrun: let DistributedDataParallel look for parameters a step leaves without a
-    # gradient (None, "auto": for schedules other than joint and for cores that say a step
-    # may leave some)
-    find_unused_parameters: bool | None = None
-    threads: int = 0  # torch intra-op threads; 0: torch's default (1 is fastest for tiny layers)
-    progress: bool = True
-
-    def validate(self) -> None:
-        OPTIMIZERS.get(self.optimizer)
-        if self.finetune_optimizer:
-            OPTIMIZERS.get(self.finetune_optimizer)
-            if self.finetune_lr <= 0 or self.finetune_patience < 1:
-                raise ConfigError("a finetune_optimizer needs finetune_lr > 0 and "
-                                  f"finetune_patience >= 1, got {self.finetune_lr} and "
-                                  f"{self.finetune_patience}")
-        SCHEDULES.get(self.schedule)
-        if self.select_on not in SELECT_ON:
-            raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
-        distributed.check_device_name(self.device)
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0, got {self.threads}")
-        if self.find_unused_parameters not in (None, True, False):
-            raise ConfigError("find_unused_parameters must be auto, true or false, got "
-                              f"{self.find_unused_parameters!r}")
-        if self.steps == 0 and self.epochs <= 0:
-            raise ConfigError("set steps >= 1, or steps=0 and epochs > 0")
-        if self.steps > 0 and self.epochs > 0:
-            raise ConfigError(f"steps={self.steps} and epochs={self.epochs} are both set; set "
-                              "steps=0 to train for a number of epochs")
-        for name in ("batch_size", "eval_every", "log_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        for name in ("steps", "epochs", "weight_decay", "sharing_lr", "clip_grad_norm"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -223,7 +147,7 @@ class Trainer:
             name = cfg.finetune_optimizer
             cfg = replace(cfg, lr=cfg.finetune_lr,
                           sharing_lr=cfg.sharing_lr * cfg.finetune_lr / cfg.lr)
-        return _fast_optimizer(OPTIMIZERS.get(name), parameter_groups(self.model, cfg))
+        return fast_optimizer(OPTIMIZERS.get(name), parameter_groups(self.model, cfg))
 
     def _finetune_due(self) -> bool:
         """Whether the finetune optimiser takes over now (decided on rank 0, after an
@@ -625,12 +549,6 @@ class _TrainingForward(nn.Module):
         return outs, regs if any(r is not None for r in regs) else []
 
 
-#: training settings that may change between a run and its resumption
-CHANGEABLE_ON_RESUME = ("steps", "epochs", "device", "threads", "progress", "compile",
-                        "eval_batch_size", "log_every", "checkpoint_every", "eval_every",
-                        "find_unused_parameters")
-
-
 def _check_resumable(state: dict, cfg: TrainConfig) -> None:
     """Refuse to resume a checkpoint trained with other settings, or past the end."""
     saved = state.get("config", {})
@@ -687,44 +605,6 @@ def stacked_losses(tasks: Sequence[Task], outs: Sequence[torch.Tensor],
     else:
         per_example = F.mse_loss(out.reshape(y.shape), y, reduction="none")
     return list(per_example.reshape(len(tasks), -1).mean(1).unbind(0))
-
-
-def _fast_optimizer(factory: Callable[..., torch.optim.Optimizer],
-                    groups: list[dict]) -> torch.optim.Optimizer:
-    """``factory(groups)`` with its fastest multi-tensor implementation: ``fused=True`` (one
-    kernel per parameter; Adam, AdamW, SGD, also on the CPU, where it takes a third of
-    foreach's time on the benchmark models) when the optimiser has it and the parameters
-    are floating point on the CPU or CUDA, else ``foreach=True`` (torch only defaults to it
-    on CUDA; on the CPU it saves the per-parameter loop). Same update rule, up to rounding."""
-    params = [p for g in groups for p in g["params"]]
-    if "fused" in inspect.signature(factory).parameters and all(
-            p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-        return factory(groups, fused=True)
-    return factory(groups, foreach=True)
-
-
-def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Optimiser groups: weights (with L2), biases and norms (no L2), sharing parameters.
-
-    Sharing parameters are those the model's sharing cores return from
-    :meth:`~flexmtl.sharing.SharingCore.sharing_parameters` (soft-order scales, allocation
-    logits). They get ``cfg.sharing_lr``, or the core's rule
-    :meth:`~flexmtl.sharing.SharingCore.sharing_lr` (allocation: the Gumbel-Matrix rule of
-    thumb, ``lr`` x number of tasks), and no L2; one group per core (``sharing``,
-    ``sharing1``, ...).
-    """
-    cores = find_cores(model)
-    per_core = [[p for p in core.sharing_parameters() if p.requires_grad] for core in cores]
-    ids = {id(p) for params in per_core for p in params}
-    trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    decay = [p for p in trainable if p.ndim > 1]
-    no_decay = [p for p in trainable if p.ndim <= 1]
-    groups = [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "weights"},
-              {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "name": "biases"}]
-    for i, (core, sharing) in enumerate(zip(cores, per_core)):
-        groups.append({"params": sharing, "lr": cfg.sharing_lr or core.sharing_lr(cfg.lr),
-                       "weight_decay": 0.0, "name": f"sharing{i or ''}"})
-    return [g for g in groups if g["params"]]
 
 
 def _progress(total: int, initial: int, enabled: bool):
