@@ -154,8 +154,11 @@ def step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
     trainer = _trainer(model, tasks, train_kwargs, device)
     num = tasks_per_step or len(tasks)
 
-    def step():
-        trainer.schedule.step(num, trainer._batch, trainer._losses, trainer._update,
+    if num == len(tasks):
+        return trainer.train_step
+
+    def step():  # a step of fewer tasks (Omniglot: one task's round)
+        trainer.schedule.step(num, trainer.draw_batch, trainer.training_losses, trainer.update,
                               trainer.task_order_generator)
 
     return step
@@ -179,17 +182,17 @@ def model_step_fn(model, tasks, train_kwargs, device, tasks_per_step=None):
     update): all tasks together (joint) or one after another (round-robin)."""
     trainer = _trainer(model, tasks, train_kwargs, device)
     num = tasks_per_step or len(tasks)
-    batches = [trainer._batch(t) for t in range(num)]
+    batches = [trainer.draw_batch(t) for t in range(num)]
     joint = train_kwargs["schedule"] == "joint"
     reset = _grad_resetter(p for p in model.parameters() if p.requires_grad)
 
     def step():
         reset()
         if joint:
-            torch.stack(trainer._losses(range(num), batches)).sum().backward()
+            torch.stack(trainer.training_losses(range(num), batches)).sum().backward()
         else:
             for t in range(num):
-                trainer._losses([t], [batches[t]])[0].backward()
+                trainer.training_losses([t], [batches[t]])[0].backward()
 
     return step
 

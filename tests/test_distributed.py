@@ -255,6 +255,7 @@ def test_device_is_checked():
 def test_a_failing_compiled_forward_says_to_train_without_compile():
     tasks = make_tasks()
     trainer = fm.Trainer(soft_model(tasks), tasks, fm.TrainConfig(steps=1, compile=True))
+    trainer.setup()
 
     def crash(xs, tasks):
         raise SystemError("error return without exception set")

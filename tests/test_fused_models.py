@@ -298,8 +298,7 @@ def test_a_training_step_equals_the_reference_step():
         model = model_for(tasks).float()
         model.fused = fused
         trainer = Trainer(model, tasks, cfg)
-        losses = [trainer.schedule.step(3, trainer._batch, trainer._losses, trainer._update,
-                                        trainer.task_order_generator) for _ in range(3)]
+        losses = [trainer.train_step() for _ in range(3)]
         results.append((losses, model.state_dict()))
     (fused_losses, fused_state), (ref_losses, ref_state) = results
     np.testing.assert_allclose(fused_losses, ref_losses, rtol=1e-5)
@@ -308,12 +307,18 @@ def test_a_training_step_equals_the_reference_step():
 
 
 def test_optimisers_use_their_fastest_implementation():
+    from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
+
     tasks = tasks_of("binary")
-    adam = Trainer(model_for(tasks).float(), tasks, TrainConfig(progress=False)).optimizer
-    assert all(g["fused"] for g in adam.param_groups)
-    rmsprop = Trainer(model_for(tasks).float(), tasks,
-                      TrainConfig(optimizer="rmsprop", progress=False)).optimizer
-    assert all(g["foreach"] for g in rmsprop.param_groups)
+    def optimizer(name):
+        groups = parameter_groups(model_for(tasks).float(), TrainConfig())
+        return fast_optimizer(OPTIMIZERS.get(name), groups)
+
+    assert all(g["fused"] for g in optimizer("adam").param_groups)
+    assert all(g["foreach"] for g in optimizer("rmsprop").param_groups)
+    trainer = Trainer(model_for(tasks).float(), tasks, TrainConfig(progress=False))
+    trainer.setup()  # the trainer builds its optimiser the same way
+    assert all(g["fused"] for g in trainer.optimizer.param_groups)
 
 
 # ---------------------------------------------------------------------- allocation streams

@@ -235,12 +235,14 @@ def test_finetune_optimizer_takes_over_when_validation_stalls(tmp_path, scripted
     Trainer(small_model(tasks), tasks, TrainConfig(**{**cfg.__dict__, "steps": stop}),
             out_dir=tmp_path / "run").fit()
     resumed = Trainer(small_model(tasks), tasks, cfg, out_dir=tmp_path / "run")
+    resumed.setup()
     assert resumed.step == stop and isinstance(resumed.optimizer, torch.optim.Adam)
     assert resumed.fit().finetune_step == res.finetune_step
     for k, v in trainer.final_state.items():
         torch.testing.assert_close(resumed.final_state[k], v, rtol=0, atol=0, msg=k)
     # resuming after the switch rebuilds the finetune optimiser
     again = Trainer(small_model(tasks), tasks, cfg, out_dir=tmp_path / "ref")
+    again.setup()
     assert isinstance(again.optimizer, torch.optim.RMSprop) and again.step == 12
     with pytest.raises(ConfigError, match="finetune_lr > 0"):
         TrainConfig(finetune_optimizer="rmsprop", finetune_lr=0.0).validate()

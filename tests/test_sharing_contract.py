@@ -113,7 +113,7 @@ def test_regularization_is_added_to_the_training_loss(toy_method):
     batches = [(t.train.x[:8], t.train.y[:8]) for t in tasks]
     with torch.no_grad():
         plain = [t.loss(model(x, i), y) for i, (t, (x, y)) in enumerate(zip(tasks, batches))]
-    losses = trainer._losses([0, 1], batches)
+    losses = trainer.training_losses([0, 1], batches)
     for i, loss in enumerate(losses):  # gates start at 0.5: 5.0 * (0.5 + 0.5)
         torch.testing.assert_close(loss.detach(), plain[i] + 5.0)
 

@@ -205,9 +205,10 @@ def test_core_regularization_is_added_to_each_task_loss():
     model = make_model(tasks=tasks, dropout=0.0)
     trainer = Trainer(model, tasks, TrainConfig(progress=False))
     x, y = tasks[1].train
-    plain = trainer._loss(1, x, y).detach()
+    plain = trainer.training_losses([1], [(x, y)])[0].detach()
     model.core.regularization = lambda task: torch.tensor(10.0 * (task + 1))
-    assert float(trainer._loss(1, x, y).detach()) == pytest.approx(float(plain) + 20.0)
+    again = trainer.training_losses([1], [(x, y)])[0].detach()
+    assert float(again) == pytest.approx(float(plain) + 20.0)
 
 
 def test_gradient_clipping_bounds_the_update_norm():
@@ -216,7 +217,7 @@ def test_gradient_clipping_bounds_the_update_norm():
     trainer = Trainer(model, tasks, TrainConfig(optimizer="sgd", lr=1.0, clip_grad_norm=0.01,
                                                 progress=False))
     before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
-    trainer._update(1000 * trainer._loss(0, *tasks[0].train), [0])
+    trainer.update(1000 * trainer.training_losses([0], [tuple(tasks[0].train)])[0], [0])
     after = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
     assert float((after - before).norm()) == pytest.approx(0.01, rel=1e-4)
 
@@ -240,13 +241,15 @@ def test_resume_refuses_other_settings_or_fewer_steps(tmp_path):
             out_dir=tmp_path).fit()
     with pytest.raises(ConfigError, match="lr: 0.001 -> 0.1"):
         Trainer(make_model(tasks=tasks), tasks, TrainConfig(steps=8, lr=0.1, progress=False),
-                out_dir=tmp_path)
+                out_dir=tmp_path).fit()
     with pytest.raises(ConfigError, match="past the 2 steps"):
         Trainer(make_model(tasks=tasks), tasks, TrainConfig(steps=2, progress=False),
-                out_dir=tmp_path)
+                out_dir=tmp_path).fit()
     longer = Trainer(make_model(tasks=tasks), tasks,
                      TrainConfig(steps=6, eval_every=2, progress=False), out_dir=tmp_path)
-    assert longer.step == 4 and longer.fit().steps == 6
+    assert longer.step == 0  # the constructor reads nothing
+    longer.setup()
+    assert longer.step == 4 and longer.fit().steps == 6 and longer.resumed_from == 4
 
 
 def test_steps_and_epochs_are_exclusive():

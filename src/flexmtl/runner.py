@@ -175,8 +175,8 @@ def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log)
     seed_everything(seed)
     model = exp.build_model(method, tasks, cfg, seed)
     trainer = Trainer(model, tasks, exp.train_config(cfg, seed, progress), out_dir=run_dir)
-    resumed = trainer.step
     res = trainer.fit()
+    resumed = trainer.resumed_from
     return distributed.on_main(_report, exp, method, seed, cfg, tasks, model, res, resumed,
                                done, log)
 

@@ -81,6 +81,7 @@ class Trainer:
         resume: bool = True,
         callbacks: Sequence[Callable[[Trainer, int], None]] = (),
     ):
+        # checks only: no I/O and no global state until setup()
         self.config = config or TrainConfig()
         self.config.validate()
         if not tasks:
@@ -88,24 +89,13 @@ class Trainer:
         if self.config.steps == 0:
             per_epoch = max(math.ceil(len(t.train) / self.config.batch_size) for t in tasks)
             self.config = replace(self.config, steps=math.ceil(self.config.epochs * per_epoch))
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
-        self.device = distributed.resolve_device(self.config.device)
-        distributed.setup(self.device)
-        self.world_size = distributed.world_size()
-        self.is_main = distributed.is_main()
         cfg = self.config
-        too_small = [t.name for t in tasks if min(cfg.batch_size, len(t.train)) < self.world_size]
-        if too_small:
-            raise ConfigError(
-                f"{self.world_size} processes need batches of >= {self.world_size} examples; "
-                f"tasks {', '.join(too_small)} have fewer (batch_size or training set)")
-        self.model = model.to(self.device)
+        self.device = distributed.resolve_device(cfg.device)
+        self.model = model
         self.tasks = list(tasks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.resume = resume
         self.callbacks = list(callbacks)
-        self.finetune_step: int | None = None
-        self.optimizer = self._make_optimizer()
         self.schedule = SCHEDULES.get(cfg.schedule)()
         # tasks of one input group: one example stream (the same batches), read once to test
         self.input_groups = input_groups(self.tasks)
@@ -113,31 +103,61 @@ class Trainer:
                                         cfg.seed, [t.input_group or i
                                                    for i, t in enumerate(self.tasks)])
         self.task_order_generator = torch.Generator().manual_seed(cfg.seed + 1)
-        self.train_data = [self._to_device(t.train) for t in self.tasks]
         self.step = 0
+        self.resumed_from = 0  # the step a resumed run continued from
         self.best_score = math.inf
         self.best_step = -1
+        self.finetune_step: int | None = None
         self.history: list[dict] = []  # one entry per evaluation
         self.sharing: list[tuple[int, torch.Tensor]] = []
         self.last_checkpoint_step: int | None = None
         self._best_in_memory: dict | None = None
         self.seconds_before = 0.0  # training time of earlier segments of a resumed run
         self._segment_start = time.perf_counter()
+        self.world_size = 1
+        self.is_main = True
         self.shared_stream: distributed.SharedStream | None = None
+        self._ready = False
+
+    def setup(self) -> None:
+        """Everything training needs beyond the constructor's checks, once (:meth:`fit`,
+        :meth:`train_step` and :meth:`evaluate` call it): thread count, the process group
+        under ``torchrun``, the model and data on the device, the optimiser, and the run
+        folder -- resume from its ``last.pt`` (``resume``), or clear an earlier attempt's
+        logs."""
+        if self._ready:
+            return
+        cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        distributed.setup(self.device)
+        self.world_size = distributed.world_size()
+        self.is_main = distributed.is_main()
+        too_small = [t.name for t in self.tasks
+                     if min(cfg.batch_size, len(t.train)) < self.world_size]
+        if too_small:
+            raise ConfigError(
+                f"{self.world_size} processes need batches of >= {self.world_size} examples; "
+                f"tasks {', '.join(too_small)} have fewer (batch_size or training set)")
+        self.model.to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.train_data = [self._to_device(t.train) for t in self.tasks]
         if self.world_size > 1:
             self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
             distributed.seed_rank(cfg.seed)
-        state = distributed.on_main(self._read_last) if resume else None
+        state = distributed.on_main(self._read_last) if self.resume else None
         if state is not None:
             self._resume(state)
         elif self.out_dir is not None and self.is_main:
             # a fresh start: logs of an earlier attempt are stale
             for name in ("train_log.csv", "eval_log.csv", "best.pt", "sharing.pt"):
                 (self.out_dir / name).unlink(missing_ok=True)
+        self.resumed_from = self.step
         self.training_forward = distributed.wrap(_TrainingForward(self.model), self.device,
                                                  self._find_unused_parameters())
         if cfg.compile:
             self.training_forward = torch.compile(self.training_forward)
+        self._ready = True
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """The optimiser of the current phase (the finetune one once it has taken over)."""
@@ -164,8 +184,9 @@ class Trainer:
     def _to_device(self, split: Split) -> Split:
         return Split(split.x.to(self.device), split.y.to(self.device))
 
-    def _batch(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's piece of the task's next (global) batch."""
+    def draw_batch(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's piece of the task's next (global) batch, on the device."""
+        self.setup()
         idx = distributed.shard(self.sampler.next(task)).to(self.device)
         data = self.train_data[task]
         augment = self.tasks[task].augment
@@ -173,8 +194,9 @@ class Trainer:
         x = data.x.index_select(0, idx) if torch.is_tensor(data.x) else data.x[idx]
         return (augment(x) if augment is not None else x), data.y.index_select(0, idx)
 
-    def _losses(self, tasks: Sequence[int],
-                batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    def training_losses(self, tasks: Sequence[int],
+                        batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                        ) -> list[torch.Tensor]:
         """Loss of each task's batch plus the core's regularisation for that task (e.g. a
         budget penalty); one forward for all, fused where the model supports it.
 
@@ -182,6 +204,7 @@ class Trainer:
         the global batch's value and a gradient that DDP's average over ranks turns into the
         global batch's gradient (see :meth:`_global_mean`).
         """
+        self.setup()
         outs, regularization = self._forward([x for x, _ in batches], list(tasks))
         ys = [y for _, y in batches]
         losses = self._task_losses(tasks, outs, ys)
@@ -259,11 +282,9 @@ class Trainer:
             out.append(mean + (scaled - scaled.detach()))  # value: mean; gradient: scaled's
         return out
 
-    def _loss(self, task: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Loss of one task's batch (with regularisation)."""
-        return self._losses([task], [(x, y)])[0]
-
-    def _update(self, loss: torch.Tensor, task_indices: Sequence[int]) -> None:
+    def update(self, loss: torch.Tensor, task_indices: Sequence[int]) -> None:
+        """One optimiser update from ``loss`` (of the tasks ``task_indices``): a non-finite
+        loss stops training (:class:`TrainingDiverged`); gradients are clipped when set."""
         self._check(loss, task_indices)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -278,6 +299,7 @@ class Trainer:
         Returns ``{"tasks": {name: {"loss", "accuracy"}}, "loss": sum of task losses,
         "accuracy": mean task accuracy}``; tasks without that split are left out.
         """
+        self.setup()
         was_training = self.model.training
         self.model.eval()
         found = {}
@@ -434,6 +456,7 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def fit(self) -> TrainResult:
         """Train to ``config.steps`` (resuming where a previous run stopped) and test once."""
+        self.setup()
         cfg = self.config
         self._segment_start = start_time = time.perf_counter()
         log_dir = self.out_dir if self.is_main else None
@@ -448,9 +471,7 @@ class Trainer:
             hooks.enter_context(self.shared_stream.attached(self.model))
         try:
             while self.step < cfg.steps:
-                losses = self.schedule.step(len(self.tasks), self._batch, self._losses,
-                                            self._update, self.task_order_generator)
-                self.step += 1
+                losses = self.train_step()
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     row = {"step": self.step, "loss": sum(losses)}
                     row.update({f"loss/{t.name}": v for t, v in zip(self.tasks, losses)})
@@ -474,6 +495,19 @@ class Trainer:
             train_log.close()
             eval_log.close()
         return self._finish(self.seconds_before + time.perf_counter() - start_time)
+
+    def train_step(self) -> list[float]:
+        """One step of the schedule (a batch per task, their losses, the update or updates;
+        see :mod:`~flexmtl.training.schedules`) and ``step + 1``; returns each task's
+        loss. :meth:`fit` runs these steps and validates, logs and checkpoints between them;
+        benchmarks and tools may call it directly (after :meth:`setup`, which it calls)."""
+        self.setup()
+        if not self.model.training:
+            self.model.train()
+        losses = self.schedule.step(len(self.tasks), self.draw_batch, self.training_losses,
+                                    self.update, self.task_order_generator)
+        self.step += 1
+        return losses
 
     def _evaluate_and_select(self, eval_log: _CsvLog) -> None:
         metrics = self.evaluate("val")
