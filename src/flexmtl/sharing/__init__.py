@@ -46,10 +46,19 @@ def may_leave_unused_parameters(model: nn.Module) -> bool:
     return any(isinstance(m, RoutedLayer) and id(m) not in in_cores for m in model.modules())
 
 
+def shared_random_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` whose random draws must be the same on every rank of
+    data-parallel training (the Gumbel-Matrix allocation samples, one per task and batch):
+    each draws from its ``generator`` attribute, which the trainer sets to one shared
+    stream (None: torch's default generator)."""
+    return [m for m in model.modules() if isinstance(m, GumbelMatrixAllocation)]
+
+
 __all__ = [
     "SharingCore",
     "find_cores",
     "may_leave_unused_parameters",
+    "shared_random_modules",
     "ALLOCATION_DEFAULTS",
     "Method",
     "METHODS",

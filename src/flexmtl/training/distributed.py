@@ -39,13 +39,12 @@ import torch.distributed as dist
 from torch import nn
 
 from flexmtl.errors import ConfigError, FlexMTLError
-from flexmtl.sharing.allocation import GumbelMatrixAllocation
+from flexmtl.sharing import shared_random_modules
 from flexmtl.training.checkpoint import seed_everything
 
 T = TypeVar("T")
 
 #: modules whose training forward draws randomness that must be equal on every rank
-SHARED_RANDOM_MODULES: tuple[type[nn.Module], ...] = (GumbelMatrixAllocation,)
 
 #: how long a rank waits for the others (rank 0 evaluates and tests while they wait)
 TIMEOUT = timedelta(hours=1)
@@ -211,8 +210,8 @@ def set_generator_state(device: torch.device, state: torch.Tensor) -> None:
 class SharedStream:
     """A random stream equal on every rank, for draws that must agree across ranks.
 
-    While attached (:meth:`attached`), every :data:`SHARED_RANDOM_MODULES` module (the
-    Gumbel-Matrix allocations: one sample per (task, batch), Sec. III-B) draws its training
+    While attached (:meth:`attached`), every module of
+    :func:`flexmtl.sharing.shared_random_modules` (the Gumbel-Matrix allocations: one sample per (task, batch), Sec. III-B) draws its training
     samples from this stream's :attr:`generator`; everything else (dropout, augmentation)
     keeps the rank's own stream. The stream starts as rank 0's default generator state at
     construction, so N ranks draw exactly the allocation samples one process would have
@@ -244,7 +243,7 @@ class SharedStream:
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module) -> Iterator[None]:
-        modules = [m for m in model.modules() if isinstance(m, SHARED_RANDOM_MODULES)]
+        modules = shared_random_modules(model)
         for m in modules:
             m.generator = self.generator
         try:
