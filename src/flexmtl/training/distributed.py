@@ -211,8 +211,9 @@ class SharedStream:
     """A random stream equal on every rank, for draws that must agree across ranks.
 
     While attached (:meth:`attached`), every module of
-    :func:`flexmtl.sharing.shared_random_modules` (the Gumbel-Matrix allocations: one sample per (task, batch), Sec. III-B) draws its training
-    samples from this stream's :attr:`generator`; everything else (dropout, augmentation)
+    :func:`flexmtl.sharing.shared_random_modules` (the Gumbel-Matrix allocations: one
+    sample per (task, batch), Sec. III-B) draws its training samples from this stream's
+    :attr:`generator`; everything else (dropout, augmentation)
     keeps the rank's own stream. The stream starts as rank 0's default generator state at
     construction, so N ranks draw exactly the allocation samples one process would have
     drawn.
