@@ -315,7 +315,7 @@ def test_drop_of_a_tracked_tensor_has_the_masks_gradient():
 
 
 def test_dense_soft_order_draws_one_mask_per_depth():
-    """The all-depth draw of _DenseSoftOrder (p = 0.5, ReLU) is the same stream as one
+    """The all-depth draw of DenseSoftOrder (p = 0.5, ReLU) is the same stream as one
     drop_ per depth."""
     gen = torch.Generator().manual_seed(0)
     h, w, b = (torch.randn(*s, generator=gen, dtype=torch.float64)
