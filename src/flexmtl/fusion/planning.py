@@ -6,9 +6,9 @@ One family of signatures serves every fusion of :mod:`flexmtl.fusion`:
   (one group, zero padding) whose weights can be stacked with others' along a new or the
   output dimension; two such layers run as one product when their signatures are equal
   (class, weight shape, dtype and device, bias or not, a convolution's geometry);
-* :func:`module_signature` -- a parameter-free module applied once to the stacked result
-  (an activation, pooling, GroupNorm without its affine parameters): class, settings and
-  mode;
+* :func:`module_signature` -- a module applied once to the stacked result (an activation,
+  pooling; in routed components also a GroupNorm, its affine parameters concatenated):
+  class, settings and mode;
 * :func:`mixing_reason` -- whether a module acts on each example alone, so that the rows
   of several tasks can share one call (:func:`register_per_example` declares user
   classes);
@@ -152,8 +152,8 @@ def layer_signature(layer: nn.Module) -> tuple:
 
 
 def module_signature(module: nn.Module) -> tuple:
-    """What parameter-free modules applied once to stacked outputs need equal: class,
-    settings (``extra_repr``) and training mode."""
+    """What modules applied once to stacked outputs (activations, pooling, GroupNorm) need
+    equal: class, settings (``extra_repr``) and training mode."""
     return type(module), module.extra_repr(), module.training
 
 
