@@ -1,11 +1,11 @@
 """Speed benchmarks: fused vs reference (per-task loop) execution of flexmtl's models.
 
 Each configuration from the papers is timed with the fused implementation and with the
-reference loop (every ``fused`` switch off: cores, routed layers, the model's batched
-encoders and heads, the trainer's stacked losses), in the same process, in alternating
-blocks so that a change of machine load hits both alike; the first steps of every block
-are not timed (they pay for the other implementation's caches), and the speed-up is the
-median of the blocks' paired ratios. Three levels are timed:
+reference loop (``flexmtl.fusion.set_fused(model, False)``: cores, routed layers, the
+model's batched encoders and heads, the trainer's stacked losses), in the same process,
+in alternating blocks so that a change of machine load hits both alike; the first steps of
+every block are not timed (they pay for the other implementation's caches), and the
+speed-up is the median of the blocks' paired ratios. Three levels are timed:
 
 * ``step`` -- whole training steps (batches, forward, backward and optimiser update, as
   the trainer runs them): what a user waits for;
@@ -55,6 +55,7 @@ from torch import nn
 
 import flexmtl as fm
 from flexmtl.experiments import get_experiment
+from flexmtl.fusion import set_fused
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,16 +129,6 @@ HEAVY = {"omniglot-20"}
 
 
 # ---------------------------------------------------------------------- timing
-
-
-def set_fused(model: nn.Module, fused: bool) -> bool:
-    """Switch every fusable module of ``model``; False if the model has none."""
-    found = False
-    for module in model.modules():
-        if hasattr(module, "fused"):
-            module.fused = fused
-            found = True
-    return found
 
 
 def _trainer(model, tasks, train_kwargs, device) -> fm.Trainer:

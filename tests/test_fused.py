@@ -1,4 +1,4 @@
-"""Fused multi-task execution of the orderings (flexmtl.sharing.fused) against the per-task
+"""Fused multi-task execution of the orderings (flexmtl.fusion) against the per-task
 reference ``core(h, task)``: same outputs and gradients (soft ordering paper, Eqs. 2, 3, 7)."""
 
 import warnings
@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-import flexmtl.sharing.fused as fused
 from flexmtl import ShapeError, Task, TrainConfig, Trainer, build_model, make_core
-from flexmtl.sharing.fused import drop_, keep_mask, keep_probability, plan_blocks
+from flexmtl.fusion import kernels, orderings, planning, register_per_example
+from flexmtl.fusion.masks import drop_, keep_mask, keep_probability
+from flexmtl.fusion.planning import plan_blocks
 
 METHODS = ("soft", "parallel", "permuted", "single")
 SIZES = (3, 5, 1, 4)  # unequal batches
@@ -113,9 +114,9 @@ def test_per_task_layers_and_its_alternatives_agree(method, monkeypatch):
     batches): both equal the reference."""
     core = build(method, dense(4))
     hs = inputs((6,))
-    assert fused.per_task_pays_off(plan_blocks(core._all_blocks(), (6,)).stacked, hs)
+    assert orderings.per_task_pays_off(plan_blocks(core._all_blocks(), (6,)).stacked, hs)
     assert_matches_reference(core, hs)
-    monkeypatch.setattr(fused, "CPU_STACK_LIMIT", 0)
+    monkeypatch.setattr(planning, "CPU_STACK_LIMIT", 0)
     assert_matches_reference(core, hs)
     assert_matches_reference(core, inputs((6,), sizes=(1, 9, 1, 1)))  # padding would x4
 
@@ -166,8 +167,8 @@ def test_unknown_user_block_falls_back_with_one_warning(method):
 
 
 def test_registered_user_block_is_fused(monkeypatch):
-    monkeypatch.setattr(fused, "_PER_EXAMPLE", set(fused._PER_EXAMPLE))
-    fused.register_per_example(Residual)
+    monkeypatch.setattr(planning, "_PER_EXAMPLE", set(planning._PER_EXAMPLE))
+    register_per_example(Residual)
     core = build("soft", [Residual(6) for _ in range(3)])
     assert plan_blocks(core.blocks, (6,)).per_example
     assert_matches_reference(core, inputs((6,)))
@@ -244,7 +245,7 @@ def test_hand_written_soft_backward_equals_autograd_with_dropout(act, monkeypatc
     results = []
     for generic in (False, True):
         if generic:
-            monkeypatch.setattr(fused, "_dense_activation", lambda stacked: None)
+            monkeypatch.setattr(orderings, "_dense_activation", lambda stacked: None)
         torch.manual_seed(7)
         results.append(outputs_and_grads(core, hs, TASKS, fused_pass=True))
     for a, b in zip(results[0][0] + list(results[0][1]), results[1][0] + list(results[1][1])):
@@ -314,7 +315,7 @@ def test_drop_of_a_tracked_tensor_has_the_masks_gradient():
 
 
 def test_dense_soft_order_draws_one_mask_per_depth():
-    """The all-depth draw of _DenseSoftOrder (p = 0.5, ReLU) is the same stream as one
+    """The all-depth draw of DenseSoftOrder (p = 0.5, ReLU) is the same stream as one
     drop_ per depth."""
     gen = torch.Generator().manual_seed(0)
     h, w, b = (torch.randn(*s, generator=gen, dtype=torch.float64)
@@ -322,7 +323,7 @@ def test_dense_soft_order_draws_one_mask_per_depth():
     task_scales = torch.rand(3, 4, 5, generator=gen, dtype=torch.float64)
     rows = torch.arange(48) % 3
     torch.manual_seed(7)
-    out = fused._DenseSoftOrder.apply(h, w, b, task_scales, rows, 2.0, True, 0.5)
+    out = kernels.DenseSoftOrder.apply(h, w, b, task_scales, rows, 2.0, True, 0.5)
     torch.manual_seed(7)
     y = h
     for k in range(5):

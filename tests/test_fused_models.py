@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from flexmtl import Task, TrainConfig, Trainer, build_model, make_core, models
+from flexmtl import Task, TrainConfig, Trainer, build_model, make_core
 from flexmtl.experiments.soft_ordering import dense_blocks
-from flexmtl.models import dense_encoder, make_decoder, stacked_dense
-from flexmtl.training.trainer import stacked_losses
+from flexmtl.fusion import dense, planning
+from flexmtl.fusion.dense import stacked_dense
+from flexmtl.fusion.losses import stacked_losses
+from flexmtl.models import dense_encoder, make_decoder
 
 T, B = 4, 5
 
@@ -75,9 +77,9 @@ def test_bare_and_bias_free_layers(make):
 
 def test_large_weights_are_not_stacked_on_the_cpu(monkeypatch):
     mods = modules(lambda: dense_encoder((7,), 6))
-    monkeypatch.setattr(models, "CPU_STACK_LIMIT", 4 * 6 * 7 - 1)
+    monkeypatch.setattr(planning, "CPU_STACK_LIMIT", 4 * 6 * 7 - 1)
     assert stacked_dense(mods, inputs((7,))) is None
-    monkeypatch.setattr(models, "CPU_STACK_LIMIT", 4 * 6 * 7)
+    monkeypatch.setattr(planning, "CPU_STACK_LIMIT", 4 * 6 * 7)
     assert stacked_dense(mods, inputs((7,))) is not None
 
 
@@ -203,13 +205,13 @@ def test_alike_tasks_are_batched_group_by_group(monkeypatch):
     xs = [torch.randn(B, model.encoders[t][1].in_features, dtype=torch.float64) for t in order]
     groups = []
 
-    stacked_parts = models._stacked_parts
+    stacked_parts = dense._stacked_parts
 
     def counting(parts, inputs):
         groups.append(len(parts))
         return stacked_parts(parts, inputs)
 
-    monkeypatch.setattr(models, "_stacked_parts", counting)
+    monkeypatch.setattr(dense, "_stacked_parts", counting)
     fused_out, fused_grads = forward_and_grads(model, xs, order, True)
     assert sorted(groups) == [2, 2, 3, 4]  # encoders of 5 and 7 inputs, heads of 2 and 3
     ref_out, ref_grads = forward_and_grads(model, xs, order, False)
@@ -280,7 +282,7 @@ def test_the_trainer_stacks_losses_group_by_group():
     ys = [torch.randint(0, tasks[t].num_outputs, (B,), generator=g)
           if tasks[t].kind == "multiclass" else torch.rand(B, dtype=torch.float64, generator=g)
           for t in order]
-    losses = trainer._task_losses(order, outs, ys)
+    losses = trainer.losses_of(order, outs, ys)
     for loss, t, out, y in zip(losses, order, outs, ys):
         torch.testing.assert_close(loss, tasks[t].loss(out, y), atol=1e-14, rtol=1e-13)
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from flexmtl import Task
 from flexmtl.experiments import get_experiment
-from flexmtl.sharing import fused_components
+from flexmtl.fusion import components as fused_components
+from flexmtl.fusion.components import plan_fusion
 from flexmtl.sharing.allocation import RoutedLayer, TemperatureSchedule
 from flexmtl.sharing.components import (
     cluster_components,
@@ -19,7 +20,6 @@ from flexmtl.sharing.components import (
     omniglot_components,
     single_conv,
 )
-from flexmtl.sharing.fused_components import plan_fusion
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -7,7 +7,8 @@ decoders are task specific unless stated; the core decides how tasks share layer
 encoders (or decoders) are alike dense layers -- ``[Flatten ->] Linear [-> ReLU]`` of one
 shape, as :func:`dense_encoder` and :func:`make_decoder` build them -- and small enough
 have their weights stacked on the fly and run as ONE batched matrix product per group
-(:func:`stacked_dense`); the parameters stay each task's own ``nn.Linear``.
+(:func:`flexmtl.fusion.dense.stacked_groups`); the parameters stay each task's own
+``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
+from flexmtl.fusion import Fusable
+from flexmtl.fusion.dense import stacked_groups
 from flexmtl.sharing.base import SharingCore
-from flexmtl.sharing.fused import global_hooks, has_hooks
 from flexmtl.tasks import Task
 
 ENCODERS = ("learned", "frozen", "identity", "shared")
@@ -63,97 +65,7 @@ def make_decoder(kind: str, feature_shape: Sequence[int], num_outputs: int) -> n
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(feature_shape), out))
 
 
-#: ``(flatten, linear, tail)`` of a dense module, see :func:`_dense_parts`
-DenseParts = tuple[bool, nn.Linear, tuple[nn.Module, ...]]
-
-
-def _dense_parts(module: nn.Module) -> DenseParts | None:
-    """``(flatten, linear, tail)`` when ``module`` is ``[Flatten ->] Linear [-> ReLU]`` made
-    of these torch classes exactly (a subclass may change ``forward``), without hooks."""
-    parts = list(module) if type(module) is nn.Sequential else [module]
-    if any(map(has_hooks, (module, *parts))):
-        return None
-    flatten = bool(parts) and type(parts[0]) is nn.Flatten
-    if flatten:
-        if (parts[0].start_dim, parts[0].end_dim) != (1, -1):
-            return None
-        parts = parts[1:]
-    if not parts or type(parts[0]) is not nn.Linear:
-        return None
-    tail = tuple(parts[1:])
-    if len(tail) > 1 or any(type(m) is not nn.ReLU for m in tail):
-        return None
-    return flatten, parts[0], tail
-
-
-#: on the CPU, stacking the weights pays off up to this many elements in all (copying larger
-#: ones, e.g. ten 784 x 64 frozen encoders, costs more than the per-task calls it saves;
-#: measured)
-CPU_STACK_LIMIT = 2**16
-
-
-def _dense_key(parts: DenseParts | None, x: torch.Tensor) -> tuple | None:
-    """What :func:`stacked_dense` needs equal for a dense module (``parts``) on ``x`` to
-    join a batched product with others; None when it cannot (not a dense layer, or too
-    large to stack)."""
-    if parts is None:
-        return None
-    flatten, layer, tail = parts
-    w = layer.weight
-    if w.device.type == "cpu" and 2 * w.numel() > CPU_STACK_LIMIT:
-        return None
-    return (flatten, len(tail), w.shape, w.dtype, w.device, layer.bias is None, x.shape,
-            x.dtype, x.device)
-
-
-def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
-                  ) -> torch.Tensor | None:
-    """``torch.stack([m(x) for m, x in zip(modules, xs)])`` as ONE batched matrix product,
-    or None when the modules or inputs do not allow it (then call them one by one).
-
-    It applies when there are several modules, each ``[Flatten ->] Linear [-> ReLU]`` (see
-    :func:`_dense_parts`) of one structure, shape, dtype and device, the inputs have one
-    shape that the layers accept and, on the CPU, the weights are small. The weights are
-    stacked at every call (``torch.stack`` is differentiable: each module's own parameters
-    get their gradient).
-    """
-    if len(modules) < 2 or len(xs) != len(modules) or global_hooks():
-        return None
-    return _stacked_parts([_dense_parts(m) for m in modules], xs)
-
-
-def _stacked_parts(parts: Sequence[DenseParts | None], xs: Sequence[torch.Tensor]
-                   ) -> torch.Tensor | None:
-    """:func:`stacked_dense` of modules already split by :func:`_dense_parts`."""
-    first = parts[0]
-    if first is None:
-        return None
-    flatten, layer, tail = first
-    w, has_bias = layer.weight, layer.bias is not None
-    if w.device.type == "cpu" and len(parts) * w.numel() > CPU_STACK_LIMIT:
-        return None
-    if any(p is None or p[0] != flatten or len(p[2]) != len(tail) for p in parts):
-        return None
-    layers = [p[1] for p in parts]
-    if (any(x.shape != xs[0].shape or x.dtype != w.dtype or x.device != w.device for x in xs)
-            or any(m.weight.shape != w.shape or m.weight.dtype != w.dtype
-                   or m.weight.device != w.device or (m.bias is not None) != has_bias
-                   for m in layers)):
-        return None
-    x = torch.stack(list(xs))  # [T, B, *shape]
-    if flatten:
-        x = x.flatten(2)
-    if x.ndim != 3 or x.shape[2] != w.shape[1]:
-        return None  # the reference raises its own error
-    weight = torch.stack([m.weight for m in layers]).transpose(1, 2)  # [T, in, out]
-    if has_bias:
-        y = torch.baddbmm(torch.stack([m.bias for m in layers]).unsqueeze(1), x, weight)
-    else:
-        y = torch.bmm(x, weight)
-    return y.relu_() if tail else y  # in place: the product's backward does not need y
-
-
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(Fusable, nn.Module):
     """``decoders[i](core(encoders[i](x), i))`` for each task ``i``.
 
     Args:
@@ -213,7 +125,7 @@ class MultiTaskModel(nn.Module):
 
         The core's :meth:`~flexmtl.sharing.SharingCore.forward_tasks` runs the tasks (the
         fused orderings in one batched pass). Alike dense encoders (and decoders)
-        run as one batched product per group of alike ones (:func:`stacked_dense`) unless
+        run as one batched product per group of alike ones (:mod:`flexmtl.fusion.dense`) unless
         ``fused`` is False.
         """
         shape = tuple(self.core.feature_shape)
@@ -226,23 +138,11 @@ class MultiTaskModel(nn.Module):
     def _batched(self, modules: nn.ModuleList, xs: Sequence[torch.Tensor],
                  tasks: Sequence[int]) -> list[torch.Tensor | None]:
         """``modules[t](x)`` of the tasks whose modules and inputs are alike, one batched
-        product per group (:func:`stacked_dense`); None where a module runs alone."""
-        outs: list[torch.Tensor | None] = [None] * len(xs)
-        if not self.fused or len(xs) < 2 or global_hooks():
-            return outs
-        parts = [_dense_parts(modules[t]) for t in tasks]
-        groups: dict[tuple, list[int]] = {}
-        for i, x in enumerate(xs):
-            key = _dense_key(parts[i], x)
-            if key is not None:
-                groups.setdefault(key, []).append(i)
-        for members in groups.values():
-            if len(members) < 2:
-                continue
-            y = _stacked_parts([parts[i] for i in members], [xs[i] for i in members])
-            for i, out in zip(members, () if y is None else y.unbind(0)):
-                outs[i] = out
-        return outs
+        product per group (:func:`~flexmtl.fusion.dense.stacked_groups`); None where a
+        module runs alone."""
+        if not self.fused:
+            return [None] * len(xs)
+        return stacked_groups([modules[t] for t in tasks], xs)
 
 
 def build_model(

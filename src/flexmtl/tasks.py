@@ -96,6 +96,20 @@ def as_split(data, kind: str) -> Split:
     return Split(x, y)
 
 
+def kind_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
+              reduction: str = "mean") -> torch.Tensor:
+    """The loss of a task of ``kind`` (:data:`KINDS`): cross-entropy (``multiclass``),
+    binary cross-entropy of logits (``binary``) or squared error (``regression``), reduced
+    as ``torch.nn.functional``'s ``reduction`` says. :meth:`Task.loss` and the stacked
+    losses of several tasks (:func:`flexmtl.fusion.losses.stacked_losses`) both use it."""
+    if kind == "multiclass":
+        return F.cross_entropy(output, target, reduction=reduction)
+    if kind == "binary":
+        return F.binary_cross_entropy_with_logits(output.reshape(target.shape), target,
+                                                  reduction=reduction)
+    return F.mse_loss(output.reshape(target.shape), target, reduction=reduction)
+
+
 @dataclass
 class Task:
     """One task of a multi-task problem.
@@ -161,12 +175,9 @@ class Task:
         return tuple(self.train.x.shape[1:])
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean loss of a batch: cross-entropy, binary cross-entropy or squared error."""
-        if self.kind == "multiclass":
-            return F.cross_entropy(output, target)
-        if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(output.reshape(target.shape), target)
-        return F.mse_loss(output.reshape(target.shape), target)
+        """Mean loss of a batch: cross-entropy, binary cross-entropy or squared error
+        (:func:`kind_loss` of the task's kind)."""
+        return kind_loss(self.kind, output, target)
 
     def correct(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
         """Number of correct predictions in a batch (None for regression)."""

@@ -16,8 +16,8 @@ layer outputs the mean of the active components (zero when none is active):
   the task embeddings (III-E).
 
 A routed layer runs its components of the same kind as one op (one convolution with
-stacked weights, a grouped convolution, a batched matmul: :mod:`.fused_components`);
-``fused=False`` keeps the per-component reference path.
+stacked weights, a grouped convolution, a batched matmul:
+:mod:`flexmtl.fusion.components`); ``fused=False`` keeps the per-component reference path.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
+from flexmtl.fusion import Fusable
+from flexmtl.fusion.components import FusionPlan, combine_components, plan_fusion
+from flexmtl.fusion.hooks import blocks_state, global_hooks, has_hooks
+from flexmtl.fusion.kernels import StraightThroughRow
 from flexmtl.sharing.base import SharingCore
-from flexmtl.sharing.fused import blocks_state, global_hooks, has_hooks
-from flexmtl.sharing.fused_components import FusionPlan, plan_fusion
 from flexmtl.sharing.ordering import probe_shape
 
 __all__ = [
@@ -170,10 +171,10 @@ class GumbelMatrixAllocation(Allocation):
     def sample_combined(self, task: int, tau: float, mean: bool) -> torch.Tensor:
         """:meth:`sample` for ``task`` (the same noise, drawn the same way), divided by the
         number of active components when ``mean`` (at least 1: zero when none is active),
-        as ONE autograd node (:class:`_StraightThroughRow`) instead of a dozen: the weights
-        a fused routed layer combines its components with."""
+        as ONE autograd node (:class:`~flexmtl.fusion.kernels.StraightThroughRow`) instead
+        of a dozen: the weights a fused routed layer combines its components with."""
         noise = sample_gumbel(self.logits.shape[1:], self.logits, self.generator)
-        return _StraightThroughRow.apply(self.logits, task, noise, tau, mean)
+        return StraightThroughRow.apply(self.logits, task, noise, tau, mean)
 
     def greedy(self, task: int) -> torch.Tensor:
         """The most likely pattern (Sec. III-C): connected when ``p >= 0.5``."""
@@ -189,69 +190,6 @@ class GumbelMatrixAllocation(Allocation):
         if self.eval_mode == "sample":
             return self.sample(task, tau)
         return self.greedy(task)
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-class _StraightThroughRow(torch.autograd.Function):
-    """``w = s / max(sum(s), 1)`` (or ``s`` when not ``mean``) for the straight-through
-    sample ``s = hard + (soft - soft.detach())`` of row ``task`` of ``logits`` with
-    Gumbel ``noise`` (:meth:`GumbelMatrixAllocation.sample`).
-
-    Forward: ``hard_c = [v_c0 >= v_c1]``, ``v = logits[task] + noise``. Backward, with
-    ``soft_c = softmax(v_c / tau)_0 = sigmoid((v_c0 - v_c1) / tau)``, ``S = sum(hard)``,
-    ``D = max(S, 1)``: ``dL/ds_k = g_k / D - [S >= 1] <g, hard> / D^2`` (the clamp passes
-    the gradient at ``S >= 1``, like ``clamp(min=1)``), ``dL/dv_k0 = -dL/dv_k1 = dL/ds_k
-    soft_k (1 - soft_k) / tau``. The same values as autograd through those ops, up to
-    rounding; inputs ``logits`` ``[T, C, 2]``, ``noise`` ``[C, 2]``.
-
-    On the CPU the C-element row is worked out with Python floats (``v`` itself is summed
-    by torch, so ``hard`` is exactly the reference's): a dozen torch calls on a handful of
-    numbers cost more than the arithmetic. Elsewhere it stays on the device (no sync).
-    """
-
-    @staticmethod
-    def forward(ctx, logits, task, noise, tau, mean):
-        ctx.task, ctx.tau, ctx.shape, ctx.mean = task, tau, logits.shape, mean
-        v = logits[task] + noise
-        if logits.device.type == "cpu":
-            rows = v.tolist()
-            hard = [1.0 if a >= b else 0.0 for a, b in rows]
-            ctx.soft = [_sigmoid((a - b) / tau) for a, b in rows]
-            ctx.hard, ctx.total = hard, sum(hard)
-            ctx.denom = max(ctx.total, 1.0) if mean else 1.0
-            return torch.tensor([x / ctx.denom for x in hard], dtype=logits.dtype)
-        ctx.hard = None
-        hard = (v[:, 0] >= v[:, 1]).to(logits.dtype)
-        soft = torch.sigmoid((v[:, 0] - v[:, 1]) / tau)
-        total = hard.sum()
-        denom = total.clamp(min=1.0) if mean else None
-        ctx.save_for_backward(hard, soft, total, denom)
-        return hard / denom if mean else hard
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        out = grad.new_zeros(ctx.shape)
-        if ctx.hard is not None:  # the CPU path's Python floats
-            g, hard, soft, denom = grad.tolist(), ctx.hard, ctx.soft, ctx.denom
-            if ctx.mean:
-                through = (ctx.total >= 1) * sum(a * b for a, b in zip(g, hard)) / denom**2
-                g = [x / denom - through for x in g]
-            d = [x * s * (1.0 - s) / ctx.tau for x, s in zip(g, soft)]
-            out[ctx.task] = torch.tensor([[x, -x] for x in d], dtype=grad.dtype)
-            return out, None, None, None, None
-        hard, soft, total, denom = ctx.saved_tensors
-        if denom is not None:  # through the mean's division
-            grad = grad / denom - (total >= 1).to(grad.dtype) * (grad @ hard) / denom**2
-        d = grad * soft * (1.0 - soft) / ctx.tau
-        out[ctx.task] = torch.stack([d, -d], dim=-1)
-        return out, None, None, None, None
 
 
 class FixedAllocation(Allocation):
@@ -325,7 +263,7 @@ def make_allocation(
     return allocation
 
 
-class RoutedLayer(nn.Module):
+class RoutedLayer(Fusable, nn.Module):
     """One modular layer: components combined per task by an allocation (Sec. III).
 
     Args:
@@ -341,7 +279,7 @@ class RoutedLayer(nn.Module):
         temperature: ``tau(step)``; default :class:`TemperatureSchedule`.
         eval_mode: ``"greedy"`` (most likely pattern) or ``"sample"`` (Sec. III-C).
         fused: run components of the same kind as one op (see
-            :mod:`flexmtl.sharing.fused_components`); False runs them one by one (the
+            :mod:`flexmtl.fusion.components`); False runs them one by one (the
             reference). Same outputs and gradients up to rounding; may be switched later.
 
     In training every component runs when the allocation is learned, so that inactive
@@ -417,7 +355,7 @@ class RoutedLayer(nn.Module):
         warnings.warn(
             f"RoutedLayer runs components {alike} ({', '.join(names)}) one by one: only "
             "chains of Conv2d, Linear, GroupNorm and parameter-free activations without "
-            "hooks run as one op (see flexmtl.sharing.fused_components)", stacklevel=3)
+            "hooks run as one op (see flexmtl.fusion.components)", stacklevel=3)
 
     @property
     def num_components(self) -> int:
@@ -453,7 +391,9 @@ class RoutedLayer(nn.Module):
                 and not global_hooks()):
             # one autograd node for the sample and the mean (the same values and noise)
             weights = self.allocation.sample_combined(task, tau, mean)
-            return self._fused_forward(h, weights, list(range(self.num_components)), False)
+            return combine_components(self.plan, self.components, h, weights,
+                                      list(range(self.num_components)), False,
+                                      self.output_shape)
         weights = self.allocation(task, tau)  # [C], one row per (task, batch)
         if self.training and self.allocation.learned:
             active = list(range(self.num_components))
@@ -462,45 +402,14 @@ class RoutedLayer(nn.Module):
         if not active:
             return h.new_zeros(h.shape[0], *self.output_shape)
         if self.fused:
-            return self._fused_forward(h, weights, active, mean)
+            return combine_components(self.plan, self.components, h, weights, active, mean,
+                                      self.output_shape)
         outs = torch.stack([self.components[c](h) for c in active])  # [A, B, ...]
         w = weights[active].reshape(-1, *(1,) * (outs.dim() - 1))
         out = (w * outs).sum(dim=0)
         if self.combine == "mean":
             out = out / weights.sum().clamp(min=1.0)  # mean of the active ones; 0 if none
         return out
-
-    def _fused_forward(
-        self, h: torch.Tensor, weights: torch.Tensor, active: list[int], mean: bool
-    ) -> torch.Tensor:
-        """The forward above with each group of same-kind components run as one op.
-
-        Only the ``active`` components run; with ``mean`` the mean's division is folded into
-        the weights (False: ``weights`` are final).
-        """
-        if mean:
-            weights = weights / weights.sum().clamp(min=1.0)
-        batch, chosen, plan = h.shape[0], set(active), self.plan
-        out = None
-        for group in plan.groups:
-            members = [c for c in group.indices if c in chosen]
-            if members:  # weighted sum of the G outputs [B, G, N]: a batched [1, G] matmul
-                w = _take(weights, members).expand(batch, 1, len(members))
-                part = torch.bmm(w, group(h, members)).view(batch, *self.output_shape)
-                out = part if out is None else out + part
-        for c in plan.singles:
-            if c in chosen:
-                part = weights[c] * self.components[c](h)
-                out = part if out is None else out + part
-        return out
-
-
-def _take(weights: torch.Tensor, indices: list[int]) -> torch.Tensor:
-    """``weights[indices]``; no copy when the indices are a contiguous run."""
-    first, last = indices[0], indices[-1]
-    if last - first + 1 != len(indices):
-        return weights[indices]
-    return weights if len(indices) == len(weights) else weights[first : last + 1]
 
 
 class RoutedCore(SharingCore):

@@ -18,7 +18,7 @@ Dropout is applied to the output of each shared layer, before any scaling (Sec. 
 All cores share one call signature, ``core(h, task) -> h``: the per-task reference
 implementation, also used to evaluate one task. ``core.forward_tasks(hs, tasks)`` runs
 the inputs of several tasks at once (one training step): fused across tasks and layers
-(:mod:`flexmtl.sharing.fused`) unless the core is built with ``fused=False``.
+(:mod:`flexmtl.fusion.orderings`) unless the core is built with ``fused=False``.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError
-from flexmtl.sharing.base import SharingCore
-from flexmtl.sharing.fused import (
-    BlockPlan,
-    blocks_state,
+from flexmtl.fusion import Fusable
+from flexmtl.fusion.hooks import blocks_state
+from flexmtl.fusion.orderings import (
     grouped_rows_tasks,
     parallel_tasks,
     per_task_layers,
     per_task_pays_off,
-    plan_blocks,
     soft_tasks,
 )
+from flexmtl.fusion.planning import BlockPlan, plan_blocks
+from flexmtl.sharing.base import SharingCore
 
 __all__ = [
     "SharedCore",
@@ -127,7 +127,7 @@ def random_permutations(
     return torch.stack([torch.randperm(depth, generator=generator) for _ in range(num_tasks)])
 
 
-class SharedCore(SharingCore):
+class SharedCore(Fusable, SharingCore):
     """Base class of the orderings: a list of shared blocks applied at ``depth`` depths,
     per task (a :class:`~flexmtl.sharing.base.SharingCore`).
 
@@ -231,7 +231,7 @@ class SharedCore(SharingCore):
 
         Equal to the reference up to float rounding; in training, dropout draws other
         masks from the same distribution. Blocks that cannot be fused (see
-        :mod:`flexmtl.sharing.fused`) run the per-task loop, with a warning (once).
+        :mod:`flexmtl.fusion.orderings`) run the per-task loop, with a warning (once).
         """
         hs, tasks = list(hs), [int(t) for t in tasks]
         if len(hs) != len(tasks):

@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
+from flexmtl.fusion import is_fused
+from flexmtl.fusion.losses import task_losses
 from flexmtl.sharing import find_cores, may_leave_unused_parameters
 from flexmtl.tasks import Split, Task
 from flexmtl.training import distributed
@@ -207,32 +208,22 @@ class Trainer:
         self.setup()
         outs, regularization = self._forward([x for x, _ in batches], list(tasks))
         ys = [y for _, y in batches]
-        losses = self._task_losses(tasks, outs, ys)
+        losses = self.losses_of(tasks, outs, ys)
         if self.world_size > 1:
             losses = self._global_mean(losses, [len(y) for y in ys])
         if not regularization:  # the core has none
             return losses
         return [loss if reg is None else loss + reg for loss, reg in zip(losses, regularization)]
 
-    def _task_losses(self, tasks: Sequence[int], outs: Sequence[torch.Tensor],
-                     ys: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``[tasks[i].loss(outs[i], ys[i])]``: one stacked loss (:func:`stacked_losses`) per
-        group of tasks with alike outputs and targets, unless the model is the reference
-        (``fused`` False), which computes them task by task."""
-        losses: list[torch.Tensor | None] = [None] * len(tasks)
-        if getattr(self.model, "fused", True):
-            groups: dict[tuple, list[int]] = {}
-            for i, (t, out, y) in enumerate(zip(tasks, outs, ys)):
-                if type(self.tasks[t]).loss is Task.loss:
-                    key = (self.tasks[t].kind, out.shape, out.dtype, y.shape, y.dtype)
-                    groups.setdefault(key, []).append(i)
-            for members in groups.values():
-                stacked = stacked_losses([self.tasks[tasks[i]] for i in members],
-                                         [outs[i] for i in members], [ys[i] for i in members])
-                for i, loss in zip(members, stacked or ()):
-                    losses[i] = loss
-        return [loss if loss is not None else self.tasks[t].loss(out, y)
-                for loss, t, out, y in zip(losses, tasks, outs, ys)]
+    def losses_of(self, tasks: Sequence[int], outs: Sequence[torch.Tensor],
+                  ys: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``[tasks[i].loss(outs[i], ys[i])]``: one stacked loss per group of tasks with
+        alike outputs and targets (:func:`flexmtl.fusion.losses.task_losses`), unless the
+        model is the reference (:func:`~flexmtl.fusion.is_fused` False), which computes them
+        task by task."""
+        if is_fused(self.model):
+            return task_losses([self.tasks[t] for t in tasks], outs, ys)
+        return [self.tasks[t].loss(out, y) for t, out, y in zip(tasks, outs, ys)]
 
     def _find_unused_parameters(self) -> bool:
         """Whether DDP must look for parameters without a gradient after each backward: a
@@ -618,27 +609,6 @@ def input_groups(tasks: Sequence[Task]) -> list[list[int]]:
     return list(groups.values())
 
 
-def stacked_losses(tasks: Sequence[Task], outs: Sequence[torch.Tensor],
-                   ys: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-    """``[task.loss(out, y) ...]`` as ONE loss over the stacked outputs, or None when the
-    tasks differ in kind, one overrides :meth:`Task.loss`, or the outputs or targets differ
-    in shape or dtype. Each task's value is the same batch mean as :meth:`Task.loss`."""
-    if len(tasks) < 2 or any(type(t).loss is not Task.loss for t in tasks):
-        return None
-    kind = tasks[0].kind
-    if (any(t.kind != kind for t in tasks)
-            or any(o.shape != outs[0].shape or o.dtype != outs[0].dtype for o in outs)
-            or any(y.shape != ys[0].shape or y.dtype != ys[0].dtype for y in ys)):
-        return None
-    out, y = torch.stack(list(outs)), torch.stack(list(ys))  # [T, B, ...]
-    if kind == "multiclass":
-        per_example = F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none")
-    elif kind == "binary":
-        per_example = F.binary_cross_entropy_with_logits(out.reshape(y.shape), y,
-                                                         reduction="none")
-    else:
-        per_example = F.mse_loss(out.reshape(y.shape), y, reduction="none")
-    return list(per_example.reshape(len(tasks), -1).mean(1).unbind(0))
 
 
 def _progress(total: int, initial: int, enabled: bool):

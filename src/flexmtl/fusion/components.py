@@ -1,4 +1,4 @@
-"""Same-kind components of a routed layer run as one op.
+"""Same-kind components of a routed layer (Gumbel-Matrix, Sec. III) run as one op.
 
 All components of a routed layer read the same input, so G components of one structure
 (e.g. eight ``Conv2d(8, 8, 3) -> GroupNorm(4, 8) -> ReLU``) can run together:
@@ -14,9 +14,10 @@ All components of a routed layer read the same input, so G components of one str
 
 The weights are concatenated from the component modules on every call (``torch.cat`` is
 differentiable), so parameters, ``state_dict``, optimisers and the per-component
-reference path are unchanged. :func:`plan_fusion` finds the groups; components it does not
-recognise (pools, identity, custom modules, anything with dropout or batch norm) run one
-by one as before.
+reference path are unchanged. :func:`plan_fusion` finds the groups, by the signatures of
+:mod:`flexmtl.fusion.planning`; components it does not recognise (pools, identity, custom
+modules, anything with dropout or batch norm) run one by one as before.
+:func:`combine_components` is a routed layer's forward with its groups run this way.
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexmtl.sharing.fused import any_hooks, global_hooks
+from flexmtl.fusion.hooks import any_hooks, global_hooks
+from flexmtl.fusion.planning import (
+    known_class,
+    layer_signature,
+    module_signature,
+    stackable_class,
+)
 
-__all__ = ["FusedGroup", "FusionPlan", "plan_fusion", "op_signature"]
+__all__ = ["FusedGroup", "FusionPlan", "plan_fusion", "op_signature", "combine_components"]
 
 #: activations applied elementwise with no parameters: safe on the stacked tensor
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
@@ -41,20 +48,20 @@ ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tan
 def op_signature(module: nn.Module) -> Hashable | None:
     """What must match for two ops to run as one; None for ops that cannot be fused.
 
-    Exact types only: a subclass may change ``forward``.
+    A ``Conv2d`` or ``Linear`` is keyed by :func:`~flexmtl.fusion.planning.layer_signature`,
+    a GroupNorm or an elementwise activation by
+    :func:`~flexmtl.fusion.planning.module_signature`. Exact types only: a subclass may
+    change ``forward``.
     """
-    kind = type(module)
+    kind = stackable_class(module, exact=True)
     if kind is nn.Conv2d:
-        if module.groups != 1 or module.padding_mode != "zeros":
-            return None
-        return ("conv", module.in_channels, module.out_channels, module.kernel_size,
-                module.stride, module.padding, module.dilation, module.bias is not None)
+        return ("conv", layer_signature(module))
     if kind is nn.Linear:
-        return ("linear", module.in_features, module.out_features, module.bias is not None)
-    if kind is nn.GroupNorm:
-        return ("groupnorm", module.num_groups, module.num_channels, module.eps, module.affine)
-    if kind in ELEMENTWISE:
-        return ("elementwise", kind, module.extra_repr())
+        return ("linear", layer_signature(module))
+    if known_class(module, (nn.GroupNorm,), exact=True) is not None:
+        return ("groupnorm", module_signature(module))
+    if known_class(module, ELEMENTWISE, exact=True) is not None:
+        return ("elementwise", module_signature(module))
     return None
 
 
@@ -203,3 +210,37 @@ def plan_fusion(components: Sequence[nn.Module], input_shape: Sequence[int]) -> 
         else:
             groups.append(FusedGroup(tuple(indices), {c: _ops(components[c]) for c in indices}))
     return FusionPlan(groups, sorted(singles), unrecognised)
+
+
+def combine_components(plan: FusionPlan, components: Sequence[nn.Module], h: torch.Tensor,
+                       weights: torch.Tensor, active: list[int], mean: bool,
+                       output_shape: Sequence[int]) -> torch.Tensor:
+    """A routed layer's output ``sum_c weights[c] * f_c(h)`` over the ``active``
+    components, with each group of ``plan`` run as one op.
+
+    With ``mean`` the mean's division is folded into the weights (False: ``weights`` are
+    final).
+    """
+    if mean:
+        weights = weights / weights.sum().clamp(min=1.0)
+    batch, chosen = h.shape[0], set(active)
+    out = None
+    for group in plan.groups:
+        members = [c for c in group.indices if c in chosen]
+        if members:  # weighted sum of the G outputs [B, G, N]: a batched [1, G] matmul
+            w = _take(weights, members).expand(batch, 1, len(members))
+            part = torch.bmm(w, group(h, members)).view(batch, *output_shape)
+            out = part if out is None else out + part
+    for c in plan.singles:
+        if c in chosen:
+            part = weights[c] * components[c](h)
+            out = part if out is None else out + part
+    return out
+
+
+def _take(weights: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """``weights[indices]``; no copy when the indices are a contiguous run."""
+    first, last = indices[0], indices[-1]
+    if last - first + 1 != len(indices):
+        return weights[indices]
+    return weights if len(indices) == len(weights) else weights[first : last + 1]
