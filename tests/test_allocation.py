@@ -6,19 +6,17 @@ import pytest
 import torch
 from torch import nn
 
+from flexmtl.analysis.embeddings import cosine_similarity, group_tasks
 from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
 from flexmtl.models import MultiTaskModel
 from flexmtl.sharing.allocation import (
     FixedAllocation,
     GumbelMatrixAllocation,
-    RoutedCore,
-    RoutedLayer,
     TemperatureSchedule,
-    cosine_similarity,
-    group_tasks,
     make_allocation,
     sample_gumbel,
 )
+from flexmtl.sharing.routed import RoutedCore, RoutedLayer
 
 W = 5
 

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError
-from flexmtl.sharing.allocation import RoutedCore, RoutedLayer
 from flexmtl.sharing.components import (
     avg_pool_block,
     cluster_components,
@@ -22,6 +21,7 @@ from flexmtl.sharing.components import (
     single_conv,
     strided_layers,
 )
+from flexmtl.sharing.routed import RoutedCore, RoutedLayer
 
 C = 8
 

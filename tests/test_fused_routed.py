@@ -13,13 +13,14 @@ from flexmtl import Task
 from flexmtl.experiments import get_experiment
 from flexmtl.fusion import components as fused_components
 from flexmtl.fusion.components import plan_fusion
-from flexmtl.sharing.allocation import RoutedLayer, TemperatureSchedule
+from flexmtl.sharing.allocation import TemperatureSchedule
 from flexmtl.sharing.components import (
     cluster_components,
     conv_gn_block,
     omniglot_components,
     single_conv,
 )
+from flexmtl.sharing.routed import RoutedLayer
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

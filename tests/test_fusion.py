@@ -8,6 +8,7 @@ from torch import nn
 import flexmtl.models
 import flexmtl.sharing.allocation
 import flexmtl.sharing.ordering
+import flexmtl.sharing.routed
 import flexmtl.training.trainer
 from flexmtl import Task, TrainConfig, Trainer, build_model, make_core
 from flexmtl.fusion import Fusable, is_fused, planning, set_fused
@@ -77,7 +78,7 @@ def no_fused_paths(monkeypatch):
     """Every fused forward, kernel and stacked loss, as the method files call them, fails."""
     for module, names in ((flexmtl.sharing.ordering, ("parallel_tasks", "soft_tasks",
                                                       "grouped_rows_tasks", "per_task_layers")),
-                          (flexmtl.sharing.allocation, ("combine_components",)),
+                          (flexmtl.sharing.routed, ("combine_components",)),
                           (flexmtl.models, ("stacked_groups",)),
                           (flexmtl.training.trainer, ("task_losses",))):
         for name in names:

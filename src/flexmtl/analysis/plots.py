@@ -39,9 +39,9 @@ import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from flexmtl.analysis.embeddings import cosine_similarity  # noqa: E402
 from flexmtl.analysis.stats import t_quantile_975  # noqa: E402
 from flexmtl.registry import Registry  # noqa: E402
-from flexmtl.sharing.allocation import cosine_similarity  # noqa: E402
 from flexmtl.training.checkpoint import load_sharing_snapshots  # noqa: E402
 
 __all__ = [
@@ -543,7 +543,7 @@ def plot_similarity(embeddings: Any, out_path: str | Path,
                     groups: Sequence[Any] | None = None, title: str | None = None) -> Path:
     """Gumbel-Matrix Fig. 6: pairwise cosine similarity ``[tasks, tasks]`` of the embeddings.
 
-    Uses :func:`flexmtl.sharing.allocation.cosine_similarity` (two all-zero embeddings count
+    Uses :func:`flexmtl.analysis.embeddings.cosine_similarity` (two all-zero embeddings count
     as identical). ``groups`` orders and separates the tasks as in :func:`plot_allocation`.
     With at most 12 tasks each cell shows its value.
     """

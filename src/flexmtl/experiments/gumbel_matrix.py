@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexmtl.analysis.embeddings import cosine_similarity
 from flexmtl.data import load_fashion_mnist, load_mnist
 from flexmtl.data.augment import RandomCrop
 from flexmtl.data.synthetic import orthonormal_vectors, related_weights, synthetic_tasks
@@ -30,7 +31,6 @@ from flexmtl.experiments.base import Experiment, register_experiment, train_defa
 from flexmtl.experiments.soft_ordering import split_indices
 from flexmtl.models import MultiTaskModel, build_model, make_decoder
 from flexmtl.sharing import ALLOCATION_DEFAULTS, make_core, method_options
-from flexmtl.sharing.allocation import cosine_similarity
 from flexmtl.sharing.components import (
     cluster_components,
     omniglot_components,

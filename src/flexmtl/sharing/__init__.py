@@ -8,11 +8,7 @@ from torch import nn
 from flexmtl.sharing.allocation import (
     FixedAllocation,
     GumbelMatrixAllocation,
-    RoutedCore,
-    RoutedLayer,
     TemperatureSchedule,
-    cosine_similarity,
-    group_tasks,
 )
 from flexmtl.sharing.base import SharingCore, find_cores
 from flexmtl.sharing.methods import (
@@ -34,6 +30,7 @@ from flexmtl.sharing.ordering import (
     infer_feature_shape,
     random_permutations,
 )
+from flexmtl.sharing.routed import RoutedCore, RoutedLayer
 
 
 def may_leave_unused_parameters(model: nn.Module) -> bool:
@@ -79,6 +76,4 @@ __all__ = [
     "RoutedCore",
     "RoutedLayer",
     "TemperatureSchedule",
-    "cosine_similarity",
-    "group_tasks",
 ]

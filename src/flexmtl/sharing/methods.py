@@ -29,7 +29,7 @@ from torch import nn
 
 from flexmtl.errors import ConfigError, ShapeError
 from flexmtl.registry import Registry
-from flexmtl.sharing.allocation import RoutedCore, RoutedLayer, TemperatureSchedule
+from flexmtl.sharing.allocation import Combine, EvalMode, TemperatureSchedule
 from flexmtl.sharing.base import SharingCore
 from flexmtl.sharing.ordering import (
     ParallelOrdering,
@@ -38,6 +38,7 @@ from flexmtl.sharing.ordering import (
     SoftOrdering,
     probe_shape,
 )
+from flexmtl.sharing.routed import RoutedCore, RoutedLayer
 
 __all__ = ["ALLOCATION_DEFAULTS", "Method", "METHODS", "register_method", "make_core",
            "method_options", "methods_of", "routed_core"]
@@ -121,9 +122,9 @@ def _ordering(cls: type[SharingCore]) -> CoreBuilder:
 
 def routed_core(layers: Sequence[nn.Module | Sequence[nn.Module]], num_tasks: int, *,
                 feature_shape: Sequence[int], allocation: Any = "gumbel",
-                p_init: float = 0.5, eval_mode: str = "greedy",
+                p_init: float = 0.5, eval_mode: EvalMode = "greedy",
                 tau_scale: float = TemperatureSchedule.scale,
-                tau_min: float = TemperatureSchedule.min_tau, combine: str | None = None,
+                tau_min: float = TemperatureSchedule.min_tau, combine: Combine | None = None,
                 budget: float | None = None, budget_weight: float = 1.0,
                 sharing_lr_multiplier: float | None = None, fused: bool = True,
                 seed: int | None = None) -> RoutedCore:
