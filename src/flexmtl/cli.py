@@ -151,7 +151,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from flexmtl.runner import run_experiment
 
-    sweep: object = True
+    sweep: tuple[str, list[str]] | bool | None = True
     if args.no_sweep:
         sweep = None
     elif args.sweep:
