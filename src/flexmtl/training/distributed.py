@@ -31,7 +31,7 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from flexmtl.training.checkpoint import seed_everything
 T = TypeVar("T")
 
 #: modules whose training forward draws randomness that must be equal on every rank
-SHARED_RANDOM_MODULES: tuple[type[nn.Module], ...] = (GumbelMatrixAllocation,)
+SHARED_RANDOM_MODULES: tuple[type[GumbelMatrixAllocation], ...] = (GumbelMatrixAllocation,)
 
 #: how long a rank waits for the others (rank 0 evaluates and tests while they wait)
 TIMEOUT = timedelta(hours=1)
@@ -165,7 +165,7 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise error
     if message is not None:
         raise FlexMTLError(f"rank 0 failed ({message})")
-    return result
+    return cast(T, result)  # rank 0's return value: set, since no rank raised
 
 
 def shard(batch: torch.Tensor) -> torch.Tensor:
