@@ -26,7 +26,7 @@ class TaskBatchSampler:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sizes = list(sizes)
-        labels = list(range(len(self.sizes))) if streams is None else list(streams)
+        labels: list[Hashable] = list(range(len(self.sizes))) if streams is None else list(streams)
         if len(labels) != len(self.sizes):
             raise ValueError(f"got {len(labels)} stream labels for {len(self.sizes)} tasks")
         ids: dict[Hashable, int] = {}
