@@ -159,7 +159,7 @@ def test_effect_metrics_measure_the_claims():
 def test_layer_vis_run_writes_the_figure_and_metrics(tmp_path):
     pytest.importorskip("mlxtend")
     pytest.importorskip("matplotlib")
-    from flexmtl.analysis.layer_vis_plots import plot_layer_vis_run
+    from flexmtl.experiments.layer_visualization import plot_layer_vis
 
     results = run_experiment(
         "layer-vis", seeds=1, steps=20, out_dir=tmp_path, progress=False, log=lambda s: 0,
@@ -172,5 +172,22 @@ def test_layer_vis_run_writes_the_figure_and_metrics(tmp_path):
     assert (tmp_path / "plots" / "layer_sweep_layer1.png").stat().st_size > 0
     result = json.loads((tmp_path / "soft" / "seed-0" / "result.json").read_text())
     assert result["sharing"]["gate"] == "sigmoid"
-    other = plot_layer_vis_run(tmp_path, tasks=(2,), layer=1, values=(0.0, 1.0))
+    other = plot_layer_vis(tmp_path, tasks=(2,), layer=1, values=(0.0, 1.0))
     assert [p.name for p in other] == ["layer_sweep_layer2.png"] and other[0].exists()
+
+
+def test_analysis_never_imports_experiments_or_the_runner():
+    """experiments import analysis, so analysis must not import them back (not even lazily):
+    the layer-vis figure gets its model builders from the experiment."""
+    import ast
+    from pathlib import Path
+
+    import flexmtl.analysis
+
+    for path in Path(flexmtl.analysis.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("flexmtl.experiments", "flexmtl.runner")), (
+                    f"{path.name} imports {name}")

@@ -155,7 +155,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from flexmtl.runner import run_experiment
 
-    sweep: object = True
+    sweep: tuple[str, list[str]] | bool | None = True
     if args.no_sweep:
         sweep = None
     elif args.sweep:
@@ -191,7 +191,9 @@ def _cmd_plot(run_dir: str) -> None:
         from flexmtl.analysis.plots import plot_run
     except ImportError as exc:
         raise FlexMTLError("plotting needs matplotlib: pip install 'flexmtl[plots]'") from exc
-    paths = plot_run(run_dir)
+    from flexmtl.experiments.layer_visualization import plot_layer_vis  # needs its model
+
+    paths = plot_run(run_dir) + plot_layer_vis(run_dir)
     if not paths:
         print(f"nothing to plot in {run_dir}")
     for path in paths:

@@ -291,5 +291,7 @@ def _plot(out: Path, log) -> None:
         log("plots skipped: install matplotlib (pip install 'flexmtl[plots]') and run "
             f"`flexmtl plot {out}`")
         return
-    for path in plot_run(out):
+    from flexmtl.experiments.layer_visualization import plot_layer_vis  # needs its model
+
+    for path in plot_run(out) + plot_layer_vis(out):
         log(f"  plot: {path}")

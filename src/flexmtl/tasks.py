@@ -6,7 +6,7 @@ import abc
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -143,6 +143,14 @@ class Task:
     info: dict = field(default_factory=dict)
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     input_group: str = ""
+
+    if TYPE_CHECKING:  # the constructor takes any (x, y) pair; __post_init__ makes it a Split
+        def __init__(self, name: str, kind: str, train: Split | tuple[Any, Any],
+                     val: Split | tuple[Any, Any] | None = ...,
+                     test: Split | tuple[Any, Any] | None = ..., num_outputs: int = ...,
+                     note: str = ..., info: dict = ...,
+                     augment: Callable[[torch.Tensor], torch.Tensor] | None = ...,
+                     input_group: str = ...) -> None: ...
 
     def __post_init__(self):
         if self.kind not in KINDS:

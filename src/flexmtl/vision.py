@@ -58,6 +58,11 @@ class ResNet50Features(nn.Module):
     """ResNet-50 up to and including the global average pooling: ``[N, 3, H, W] ->
     [N, 2048]`` (any H, W >= 32). Randomly initialised (He init, BatchNorm 1 / 0)."""
 
+    layer1: nn.Sequential  # the four stages, set by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -119,6 +124,9 @@ def load_imagenet_weights(model: ResNet50Features,
 
 class ImageNetNormalize(nn.Module):
     """``(x - mean) / std`` per RGB channel, for images in [0, 1]."""
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self):
         super().__init__()

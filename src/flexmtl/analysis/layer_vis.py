@@ -12,17 +12,22 @@ core, and never changes the model: the scales are passed to the core's forward e
 * :func:`layer_switches` -- the output with one scale at 0 and at 1, for every
   (task, layer, depth).
 * :func:`effect_metrics` -- Table 1's qualitative claims as numbers (see its docstring).
+* :func:`soft_core` -- a model's soft-ordering core (an error for other cores).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError
 from flexmtl.sharing import SoftOrdering
+
+if TYPE_CHECKING:
+    from flexmtl.models import MultiTaskModel
 
 __all__ = [
     "SWEEP_VALUES",
@@ -31,6 +36,7 @@ __all__ = [
     "pixel_coordinates",
     "predict",
     "scale_sweep",
+    "soft_core",
     "with_scale",
 ]
 
@@ -46,7 +52,7 @@ def pixel_coordinates(height: int, width: int) -> torch.Tensor:
                         rows.flatten() / max(height - 1, 1)], dim=1).float()
 
 
-def _soft_core(model: nn.Module) -> SoftOrdering:
+def soft_core(model: nn.Module) -> SoftOrdering:
     core = getattr(model, "core", None)
     if not isinstance(core, SoftOrdering):
         raise ConfigError("layer visualisation needs a model whose core is a SoftOrdering, got "
@@ -62,11 +68,11 @@ def with_scale(scales: torch.Tensor, layer: int, depth: int, value: float) -> to
 
 
 @torch.no_grad()
-def predict(model: nn.Module, task: int, x: torch.Tensor,
+def predict(model: MultiTaskModel, task: int, x: torch.Tensor,
             scales: torch.Tensor | None = None) -> torch.Tensor:
     """``model(x, task)`` in evaluation mode, flattened to ``[N]``; ``scales``
     (``[layers, depths]``) replaces the task's learned scales in the core (Eq. 7)."""
-    core = _soft_core(model)
+    core = soft_core(model)
     was_training = model.training
     model.eval()
     try:
@@ -77,13 +83,13 @@ def predict(model: nn.Module, task: int, x: torch.Tensor,
 
 
 @torch.no_grad()
-def scale_sweep(model: nn.Module, task: int, layer: int, x: torch.Tensor,
+def scale_sweep(model: MultiTaskModel, task: int, layer: int, x: torch.Tensor,
                 values: Sequence[float] = SWEEP_VALUES,
                 depths: Sequence[int] | None = None) -> torch.Tensor:
     """Table 1: outputs ``[len(depths), len(values), N]`` of ``task`` on inputs ``x`` while
     ``s[task, layer, d]`` takes each of ``values`` (all other scales learned), for each
     depth ``d`` (0-based; all depths by default)."""
-    core = _soft_core(model)
+    core = soft_core(model)
     depths = range(core.depth) if depths is None else depths
     learned = core.scales(task).detach()
     return torch.stack([
@@ -93,11 +99,11 @@ def scale_sweep(model: nn.Module, task: int, layer: int, x: torch.Tensor,
 
 
 @torch.no_grad()
-def layer_switches(model: nn.Module, x: torch.Tensor,
+def layer_switches(model: MultiTaskModel, x: torch.Tensor,
                    tasks: Sequence[int] | None = None) -> torch.Tensor:
     """``[tasks, layers, depths, 2, N]``: the output with ``s[t, l, d] = 0`` (layer off) and
     with ``s[t, l, d] = 1`` (layer fully on), all other scales as learned."""
-    core = _soft_core(model)
+    core = soft_core(model)
     tasks = range(core.num_tasks) if tasks is None else tasks
     return torch.stack([
         torch.stack([scale_sweep(model, t, layer, x, (0.0, 1.0))

@@ -4,7 +4,8 @@
   the change from the first to the last value; above it the target images and the
   model's reconstructions.
 * :func:`plot_layer_vis_run` -- that figure for a ``layer-vis`` run folder, from the
-  selected checkpoint (called by :func:`flexmtl.analysis.plots.plot_run`).
+  selected checkpoint and the experiment's builders (called through
+  :func:`flexmtl.experiments.layer_visualization.plot_layer_vis`).
 
 The images are computed by :mod:`flexmtl.analysis.layer_vis` (pure torch); matplotlib is
 imported only when a figure is drawn.
@@ -14,14 +15,20 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from flexmtl.analysis.layer_vis import SWEEP_VALUES, predict, scale_sweep
+from flexmtl.analysis.layer_vis import SWEEP_VALUES, predict, scale_sweep, soft_core
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure, SubFigure
+
+    from flexmtl.models import MultiTaskModel
+    from flexmtl.tasks import Task
 
 __all__ = ["plot_layer_sweep", "plot_layer_vis_run"]
 
@@ -69,12 +76,13 @@ def plot_layer_sweep(
     width = max(cols, n_tasks) * cell + 1.6
     fig = plt.figure(figsize=(width, (rows + top_rows) * cell + 1.2 + 0.4 * bool(top_rows)),
                      dpi=DPI, layout="constrained")
-    figs = (fig.subfigures(2, 1, height_ratios=[top_rows + 0.5, rows + 0.6])
-            if top_rows else [None, fig])
+    sweep_fig: Figure | SubFigure = fig
     if top_rows:
-        grid = [(targets, "target"), (reconstructions, "model")]
-        grid = [(g, name) for g, name in grid if g is not None]
-        axes = np.atleast_2d(figs[0].subplots(len(grid), n_tasks, squeeze=False))
+        top_fig, sweep_fig = fig.subfigures(2, 1, squeeze=False,
+                                            height_ratios=[top_rows + 0.5, rows + 0.6])[:, 0]
+        grid = [(g, name) for g, name in ((targets, "target"), (reconstructions, "model"))
+                if g is not None]
+        axes = np.atleast_2d(top_fig.subplots(len(grid), n_tasks, squeeze=False))
         for r, (images, name) in enumerate(grid):
             for t, ax in enumerate(axes[r]):
                 ax.imshow(_numpy(images[t]), cmap="gray", vmin=0, vmax=1)
@@ -83,8 +91,8 @@ def plot_layer_sweep(
                 if r == 0 and task_names is not None:
                     ax.set_title(task_names[t], fontsize=7)
             axes[r, 0].set_ylabel(name, fontsize=8)
-        figs[0].suptitle("the ten tasks: target images and reconstructions", fontsize=9)
-    axes = figs[1].subplots(rows, cols, squeeze=False)
+        top_fig.suptitle("the ten tasks: target images and reconstructions", fontsize=9)
+    axes = sweep_fig.subplots(rows, cols, squeeze=False)
     limit = float(np.abs(sweeps[:, -1] - sweeps[:, 0]).max()) or 1.0
     for r in range(rows):
         for c in range(n_values):
@@ -101,8 +109,8 @@ def plot_layer_sweep(
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
-    figs[1].colorbar(change, ax=axes[:, -1].tolist(), shrink=0.6, label="brightness change")
-    figs[1].suptitle(title or "layer inactive -> layer active", fontsize=9)
+    sweep_fig.colorbar(change, ax=axes[:, -1].tolist(), shrink=0.6, label="brightness change")
+    sweep_fig.suptitle(title or "layer inactive -> layer active", fontsize=9)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, bbox_inches="tight")
@@ -112,6 +120,8 @@ def plot_layer_sweep(
 
 def plot_layer_vis_run(
     run_dir: str | Path,
+    build_tasks: Callable[[dict, int], list[Task]],
+    build_model: Callable[[str, list[Task], dict, int], MultiTaskModel],
     tasks: Sequence[int] = (0, 1),
     layer: int = 0,
     values: Sequence[float] = SWEEP_VALUES,
@@ -121,10 +131,11 @@ def plot_layer_vis_run(
 ) -> list[Path]:
     """Table 1 for a ``layer-vis`` run folder: layer ``layer`` (0-based) swept at every depth
     for ``tasks`` (the paper: the first layer, the first two tasks), from the selected
-    checkpoint of ``seed``. Writes ``RUN/plots/layer_sweep_layer{layer+1}.png`` unless
-    ``out_path`` is given; returns ``[]`` for other experiments or unfinished runs.
+    checkpoint of ``seed``, with the model rebuilt by the experiment's ``build_tasks`` and
+    ``build_model`` (the experiment passes them: analysis does not import experiments).
+    Writes ``RUN/plots/layer_sweep_layer{layer+1}.png`` unless ``out_path`` is given; returns
+    ``[]`` for other experiments or unfinished runs.
     """
-    from flexmtl.experiments import get_experiment
     from flexmtl.training.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -136,8 +147,8 @@ def plot_layer_vis_run(
     finished = all((seed_dir / name).exists() for name in ("result.json", "best.pt"))
     if manifest.get("experiment") != EXPERIMENT or not finished:
         return []
-    exp, cfg = get_experiment(EXPERIMENT), manifest["config"]
-    task_list = exp.build_tasks(cfg, seed)
+    cfg = manifest["config"]
+    task_list = build_tasks(cfg, seed)
     trained_on = [t.get("note") for t in json.loads((seed_dir / "result.json").read_text())
                   .get("tasks", [])]
     if trained_on != [t.note for t in task_list]:
@@ -145,11 +156,12 @@ def plot_layer_vis_run(
                       "full MNIST was installed since); its Table 1 figure is not redrawn",
                       stacklevel=2)
         return []
-    model = exp.build_model(method, task_list, cfg, seed)
+    model = build_model(method, task_list, cfg, seed)
     model.load_state_dict(load_checkpoint(seed_dir / "best.pt", "cpu")["model"])
     shape = tuple(task_list[0].info["image_shape"])
     x = task_list[0].train.x
-    learned = model.core.scales().detach()
+    assert isinstance(x, torch.Tensor)  # pixel coordinates, in memory
+    learned = soft_core(model).scales().detach()
     sweeps, labels = [], []
     for t in tasks:
         sweep = scale_sweep(model, t, layer, x, values)  # [depths, values, N]

@@ -719,8 +719,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
       (Fig. 8, first task) when ``sharing.pt`` holds snapshots in which the probabilities
       change (not for fixed allocations).
 
-    For a ``layer-vis`` run: ``layer_sweep_layer1.png`` (soft ordering Table 1, see
-    :func:`~flexmtl.analysis.layer_vis_plots.plot_layer_vis_run`).
+    A ``layer-vis`` run's ``layer_sweep_layer1.png`` (soft ordering Table 1) needs its model
+    rebuilt: :func:`flexmtl.experiments.layer_visualization.plot_layer_vis` draws it.
 
     For sweeps ``sweep.png`` (Figs. 2 / 4a): test accuracy, or test loss where no method has
     an accuracy (regression). What has no data is skipped.
@@ -741,9 +741,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         kind = _sharing_kind(result)
         if kind is not None and kind in SHARING_PLOTS:
             written += SHARING_PLOTS.get(kind)(method, seed_dir, result or {}, label, out)
-    from flexmtl.analysis.layer_vis_plots import plot_layer_vis_run  # soft ordering Table 1
-
-    written += plot_layer_vis_run(run_dir)  # nothing unless a layer-vis run
 
     results = _read_json(run_dir / "results.json") or {}
     points = (results.get("sweep") or {}).get("points") or []

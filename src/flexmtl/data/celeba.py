@@ -203,12 +203,10 @@ def _locate(folder: Path) -> tuple[Path | None, Path | None, Path | None]:
                 return candidate
         return None
 
-    images: Path | None = folder / IMAGE_DIR
+    images = folder / IMAGE_DIR
     if (images / IMAGE_DIR).is_dir():  # zip unpacked into a folder of its own name
         images = images / IMAGE_DIR
-    if not images.is_dir():
-        images = None
-    return text(ATTR_FILE), text(PARTITION_FILE), images
+    return text(ATTR_FILE), text(PARTITION_FILE), images if images.is_dir() else None
 
 
 def _download_hint(folder: Path) -> str:

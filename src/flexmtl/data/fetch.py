@@ -287,8 +287,8 @@ def fetch(
     if len(failed) == 1 and len(selected) == 1:
         raise failed[0][1]
     if failed:
-        for name, exc in failed:
-            report(f"{name}: FAILED: {exc}")
+        for name, error in failed:
+            report(f"{name}: FAILED: {error}")
         raise DownloadError(f"not downloaded: {', '.join(n for n, _ in failed)} (reasons above)")
 
 

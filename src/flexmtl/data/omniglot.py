@@ -264,7 +264,7 @@ def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
         )
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ConfigError(f"split fractions must sum to 1, got {split!r} (sum {sum(fractions)}).")
-    return fractions  # type: ignore[return-value]
+    return fractions[0], fractions[1], fractions[2]
 
 
 def _find_alphabet(folder: Path, name: str) -> Path | None:

@@ -340,8 +340,8 @@ def _read_arff(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """
     from scipy.io import arff
 
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="latin-1") as f:
+    with (gzip.open(path, "rt", encoding="latin-1") if path.suffix == ".gz"
+          else open(path, encoding="latin-1")) as f:
         data, meta = arff.loadarff(f)
     *attributes, label = meta.names()
     columns, n_imputed = [], 0

@@ -5,18 +5,22 @@ coordinate ``(x, y)`` to its brightness ``v``, all in [0, 1], and trains on all 
 image. A linear encoder shared by all tasks, four shared dense ReLU layers of 100 units
 under soft ordering with a sigmoid per scale (so one scale can be swept over [0, 1] with the
 others fixed), a global-average-pooling decoder, MSE, no dropout. Tasks differ only in their
-scales ``s_t``. The figure (:mod:`flexmtl.analysis.layer_vis_plots`) renders task ``t``'s
-image while ``s[t, l, d]`` is swept; :func:`flexmtl.analysis.layer_vis.effect_metrics`
-turns Table 1's claims into numbers.
+scales ``s_t``. The figure (:func:`plot_layer_vis`, drawn by
+:mod:`flexmtl.analysis.layer_vis_plots`) renders task ``t``'s image while ``s[t, l, d]`` is
+swept; :func:`flexmtl.analysis.layer_vis.effect_metrics` turns Table 1's claims into numbers.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from flexmtl.analysis.layer_vis import effect_metrics, layer_switches, pixel_coordinates
+from flexmtl.analysis.layer_vis_plots import plot_layer_vis_run
 from flexmtl.data import load_mnist
 from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
@@ -56,7 +60,7 @@ def _tasks(cfg: dict, seed: int) -> list[Task]:
     return tasks
 
 
-def _model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
+def _model(method: str, tasks: list[Task], cfg: dict, seed: int) -> MultiTaskModel:
     width = cfg["width"]
     core = make_core("soft", dense_blocks(width, cfg["layers"]), len(tasks), depth=cfg["depth"],
                      dropout=0.0, gate="sigmoid")
@@ -69,8 +73,17 @@ def _model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
 def _analysis(model: nn.Module, tasks: list[Task], cfg: dict) -> dict[str, float]:
     """Table 1 as numbers (:func:`~flexmtl.analysis.layer_vis.effect_metrics`), layer 1."""
     x = tasks[0].train.x
+    assert isinstance(x, torch.Tensor)  # pixel coordinates, in memory
     targets = torch.stack([t.train.y for t in tasks])
-    return effect_metrics(layer_switches(model, x), targets, IMAGE_SHAPE, layer=0)
+    switches = layer_switches(cast(MultiTaskModel, model), x)  # a model built by _model
+    return effect_metrics(switches, targets, IMAGE_SHAPE, layer=0)
+
+
+def plot_layer_vis(run_dir: str | Path, **options: Any) -> list[Path]:
+    """The Table 1 figure of a ``layer-vis`` run folder, its model rebuilt by this experiment
+    (:func:`~flexmtl.analysis.layer_vis_plots.plot_layer_vis_run`, whose keyword ``options``
+    choose tasks, layer, values, seed, method and file); ``[]`` for other runs."""
+    return plot_layer_vis_run(run_dir, _tasks, _model, **options)
 
 
 register_experiment(Experiment(

@@ -50,7 +50,8 @@ class SharedEncoderModel(MultiTaskModel):
         super().__init__(core, [encoder] * core.num_tasks, decoders, task_names)
         del self.encoders  # the same module T times: registered once, as ``encoder``
         self.encoder = encoder
-        self.encoders = [encoder] * core.num_tasks
+        # a plain list on purpose (not registered T times); MultiTaskModel only indexes it
+        self.encoders = [encoder] * core.num_tasks  # type: ignore[assignment]
         self._encoded: dict[int, torch.Tensor] | None = None
 
     def forward_tasks(self, xs: Sequence[torch.Tensor], tasks: Sequence[int]

@@ -44,7 +44,7 @@ def select(only: Sequence[str] | None) -> list[Study]:
 def missing_data(study: Study, root=None) -> list[str]:
     """The data sources a study needs that are not present."""
     status = {row["name"]: row for row in data_status(root)}
-    return [n for n in study.needs if not (status.get(n) or {}).get("present")]
+    return [n for n in study.needs if not (n in status and status[n]["present"])]
 
 
 def unavailable(study: Study) -> str | None:
@@ -124,7 +124,7 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = "REPRODUC
     fig_root = doc.parent / "docs" / "reproduction"
     entries = []
     for study in all_studies():
-        entry = {"key": study.key, "paper": study.paper, "figure": study.figure,
+        entry: dict[str, Any] = {"key": study.key, "paper": study.paper, "figure": study.figure,
                  "claim": study.claim, "published": study.published,
                  "experiment": study.experiment, "investigation": study.investigation}
         protocol = study.full or (STUDIES.get(study.runs_with).full if study.runs_with else None)

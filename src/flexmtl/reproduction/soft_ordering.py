@@ -25,6 +25,7 @@ from flexmtl.reproduction.studies import (
     data_notes,
     fmt,
     metric,
+    metric_or_none,
     points,
     register_study,
     seed_dirs,
@@ -442,10 +443,10 @@ def _assess_omniglot_ordering(run: StudyRun) -> Assessment:
     rows, soft_best = [], 0
     pts = sorted(points(run.results), key=lambda p: (p[0] is None, p[0]))
     for k, methods in pts:
-        err = {m: metric(methods, m, "test_accuracy") for m in ORDERINGS}
+        err = {m: metric_or_none(methods, m, "test_accuracy") for m in ORDERINGS}
         rows.append([str(k)] + [fmt(err[m], 2, 100.0) if err[m] else "-" for m in ORDERINGS])
-        present = [m for m in ORDERINGS if err[m]]
-        soft_best += bool(err.get("soft")) and max(present, key=lambda m: err[m]["mean"]) == "soft"
+        found = {m: e for m, e in err.items() if e}
+        soft_best += bool(err.get("soft")) and max(found, key=lambda m: found[m]["mean"]) == "soft"
     ours = table(["tasks", *(f"{m}: test accuracy %" for m in ORDERINGS)], rows)
     verdict = REPRODUCED if soft_best == len(pts) else PARTLY if soft_best else NOT_REPRODUCED
     return Assessment(ours, verdict, f"soft ordering best at {soft_best} of {len(pts)} task counts")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from flexmtl.analysis.stats import summarize
+from flexmtl.errors import FlexMTLError
 from flexmtl.registry import Registry
 from flexmtl.training.checkpoint import load_sharing_snapshots
 
@@ -145,8 +146,17 @@ def points(results: dict) -> list[tuple[Any, dict]]:
     return [(None, results["methods"])]
 
 
-def metric(methods: dict, method: str, key: str) -> dict | None:
+def metric_or_none(methods: dict, method: str, key: str) -> dict | None:
+    """The summary of ``key`` of ``method`` in a ``{method: entry}`` dict, or None if absent."""
     return ((methods.get(method) or {}).get("metrics") or {}).get(key)
+
+
+def metric(methods: dict, method: str, key: str) -> dict:
+    """The summary of ``key`` of ``method``; a run that lacks it stops with an error."""
+    summary = metric_or_none(methods, method, key)
+    if summary is None:
+        raise FlexMTLError(f"the results have no {key!r} for method {method!r}")
+    return summary
 
 
 def fmt(summary: dict | None, digits: int = 3, scale: float = 1.0) -> str:

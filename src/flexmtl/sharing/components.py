@@ -133,9 +133,7 @@ def cluster_components(
     channels: int = 8, stride: int = 2, groups: int | None = None
 ) -> list[nn.Module]:
     """The 16 components of a clusters layer (Sec. V-C): 8 conv3x3 then 8 conv5x5 (+GN+ReLU)."""
-    return [conv_gn_block(channels, 3, stride, groups) for _ in range(8)] + [
-        conv_gn_block(channels, 5, stride, groups) for _ in range(8)
-    ]
+    return [conv_gn_block(channels, k, stride, groups) for k in (3, 5) for _ in range(8)]
 
 
 def strided_layers(num_layers: int = 8, num_downsamples: int = 5) -> list[int]:

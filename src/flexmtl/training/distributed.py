@@ -31,7 +31,7 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -174,7 +174,7 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise error
     if message is not None:
         raise FlexMTLError(f"rank 0 failed ({message})")
-    return result
+    return cast(T, result)  # rank 0's return value: set, since no rank raised
 
 
 def shard(batch: torch.Tensor) -> torch.Tensor:

@@ -26,12 +26,12 @@ class TaskBatchSampler:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sizes = list(sizes)
-        labels = list(range(len(self.sizes))) if streams is None else list(streams)
+        labels: list[Hashable] = list(range(len(self.sizes))) if streams is None else list(streams)
         if len(labels) != len(self.sizes):
             raise ValueError(f"got {len(labels)} stream labels for {len(self.sizes)} tasks")
         ids: dict[Hashable, int] = {}
         self.stream_of = [ids.setdefault(label, len(ids)) for label in labels]
-        stream_sizes = {}
+        stream_sizes: dict[int, int] = {}
         for task, stream in enumerate(self.stream_of):
             if stream_sizes.setdefault(stream, self.sizes[task]) != self.sizes[task]:
                 raise ValueError(f"tasks of one stream need training sets of equal size; task "
@@ -51,7 +51,9 @@ class TaskBatchSampler:
         s = self.stream_of[task]
         if self.seen[task] < self.served[s]:  # the stream's latest batch, new to this task
             self.seen[task] = self.served[s]
-            return self.latest[s]
+            latest = self.latest[s]
+            assert latest is not None  # set whenever the stream has served a batch
+            return latest
         n = self.stream_sizes[s]
         size = min(self.batch_size, n)
         if self.positions[s] + size > n:
@@ -62,8 +64,9 @@ class TaskBatchSampler:
         self.positions[s] += size
         self.served[s] += 1
         self.seen[task] = self.served[s]
-        self.latest[s] = self.orders[s][start : start + size]
-        return self.latest[s]
+        batch = self.orders[s][start : start + size]
+        self.latest[s] = batch
+        return batch
 
     def state_dict(self) -> dict:
         return {
