@@ -28,7 +28,7 @@ import numpy as np
 
 from flexmtl.analysis.stats import summarize
 from flexmtl.registry import Registry
-from flexmtl.training.checkpoint import load_sharing_snapshots
+from flexmtl.run_folder import ExperimentFolder, TrainingRun
 
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
 SOFT_ORDERING = "Soft layer ordering (Meyerson & Miikkulainen, ICLR 2018)"
@@ -208,8 +208,8 @@ def data_notes(run: StudyRun, limit: int = 8) -> str:
 
 def snapshots(seed_dir: Path) -> list[tuple[int, np.ndarray]]:
     """``[(step, float64 array)]``: a run's soft-order scales or connection probabilities over
-    training (:func:`~flexmtl.training.checkpoint.load_sharing_snapshots`)."""
-    return [(step, s.double().numpy()) for step, s in load_sharing_snapshots(seed_dir)]
+    training (:meth:`~flexmtl.run_folder.TrainingRun.sharing_snapshots`)."""
+    return [(step, s.double().numpy()) for step, s in TrainingRun(seed_dir).sharing_snapshots()]
 
 
 def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
@@ -218,7 +218,7 @@ def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
     def figures(run: StudyRun, dest: Path) -> list[Path]:
         out = []
         for name in names:
-            src = run.run_dir / "plots" / name
+            src = ExperimentFolder(run.run_dir).plots / name
             if src.exists():
                 shutil.copyfile(src, dest / name)
                 out.append(dest / name)
@@ -228,8 +228,8 @@ def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
 
 
 def seed_dirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.glob("seed-*") if (p / "result.json").exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
+    """The finished runs (``seed-S`` folders) of a method folder, by seed."""
+    return [run.path for run in ExperimentFolder.seed_runs(folder) if run.is_finished()]
 
 
 def verdict_of(claims: Sequence[bool]) -> str:
