@@ -202,7 +202,7 @@ def data_notes(run: StudyRun, limit: int = 8) -> str:
     if not parts:
         return "-"
     shown = "; ".join(parts[:limit])
-    return shown + (f"; and {len(parts) - limit} more (see results.json)"
+    return shown + (f"; and {len(parts) - limit} more (see {ExperimentFolder.RESULTS})"
                     if len(parts) > limit else "")
 
 
