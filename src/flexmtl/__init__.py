@@ -2,6 +2,7 @@
 
 from flexmtl.errors import (
     ConfigError,
+    CorruptFileError,
     DataNotFoundError,
     FlexMTLError,
     ShapeError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "CorruptFileError",
     "DataNotFoundError",
     "FlexMTLError",
     "ShapeError",

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flexmtl.errors import ConfigError, FlexMTLError
+from flexmtl.run_folder import ReproductionReport
 
 if TYPE_CHECKING:
     from flexmtl.data import SourceStatus
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="study keys (e.g. so-fig4a) or experiment names")
     rep.add_argument("--out", default="runs/reproduce",
                      help="folder of the reproduction's runs (default runs/reproduce)")
-    rep.add_argument("--doc", default="REPRODUCTION.md",
+    rep.add_argument("--doc", default=ReproductionReport.DOC,
                      help="report to write; its figures go to docs/reproduction/ beside it")
     rep.add_argument("--report-only", action="store_true",
                      help="rewrite the whole report from the finished runs (full, else quick) "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class FlexMTLError(Exception):
@@ -39,3 +40,12 @@ class TrainingDiverged(FlexMTLError, RuntimeError):
 
 class ConfigError(FlexMTLError, ValueError):
     """A configuration value that is malformed or out of range."""
+
+
+class CorruptFileError(FlexMTLError, ValueError):
+    """A run-folder file (JSON or checkpoint) that is truncated or not what flexmtl wrote;
+    the message names the file and says what to do (e.g. delete it to redo that run)."""
+
+    def __init__(self, path: str | Path, message: str):
+        super().__init__(message)
+        self.path = Path(path)

@@ -1,6 +1,6 @@
 """Run an experiment: every method x seed (x sweep value), resumable, summarised over seeds.
 
-Run folder layout::
+Run folder layout (owned by :class:`flexmtl.run_folder.ExperimentFolder`)::
 
     OUT/config.json                 resolved config, methods, seeds, sweep
     OUT/[KEY=VALUE/]METHOD/seed-S/  one training run (logs, checkpoints, result.json)
@@ -30,6 +30,7 @@ from flexmtl.analysis.stats import format_mean_ci, summarize
 from flexmtl.errors import ConfigError, UnknownNameError
 from flexmtl.experiments import get_experiment
 from flexmtl.experiments.base import Experiment, coerce, parse_overrides
+from flexmtl.run_folder import ExperimentFolder, TrainingRun
 from flexmtl.sharing import find_cores
 from flexmtl.training import Trainer, distributed, seed_everything
 
@@ -72,11 +73,12 @@ def run_experiment(
     if not distributed.is_main():
         log, progress, plots = _quiet, False, False
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
+    folder = ExperimentFolder(out)
     manifest = {
         "experiment": name, "config": cfg, "methods": methods, "seeds": list(range(seeds)),
         "sweep": None if points is None else {"key": points[0], "values": list(points[1])},
     }
-    distributed.on_main(_write_or_check_manifest, out, manifest)
+    distributed.on_main(_write_or_check_manifest, folder, manifest)
     log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder {out}")
     for note in exp.notes:
         log(f"  note: {note}")
@@ -86,26 +88,26 @@ def run_experiment(
     start = time.perf_counter()
     for value in values:
         point_cfg = dict(cfg) if value is None else {**cfg, points[0]: value}
-        point_dir = out if value is None else out / f"{points[0]}={value}"
+        point = None if value is None else (points[0], value)
         data_sources: dict[str, str] = {}  # per point: e.g. a swept n changes the data
         runs = {}
         for method in methods:
             runs[method] = [
-                _run_one(exp, method, seed, point_cfg, point_dir / method / f"seed-{seed}",
+                _run_one(exp, method, seed, point_cfg, folder.run(method, seed, point),
                          progress, data_sources, log)
                 for seed in range(seeds)
             ]
         point_results.append({"value": value, "methods": _aggregate(runs), "data": data_sources})
     results = _results(exp, manifest, point_results, time.perf_counter() - start)
-    distributed.on_main(_write_results, out, results, log, plots)
+    distributed.on_main(_write_results, folder, results, log, plots)
     return results
 
 
-def _write_results(out: Path, results: dict, log, plots: bool) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=True))
+def _write_results(out: ExperimentFolder, results: dict, log, plots: bool) -> None:
+    out.write_results(results)
     log(format_table(results))
     if plots:
-        _plot(out, log)
+        _plot(out.path, log)
 
 
 def _quiet(_message: str) -> None:
@@ -123,10 +125,9 @@ def _sweep_points(exp: Experiment, cfg: dict, sweep) -> tuple[str, tuple] | None
     return key, tuple(coerce(v, exp.defaults[key], key) for v in values)
 
 
-def _write_or_check_manifest(out: Path, manifest: dict) -> None:
-    path = out / "config.json"
-    if path.exists() and _has_runs(out):
-        old = json.loads(path.read_text())
+def _write_or_check_manifest(out: ExperimentFolder, manifest: dict) -> None:
+    old = out.read_manifest() if out.has_runs() else None
+    if old is not None:
         same = {k: old.get(k) for k in ("experiment", "config", "sweep")}
         new = json.loads(json.dumps({k: manifest[k] for k in ("experiment", "config", "sweep")}))
         if same["experiment"] == new["experiment"] and isinstance(same["config"], dict):
@@ -142,7 +143,7 @@ def _write_or_check_manifest(out: Path, manifest: dict) -> None:
             diff = sorted(k for k in new["config"] if (same["config"] or {}).get(k)
                           != new["config"][k])
             raise ConfigError(
-                f"run folder {out} holds a run with a different configuration "
+                f"run folder {out.path} holds a run with a different configuration "
                 f"(differs in: {', '.join(diff) or 'experiment/sweep'}); pass another --out "
                 "folder or delete this one"
             )
@@ -150,19 +151,11 @@ def _write_or_check_manifest(out: Path, manifest: dict) -> None:
         manifest = {**manifest,
                     "methods": list(dict.fromkeys(old["methods"] + manifest["methods"])),
                     "seeds": sorted(set(old["seeds"]) | set(manifest["seeds"]))}
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2))
+    out.write_manifest(manifest)
 
 
-def _has_runs(out: Path) -> bool:
-    """Whether ``out`` holds a run worth protecting: a checkpoint or a finished result (an
-    attempt that failed before its first checkpoint, e.g. on a bad value, holds neither)."""
-    return any(next(out.rglob(name), None) is not None for name in ("last.pt", "result.json"))
-
-
-def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log) -> dict:
-    done = run_dir / "result.json"
-    result = distributed.on_main(lambda: json.loads(done.read_text()) if done.exists() else None)
+def _run_one(exp, method, seed, cfg, run: TrainingRun, progress, data_sources, log) -> dict:
+    result = distributed.on_main(run.read_result)
     if result is not None:
         for t in result.get("tasks") or []:  # a rerun's results still name the data
             data_sources.setdefault(t["name"], t.get("note", ""))
@@ -174,14 +167,14 @@ def _run_one(exp, method, seed, cfg, run_dir: Path, progress, data_sources, log)
         data_sources.setdefault(t.name, t.note)
     seed_everything(seed)
     model = exp.build_model(method, tasks, cfg, seed)
-    trainer = Trainer(model, tasks, exp.train_config(cfg, seed, progress), out_dir=run_dir)
+    trainer = Trainer(model, tasks, exp.train_config(cfg, seed, progress), out_dir=run.path)
     res = trainer.fit()
     resumed = trainer.resumed_from
     return distributed.on_main(_report, exp, method, seed, cfg, tasks, model, res, resumed,
-                               done, log)
+                               run, log)
 
 
-def _report(exp, method, seed, cfg, tasks, model, res, resumed, done: Path, log) -> dict:
+def _report(exp, method, seed, cfg, tasks, model, res, resumed, run: TrainingRun, log) -> dict:
     """Write a finished run's ``result.json`` and print its line (rank 0)."""
     result = {
         "method": method, "seed": seed, "best_step": res.best_step, "steps": res.steps,
@@ -192,7 +185,7 @@ def _report(exp, method, seed, cfg, tasks, model, res, resumed, done: Path, log)
         "analysis": exp.analyze(model, tasks, cfg) if exp.analyze else {},
         "sharing": sharing_summary(model),
     }
-    done.write_text(json.dumps(result, indent=2, allow_nan=True))
+    run.write_result(result)
     test = res.test if res.test["tasks"] else res.val
     accuracy = "" if math.isnan(test["accuracy"]) else f" accuracy {test['accuracy']:.4f}"
     log(f"  {method:>9} seed {seed}: test loss {test['loss']:.4f}{accuracy} "

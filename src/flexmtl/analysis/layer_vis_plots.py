@@ -13,7 +13,6 @@ imported only when a figure is drawn.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from flexmtl.analysis.layer_vis import SWEEP_VALUES, predict, scale_sweep, soft_core
+from flexmtl.run_folder import ExperimentFolder, PlotNames
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
@@ -136,28 +136,25 @@ def plot_layer_vis_run(
     Writes ``RUN/plots/layer_sweep_layer{layer+1}.png`` unless ``out_path`` is given; returns
     ``[]`` for other experiments or unfinished runs.
     """
-    from flexmtl.training.checkpoint import load_checkpoint
 
-    run_dir = Path(run_dir)
-    manifest_path = run_dir / "config.json"
-    if not manifest_path.exists():
+    folder = ExperimentFolder(run_dir)
+    manifest = folder.read_manifest()
+    if manifest is None:
         return []
-    manifest = json.loads(manifest_path.read_text())
-    seed_dir = run_dir / method / f"seed-{seed}"
-    finished = all((seed_dir / name).exists() for name in ("result.json", "best.pt"))
+    run = folder.run(method, seed)
+    finished = run.is_finished() and run.best.exists()
     if manifest.get("experiment") != EXPERIMENT or not finished:
         return []
     cfg = manifest["config"]
     task_list = build_tasks(cfg, seed)
-    trained_on = [t.get("note") for t in json.loads((seed_dir / "result.json").read_text())
-                  .get("tasks", [])]
+    trained_on = [t.get("note") for t in (run.read_result() or {}).get("tasks", [])]
     if trained_on != [t.note for t in task_list]:
         warnings.warn(f"{run_dir} was trained on other images than the data found now (e.g. "
                       "full MNIST was installed since); its Table 1 figure is not redrawn",
                       stacklevel=2)
         return []
     model = build_model(method, task_list, cfg, seed)
-    model.load_state_dict(load_checkpoint(seed_dir / "best.pt", "cpu")["model"])
+    model.load_state_dict(run.load_best_model())
     shape = tuple(task_list[0].info["image_shape"])
     x = task_list[0].train.x
     assert isinstance(x, torch.Tensor)  # pixel coordinates, in memory
@@ -170,7 +167,7 @@ def plot_layer_vis_run(
                    f"(learned s={float(learned[t, layer, d]):.2f})" for d in range(sweep.shape[0])]
     targets = torch.stack([t.train.y.reshape(shape) for t in task_list])
     recon = torch.stack([predict(model, t, x).reshape(shape) for t in range(len(task_list))])
-    out = Path(out_path) if out_path else run_dir / "plots" / f"layer_sweep_layer{layer + 1}.png"
+    out = Path(out_path) if out_path else folder.plots / PlotNames.layer_sweep(layer)
     title = (f"layer {layer + 1}: s[t, {layer + 1}, d] swept, other scales as learned "
              f"({method}, seed {seed}); right: change from s={values[0]:g} to s={values[-1]:g}")
     return [plot_layer_sweep(torch.cat(sweeps), values, out, targets, recon, labels,

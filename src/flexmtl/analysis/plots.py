@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from flexmtl.analysis.embeddings import cosine_similarity  # noqa: E402
 from flexmtl.analysis.stats import t_quantile_975  # noqa: E402
 from flexmtl.registry import Registry  # noqa: E402
-from flexmtl.training.checkpoint import load_sharing_snapshots  # noqa: E402
+from flexmtl.run_folder import ExperimentFolder, PlotNames, TrainingRun, read_json  # noqa: E402
 
 __all__ = [
     "plot_allocation",
@@ -108,8 +107,8 @@ def _color(method: str, index: int) -> str:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path)
+    except (OSError, ValueError):  # missing, truncated or corrupt: nothing read from it
         return None
     return data if isinstance(data, dict) else None
 
@@ -130,41 +129,34 @@ def _mean_ci(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _point_dir(run_dir: Path) -> tuple[Path, str | None]:
     """Folder of the primary sweep point (or ``run_dir`` itself) and its label."""
-    results = _read_json(run_dir / "results.json")
+    folder = ExperimentFolder(run_dir)
+    results = _read_json(folder.results)
     sweep = (results or {}).get("sweep")
     if sweep:
         key, value = sweep["key"], sweep["primary"]
     else:
-        config = _read_json(run_dir / "config.json") or {}
+        config = _read_json(folder.manifest) or {}
         manifest_sweep = config.get("sweep") if results is None else None
         if not manifest_sweep:
             return run_dir, None
         key = manifest_sweep["key"]
         value = (config.get("config") or {}).get(key, manifest_sweep["values"][-1])
-    label = f"{key}={value}"
-    return run_dir / label, label
+    point = folder.point(key, value)
+    return point, point.name
 
 
 def _method_dirs(point_dir: Path, run_dir: Path) -> dict[str, Path]:
     """Method folders (those holding ``seed-*`` folders), in the run's method order."""
-    if not point_dir.is_dir():
-        return {}
-    found = {p.name: p for p in point_dir.iterdir()
-             if p.is_dir() and any(s.is_dir() for s in p.glob("seed-*"))}
-    listed = list((_read_json(run_dir / "results.json") or {}).get("methods") or {})
-    listed += (_read_json(run_dir / "config.json") or {}).get("methods") or []
+    found = ExperimentFolder.method_dirs(point_dir)
+    folder = ExperimentFolder(run_dir)
+    listed = list((_read_json(folder.results) or {}).get("methods") or {})
+    listed += (_read_json(folder.manifest) or {}).get("methods") or []
     order = [m for m in dict.fromkeys(listed) if m in found] + sorted(set(found) - set(listed))
     return {m: found[m] for m in order}
 
 
 def _seed_dirs(method_dir: Path) -> list[Path]:
-    def seed(p: Path) -> int:
-        try:
-            return int(p.name.split("-", 1)[1])
-        except ValueError:
-            return 1 << 30
-
-    return sorted((p for p in method_dir.glob("seed-*") if p.is_dir()), key=seed)
+    return [run.path for run in ExperimentFolder.seed_runs(method_dir)]
 
 
 def _read_eval_log(path: Path, key: str) -> dict[int, float]:
@@ -188,7 +180,7 @@ def _curves(run_dir: Path, key: str) -> tuple[dict[str, tuple[np.ndarray, np.nda
     point, label = _point_dir(run_dir)
     curves = {}
     for method, mdir in _method_dirs(point, run_dir).items():
-        logs = [_read_eval_log(s / "eval_log.csv", key) for s in _seed_dirs(mdir)]
+        logs = [_read_eval_log(run.eval_log, key) for run in ExperimentFolder.seed_runs(mdir)]
         logs = [log for log in logs if log]
         if not logs:
             continue
@@ -649,17 +641,17 @@ def _task_groups(tasks: list[dict], count: int) -> list[str] | None:
 
 def _plot_soft(method: str, seed_dir: Path, result: dict, label: str | None,
                out: Path) -> list[Path]:
-    snaps = [(step, x) for step, x in load_sharing_snapshots(seed_dir) if _numpy(x).ndim == 3]
+    snaps = [(step, x) for step, x in TrainingRun(seed_dir).sharing_snapshots()
+             if _numpy(x).ndim == 3]
     if not snaps:
         return []
     names = [t.get("name", "") for t in result.get("tasks") or []] or None
-    suffix = "" if method == "soft" else f"_{method}"
     step, final = snaps[-1]
     where = f"{method}, {seed_dir.name}" + (f", {label}" if label else "")
     return [
-        plot_soft_order(final, out / f"soft_order{suffix}.png", names,
+        plot_soft_order(final, out / PlotNames.soft_order(method), names,
                         title=f"learned soft order at step {step} ({where}); red: strongest path"),
-        plot_scale_trajectories(snaps, out / f"scale_trajectories{suffix}.png", names),
+        plot_scale_trajectories(snaps, out / PlotNames.scale_trajectories(method), names),
     ]
 
 
@@ -676,19 +668,19 @@ def _plot_allocation(method: str, seed_dir: Path, result: dict, label: str | Non
     groups = _task_groups(tasks, embeddings.shape[0])
     where = f"{method}, {seed_dir.name}" + (f", {label}" if label else "")
     written = [
-        plot_allocation(embeddings, out / f"allocation_{method}.png", names, sizes, groups,
+        plot_allocation(embeddings, out / PlotNames.allocation(method), names, sizes, groups,
                         title=f"task embeddings of the selected checkpoint\n({where})"),
-        plot_similarity(embeddings, out / f"similarity_{method}.png", names, groups,
+        plot_similarity(embeddings, out / PlotNames.similarity(method), names, groups,
                         title=f"cosine similarity of the task embeddings\n({where})"),
     ]
-    snaps = [(step, x) for step, x in load_sharing_snapshots(seed_dir)
+    snaps = [(step, x) for step, x in TrainingRun(seed_dir).sharing_snapshots()
              if tuple(_numpy(x).shape) == embeddings.shape]
     history = np.stack([_numpy(x) for _, x in snaps]) if snaps else np.zeros((0, 0))
     moving = len(snaps) > 1 and bool(np.ptp(history, axis=0).max() > 0)
     if moving:  # a fixed allocation (shared bottom, no sharing) has no trajectory to show
         name = (names or [None])[0]
         written.append(plot_allocation_trajectories(
-            snaps, out / f"allocation_trajectories_{method}.png", sizes, 0, name,
+            snaps, out / PlotNames.allocation_trajectories(method), sizes, 0, name,
             title=f"connection probabilities of {name or 'task 0'} over training ({where})"))
     return written
 
@@ -726,27 +718,27 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     an accuracy (regression). What has no data is skipped.
     """
     run_dir = Path(run_dir)
-    out = run_dir / "plots"
+    out = ExperimentFolder(run_dir).plots
     written: list[Path] = []
     if _curves(run_dir, "loss")[0]:
-        written.append(plot_learning_curves(run_dir, out / "learning_curves.png"))
+        written.append(plot_learning_curves(run_dir, out / PlotNames.LEARNING_CURVES))
 
     point, label = _point_dir(run_dir)
     for method, mdir in _method_dirs(point, run_dir).items():
         seeds = _seed_dirs(mdir)
         if not seeds:
             continue
-        seed_dir = next((p for p in seeds if p.name == "seed-0"), seeds[0])
-        result = _read_json(seed_dir / "result.json")
+        seed_dir = next((p for p in seeds if TrainingRun(p).seed == 0), seeds[0])
+        result = _read_json(TrainingRun(seed_dir).result)
         kind = _sharing_kind(result)
         if kind is not None and kind in SHARING_PLOTS:
             written += SHARING_PLOTS.get(kind)(method, seed_dir, result or {}, label, out)
 
-    results = _read_json(run_dir / "results.json") or {}
+    results = _read_json(ExperimentFolder(run_dir).results) or {}
     points = (results.get("sweep") or {}).get("points") or []
     for metric in ("test_accuracy", "test_loss"):
         if any(metric in (m.get("metrics") or {}) for p in points
                for m in (p.get("methods") or {}).values()):
-            written.append(plot_sweep(results, out / "sweep.png", metric))
+            written.append(plot_sweep(results, out / PlotNames.SWEEP, metric))
             break
     return written

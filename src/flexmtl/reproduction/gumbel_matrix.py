@@ -27,6 +27,7 @@ from flexmtl.reproduction.studies import (
     table,
     verdict_of,
 )
+from flexmtl.run_folder import ExperimentFolder, PlotNames
 
 # ---------------------------------------------------------------------- Fig. 1
 
@@ -65,7 +66,7 @@ register_study(Study(
     quick=Protocol(5, {}, ("rho", (0.0, 1.0)), ("shared-bottom", "no-sharing"),
                    note="5 seeds of the paper's 30"),
     assess=_assess_fig1,
-    figures=copy_plots("sweep.png"),
+    figures=copy_plots(PlotNames.SWEEP),
     data=lambda run: data_notes(run).replace(f"rho={run.results['config'].get('rho')}",
                                              "rho per sweep point"),
 ))
@@ -105,7 +106,7 @@ register_study(Study(
     full=Protocol(20, {}, None, ("gumbel", "no-sharing"), note="20 seeds as the paper"),
     quick=Protocol(3, {}, None, ("gumbel", "no-sharing"), note="3 seeds of the paper's 20"),
     assess=_assess_fig7,
-    figures=copy_plots("learning_curves.png", "similarity_gumbel.png"),
+    figures=copy_plots(PlotNames.LEARNING_CURVES, PlotNames.similarity("gumbel")),
     investigation=(
         "In all 20 seeds of the paper-protocol run the two tasks of each pair end with identical "
         "allocations (the pairs are found), but every task keeps about 3 of the 4 components "
@@ -174,7 +175,7 @@ register_study(Study(
     full=Protocol(30, {}, None, tuple(TABLE1), note="30 seeds as the paper; 10 epochs per task"),
     quick=Protocol(3, {}, None, tuple(TABLE1), note="3 seeds of the paper's 30"),
     assess=_assess_table1,
-    figures=copy_plots("allocation_gumbel.png"),
+    figures=copy_plots(PlotNames.allocation("gumbel")),
     investigation=(
         "Offline, MNIST is the 5,000-image subset: each task trains on 3,600 images, so the "
         "paper's 10 epochs are about 2,250 updates per task here against about 34,000 on full "
@@ -192,7 +193,7 @@ register_study(Study(
 
 
 def _gumbel_runs(run: StudyRun) -> list:
-    return seed_dirs(run.run_dir / "gumbel")
+    return seed_dirs(ExperimentFolder(run.run_dir).method_dir("gumbel"))
 
 
 def _assess_fig8(run: StudyRun) -> Assessment:
@@ -225,7 +226,7 @@ register_study(Study(
     experiment="four-mnists",
     runs_with="gm-table1",
     assess=_assess_fig8,
-    figures=copy_plots("allocation_trajectories_gumbel.png"),
+    figures=copy_plots(PlotNames.allocation_trajectories("gumbel")),
     investigation="Measured on the 4-MNISTs Gumbel-Matrix runs, since Omniglot is not on "
                   "this machine (the paper's figure is from Omniglot).",
 ))
@@ -278,7 +279,8 @@ register_study(Study(
     quick=Protocol(1, {"steps": 300}, None, ("gumbel-budget",),
                    note="1 seed, 300 outer steps (each a batch of every task)"),
     assess=_assess_clusters,
-    figures=copy_plots("allocation_gumbel-budget.png", "similarity_gumbel-budget.png"),
+    figures=copy_plots(PlotNames.allocation("gumbel-budget"),
+                       PlotNames.similarity("gumbel-budget")),
     investigation=(
         "The paper gives no training length. One seed at 300 outer steps (the quick run) and one "
         "at 1000 (`flexmtl run clusters --seeds 1`, 20 minutes here) both recover the three "
@@ -318,5 +320,5 @@ register_study(Study(
     full=Protocol(10, {}, None, ("gumbel", "shared-bottom"), note="10 seeds as the paper"),
     needs=("omniglot",), gpu=True, fixture_test="tests/test_gumbel_experiments.py",
     assess=_assess_table2,
-    figures=copy_plots("allocation_gumbel.png"),
+    figures=copy_plots(PlotNames.allocation("gumbel")),
 ))

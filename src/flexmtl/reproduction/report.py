@@ -9,7 +9,6 @@ whatever has finished: for each study the full run when it is complete, else the
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -21,6 +20,7 @@ from flexmtl.data import data_status
 from flexmtl.errors import FlexMTLError, UnknownNameError
 from flexmtl.experiments import EXPERIMENTS
 from flexmtl.reproduction.studies import STUDIES, Study, StudyRun, all_studies, data_notes
+from flexmtl.run_folder import ReproductionReport
 
 MODES = ("full", "quick")
 
@@ -61,7 +61,7 @@ def reproduce(
     only: Sequence[str] | None = None,
     quick: bool = False,
     out: str | Path = "runs/reproduce",
-    doc: str | Path = "REPRODUCTION.md",
+    doc: str | Path = ReproductionReport.DOC,
     progress: bool = True,
     log: Callable[[str], None] = print,
     runtime: Mapping[str, Any] | None = None,
@@ -92,7 +92,7 @@ def reproduce(
         log(f"\n== {study.key}: {study.paper}, {study.figure} ({mode}) ==")
         try:
             run_experiment(study.experiment, methods=protocol.methods, seeds=protocol.seeds,
-                           out_dir=out / mode / study.key,
+                           out_dir=ReproductionReport.study_folder(out, mode, study.key).path,
                            overrides={**protocol.overrides, **(runtime or {})},
                            sweep=protocol.sweep or None, progress=progress, plots=True,
                            log=log)
@@ -110,18 +110,19 @@ def finished_run(out: Path, study: Study) -> StudyRun | None:
     """The study's finished run: the full one when complete, else the quick one."""
     key = study.runs_with or study.key
     for mode in MODES:
-        path = out / mode / key / "results.json"
-        if path.exists():
-            return StudyRun(path.parent, json.loads(path.read_text()), mode)
+        folder = ReproductionReport.study_folder(out, mode, key)
+        results = folder.read_results()
+        if results is not None:
+            return StudyRun(folder.path, results, mode)
     return None
 
 
-def write_report(out: str | Path = "runs/reproduce", doc: str | Path = "REPRODUCTION.md",
+def write_report(out: str | Path = "runs/reproduce", doc: str | Path = ReproductionReport.DOC,
                  log: Callable[[str], None] = print) -> dict:
     """Write ``doc`` and its figures (``<doc folder>/docs/reproduction/``) from the finished
     runs under ``out``; return the report's data."""
     out, doc = Path(out), Path(doc)
-    fig_root = doc.parent / "docs" / "reproduction"
+    files = ReproductionReport(doc)
     entries = []
     for study in all_studies():
         entry: dict[str, Any] = {"key": study.key, "paper": study.paper, "figure": study.figure,
@@ -148,7 +149,7 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = "REPRODUC
         assessment = study.assess(run)
         figures = []
         if study.figures is not None:
-            dest = fig_root / study.key
+            dest = files.study_figures(study.key)
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True, exist_ok=True)
             figures = [os.path.relpath(p, doc.parent) for p in study.figures(run, dest)]
@@ -163,10 +164,8 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = "REPRODUC
         entries.append(entry)
     report = {"generated": datetime.date.today().isoformat(), "machine": _machine(),
               "studies": entries}
-    doc.write_text(render(report))
-    fig_root.mkdir(parents=True, exist_ok=True)
-    (fig_root / "reproduction.json").write_text(json.dumps(report, indent=2, allow_nan=True))
-    log(f"wrote {doc} and {fig_root}")
+    files.write(render(report), report)
+    log(f"wrote {doc} and {files.figures}")
     return report
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from flexmtl.reproduction.studies import (
     table,
     verdict_of,
 )
+from flexmtl.run_folder import ExperimentFolder, PlotNames, TrainingRun
 
 ORDERINGS = ("single", "parallel", "permuted", "soft")
 
@@ -102,7 +102,7 @@ for key, fig, act, m in (("so-fig2a", "Fig. 2a", "linear", 128),
         quick=Protocol(3, protocol, ("n", (64, 128, 256, 512, 1024)), ("parallel", "permuted"),
                        note="3 seeds"),
         assess=functools.partial(_assess_fig2, half_claim=act == "linear"),
-        figures=copy_plots("sweep.png"),
+        figures=copy_plots(PlotNames.SWEEP),
         data=_random_data,
     ))
 
@@ -184,7 +184,7 @@ register_study(Study(
     quick=Protocol(3, _PAIRS_PROTOCOL, ("num_tasks", (1, 2, 4, 7, 10)), ORDERINGS,
                    note="3 seeds; 5 of the 10 task counts"),
     assess=_assess_fig4a,
-    figures=copy_plots("sweep.png"),
+    figures=copy_plots(PlotNames.SWEEP),
     data=_mnist_data,
     investigation=_PAIRS_INVESTIGATION,
 ))
@@ -206,7 +206,7 @@ def _hardness(s: np.ndarray) -> float:
 
 
 def _two_task_soft_runs(run: StudyRun) -> list[Path]:
-    return seed_dirs(run.run_dir / "num_tasks=2" / "soft")
+    return seed_dirs(ExperimentFolder(run.run_dir).method_dir("soft", ("num_tasks", 2)))
 
 
 def _assess_fig4bcd(run: StudyRun) -> Assessment:
@@ -258,8 +258,9 @@ def _figures_fig4bcd(run: StudyRun, dest: Path) -> list[Path]:
     snaps = snapshots(seeds[0])
     step, final = snaps[-1]
     return [
-        plot_scale_trajectories(snaps, dest / "scale_trajectories.png", ["task 0", "task 1"]),
-        plot_soft_order(final, dest / "soft_order.png", ["task 0", "task 1"],
+        plot_scale_trajectories(snaps, dest / PlotNames.scale_trajectories("soft"),
+                                ["task 0", "task 1"]),
+        plot_soft_order(final, dest / PlotNames.soft_order("soft"), ["task 0", "task 1"],
                         title=f"learned soft order, 2 MNIST pair tasks, {seeds[0].name}, step "
                               f"{step}; red: strongest path"),
     ]
@@ -307,10 +308,10 @@ def _assess_fig5b(run: StudyRun) -> Assessment:
 
 def _tasks(run: StudyRun) -> list[dict]:
     """The tasks (names, notes, data info) recorded by the first finished soft run."""
-    seeds = seed_dirs(run.run_dir / "soft")
+    seeds = seed_dirs(ExperimentFolder(run.run_dir).method_dir("soft"))
     if not seeds:
         return []
-    return json.loads((seeds[0] / "result.json").read_text()).get("tasks") or []
+    return (TrainingRun(seeds[0]).read_result() or {}).get("tasks") or []
 
 
 def _uci_data(run: StudyRun) -> str:
@@ -341,7 +342,7 @@ register_study(Study(
                        "split"),
     quick=Protocol(3, {}, None, ORDERINGS, note="3 seeds"),
     assess=_assess_fig5b,
-    figures=copy_plots("learning_curves.png"),
+    figures=copy_plots(PlotNames.LEARNING_CURVES),
     data=_uci_data,
     investigation=(
         "The combined validation loss of every method reaches its minimum after ~300-500 "
@@ -420,7 +421,7 @@ register_study(Study(
     quick=Protocol(1, {"steps": 6000}, None, ("soft",),
                    note="1 seed, 6,000 of the 20,000 steps"),
     assess=_assess_table1,
-    figures=copy_plots("layer_sweep_layer1.png"),
+    figures=copy_plots(PlotNames.layer_sweep(0)),
     data=data_notes,
 ))
 
@@ -466,7 +467,7 @@ register_study(Study(
                        "flexmtl's choice (the paper gives neither)"),
     needs=("omniglot",), gpu=True, fixture_test="tests/test_image_pipelines.py",
     assess=_assess_omniglot_ordering,
-    figures=copy_plots("sweep.png"),
+    figures=copy_plots(PlotNames.SWEEP),
 ))
 
 register_study(Study(

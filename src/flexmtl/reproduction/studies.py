@@ -29,7 +29,7 @@ import numpy as np
 from flexmtl.analysis.stats import summarize
 from flexmtl.errors import FlexMTLError
 from flexmtl.registry import Registry
-from flexmtl.training.checkpoint import load_sharing_snapshots
+from flexmtl.run_folder import ExperimentFolder, TrainingRun
 
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
 SOFT_ORDERING = "Soft layer ordering (Meyerson & Miikkulainen, ICLR 2018)"
@@ -212,14 +212,14 @@ def data_notes(run: StudyRun, limit: int = 8) -> str:
     if not parts:
         return "-"
     shown = "; ".join(parts[:limit])
-    return shown + (f"; and {len(parts) - limit} more (see results.json)"
+    return shown + (f"; and {len(parts) - limit} more (see {ExperimentFolder.RESULTS})"
                     if len(parts) > limit else "")
 
 
 def snapshots(seed_dir: Path) -> list[tuple[int, np.ndarray]]:
     """``[(step, float64 array)]``: a run's soft-order scales or connection probabilities over
-    training (:func:`~flexmtl.training.checkpoint.load_sharing_snapshots`)."""
-    return [(step, s.double().numpy()) for step, s in load_sharing_snapshots(seed_dir)]
+    training (:meth:`~flexmtl.run_folder.TrainingRun.sharing_snapshots`)."""
+    return [(step, s.double().numpy()) for step, s in TrainingRun(seed_dir).sharing_snapshots()]
 
 
 def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
@@ -228,7 +228,7 @@ def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
     def figures(run: StudyRun, dest: Path) -> list[Path]:
         out = []
         for name in names:
-            src = run.run_dir / "plots" / name
+            src = ExperimentFolder(run.run_dir).plots / name
             if src.exists():
                 shutil.copyfile(src, dest / name)
                 out.append(dest / name)
@@ -238,8 +238,8 @@ def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
 
 
 def seed_dirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.glob("seed-*") if (p / "result.json").exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
+    """The finished runs (``seed-S`` folders) of a method folder, by seed."""
+    return [run.path for run in ExperimentFolder.seed_runs(folder) if run.is_finished()]
 
 
 def verdict_of(claims: Sequence[bool]) -> str:

@@ -1,6 +1,7 @@
 """Training: schedules, the multi-task trainer, checkpoints."""
 
-from flexmtl.training.checkpoint import atomic_save, load_checkpoint, seed_everything
+from flexmtl.run_folder import atomic_save, load_checkpoint
+from flexmtl.training.checkpoint import seed_everything
 from flexmtl.training.config import TrainConfig
 from flexmtl.training.optim import OPTIMIZERS
 from flexmtl.training.sampler import TaskBatchSampler

@@ -20,7 +20,6 @@ trains on its piece of every global batch, rank 0 alone evaluates and writes; se
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,10 +32,11 @@ from torch import nn
 from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
 from flexmtl.fusion import is_fused
 from flexmtl.fusion.losses import task_losses
+from flexmtl.run_folder import CsvLog, TrainingRun
 from flexmtl.sharing import find_cores, may_leave_unused_parameters
 from flexmtl.tasks import Split, Task
 from flexmtl.training import distributed
-from flexmtl.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from flexmtl.training.checkpoint import rng_state, set_rng_state
 from flexmtl.training.config import CHANGEABLE_ON_RESUME, TrainConfig
 from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
 from flexmtl.training.sampler import TaskBatchSampler
@@ -151,8 +151,7 @@ class Trainer:
             self._resume(state)
         elif self.out_dir is not None and self.is_main:
             # a fresh start: logs of an earlier attempt are stale
-            for name in ("train_log.csv", "eval_log.csv", "best.pt", "sharing.pt"):
-                (self.out_dir / name).unlink(missing_ok=True)
+            self.run_folder.start_fresh()
         self.resumed_from = self.step
         self.training_forward = distributed.wrap(_TrainingForward(self.model), self.device,
                                                  self._find_unused_parameters())
@@ -351,7 +350,7 @@ class Trainer:
             return
         names = ", ".join(self.tasks[t].name for t in task_indices)
         where = (
-            f"the last good checkpoint is {self.out_dir / 'last.pt'} (step "
+            f"the last good checkpoint is {self.run_folder.last} (step "
             f"{self.last_checkpoint_step})"
             if self.last_checkpoint_step is not None
             else "no checkpoint was written yet"
@@ -401,13 +400,17 @@ class Trainer:
             state = self.state_dict()
             if rng_ranks is not None:
                 state["rng_ranks"] = rng_ranks
-            atomic_save(state, self.out_dir / "last.pt")
+            self.run_folder.save_last(state)
         self.last_checkpoint_step = self.step
 
     def _read_last(self) -> dict | None:
         """``last.pt`` on the cpu, or None (called on rank 0, which broadcasts it)."""
-        path = self.out_dir / "last.pt" if self.out_dir is not None else None
-        return load_checkpoint(path, "cpu") if path is not None and path.exists() else None
+        return self.run_folder.read_last() if self.run_folder is not None else None
+
+    @property
+    def run_folder(self) -> TrainingRun | None:
+        """The files of this run in ``out_dir`` (None: everything is kept in memory)."""
+        return TrainingRun(self.out_dir) if self.out_dir is not None else None
 
     def _resume(self, state: dict) -> None:
         _check_resumable(state, self.config)
@@ -441,8 +444,7 @@ class Trainer:
         self.last_checkpoint_step = self.step
         # rows a killed run logged after its last checkpoint are dropped (they are redone)
         if self.is_main:
-            for name in ("train_log.csv", "eval_log.csv"):
-                _truncate_csv(self.out_dir / name, self.step)
+            self.run_folder.truncate_logs(self.step)
 
     # ------------------------------------------------------------------ training
     def fit(self) -> TrainResult:
@@ -450,9 +452,9 @@ class Trainer:
         self.setup()
         cfg = self.config
         self._segment_start = start_time = time.perf_counter()
-        log_dir = self.out_dir if self.is_main else None
-        train_log = _CsvLog(log_dir, "train_log.csv")
-        eval_log = _CsvLog(log_dir, "eval_log.csv")
+        folder = self.run_folder if self.is_main else None
+        train_log = CsvLog(folder.train_log if folder is not None else None)
+        eval_log = CsvLog(folder.eval_log if folder is not None else None)
         if self.step == 0:
             self._snapshot_sharing()
         bar = _progress(cfg.steps, self.step, cfg.progress and self.is_main)
@@ -500,7 +502,7 @@ class Trainer:
         self.step += 1
         return losses
 
-    def _evaluate_and_select(self, eval_log: _CsvLog) -> None:
+    def _evaluate_and_select(self, eval_log: CsvLog) -> None:
         metrics = self.evaluate("val")
         has_val = bool(metrics["tasks"])
         score = self._score(metrics) if has_val else -self.step
@@ -516,8 +518,7 @@ class Trainer:
         if score < self.best_score or self.best_step < 0:
             self.best_score, self.best_step = score, self.step
             if self.out_dir is not None:
-                atomic_save({"step": self.step, "model": self.model.state_dict()},
-                            self.out_dir / "best.pt")
+                self.run_folder.save_best(self.step, self.model.state_dict())
             else:
                 self._best_in_memory = {k: v.detach().clone()
                                         for k, v in self.model.state_dict().items()}
@@ -540,8 +541,8 @@ class Trainer:
     def _selected_state(self) -> dict:
         """The model chosen on validation, on the cpu (rank 0; it also writes sharing.pt)."""
         if self.out_dir is not None:
-            atomic_save({"sharing": self.sharing}, self.out_dir / "sharing.pt")
-            return load_checkpoint(self.out_dir / "best.pt", "cpu")["model"]
+            self.run_folder.save_sharing(self.sharing)
+            return self.run_folder.load_best_model()
         best = self._best_in_memory or self.model.state_dict()
         return {k: v.detach().cpu() for k, v in best.items()}
 
@@ -584,7 +585,7 @@ def _check_resumable(state: dict, cfg: TrainConfig) -> None:
         raise ConfigError(
             "the checkpoint to resume was trained with other settings ("
             + ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
-            + "); use another output folder or delete last.pt")
+            + f"); use another output folder or delete {TrainingRun.LAST}")
     if state["step"] > cfg.steps:
         raise ConfigError(f"the checkpoint to resume is at step {state['step']}, past the "
                           f"{cfg.steps} steps asked for")
@@ -616,42 +617,3 @@ def _progress(total: int, initial: int, enabled: bool):
 
     return tqdm(total=total, initial=initial, disable=not enabled, leave=False,
                 dynamic_ncols=True, desc="train")
-
-
-class _CsvLog:
-    """Appends dict rows to a CSV file; the header is fixed by the first row written."""
-
-    def __init__(self, out_dir: Path | None, name: str):
-        self.path = out_dir / name if out_dir is not None else None
-        self.file = None
-        self.writer = None
-
-    def write(self, row: dict) -> None:
-        if self.path is None:
-            return
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            exists = self.path.exists() and self.path.stat().st_size > 0
-            self.file = open(self.path, "a", newline="", buffering=1)  # line-buffered
-            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
-            if not exists:
-                self.writer.writeheader()
-        self.writer.writerow(row)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = self.writer = None
-
-
-def _truncate_csv(path: Path, last_step: int) -> None:
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:]
-                        if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= last_step]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
