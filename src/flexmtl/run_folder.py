@@ -264,11 +264,11 @@ class TrainingRun:
     def save_sharing(self, snapshots: list[tuple[int, torch.Tensor]]) -> None:
         atomic_save({"sharing": snapshots}, self.sharing)
 
-    def sharing_snapshots(self, ndim: int | None = None) -> list[tuple[int, torch.Tensor]]:
-        """The sharing parameters over training, ``[(step, tensor)]``: from ``sharing.pt``
-        (written when the run finishes), else ``last.pt`` of an unfinished run; empty when
-        neither is readable. ``ndim`` keeps only snapshots of that many dimensions (3 for
-        soft-order scales ``[tasks, layers, depths]``, 2 for connection probabilities)."""
+    def sharing_snapshots(self) -> list[tuple[int, torch.Tensor]]:
+        """What the core learned about sharing over training, ``[(step, tensor)]`` (its
+        :meth:`~flexmtl.sharing.SharingCore.sharing_snapshot`): from ``sharing.pt`` (written
+        when the run finishes), else ``last.pt`` of an unfinished run; empty when neither is
+        readable."""
         for path in (self.sharing, self.last):
             if not path.exists():
                 continue
@@ -278,8 +278,7 @@ class TrainingRun:
                 continue
             snaps = state.get("sharing") if isinstance(state, dict) else None
             if snaps:
-                return [(int(step), torch.as_tensor(s)) for step, s in snaps
-                        if ndim is None or torch.as_tensor(s).dim() == ndim]
+                return [(int(step), torch.as_tensor(s)) for step, s in snaps]
         return []
 
     # logs
