@@ -40,7 +40,7 @@ from torch import nn
 
 from flexmtl.errors import ConfigError, FlexMTLError
 from flexmtl.sharing import shared_random_modules
-from flexmtl.training.checkpoint import seed_everything
+from flexmtl.training.rng import seed_everything
 
 T = TypeVar("T")
 

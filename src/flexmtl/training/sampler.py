@@ -7,6 +7,7 @@ from collections.abc import Hashable, Sequence
 import torch
 
 from flexmtl.errors import ConfigError
+from flexmtl.tasks import Task
 
 
 class TaskBatchSampler:
@@ -94,3 +95,22 @@ class TaskBatchSampler:
         self.seen = list(state.get("seen", [0] * len(self.sizes)))
         self.latest = [order[pos - min(self.batch_size, len(order)) : pos] if pos else None
                        for order, pos in zip(self.orders, self.positions)]
+
+
+def input_groups(tasks: Sequence[Task]) -> list[list[int]]:
+    """Indices of the tasks that share their inputs (same ``input_group``), in task order;
+    a task without an input group is a group of its own. Checks that the tasks of a group
+    have splits of equal sizes."""
+    groups: dict[object, list[int]] = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault(task.input_group or i, []).append(i)
+    for members in groups.values():
+        for split in ("train", "val", "test"):
+            sizes = {None if getattr(tasks[t], split) is None else len(getattr(tasks[t], split))
+                     for t in members}
+            if len(sizes) > 1:
+                names = ", ".join(tasks[t].name for t in members)
+                raise ConfigError(f"tasks {names} share input group "
+                                  f"{tasks[members[0]].input_group!r} but their {split} splits "
+                                  f"differ in size ({sorted(sizes, key=str)})")
+    return list(groups.values())

@@ -23,7 +23,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,14 +32,16 @@ from torch import nn
 from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
 from flexmtl.fusion import is_fused
 from flexmtl.fusion.losses import task_losses
-from flexmtl.run_folder import CsvLog, TrainingRun
-from flexmtl.sharing import find_cores, may_leave_unused_parameters
+from flexmtl.run_folder import CsvLog
+from flexmtl.sharing import may_leave_unused_parameters
 from flexmtl.tasks import Split, Task
 from flexmtl.training import distributed
-from flexmtl.training.checkpoint import rng_state, set_rng_state
-from flexmtl.training.config import CHANGEABLE_ON_RESUME, TrainConfig
+from flexmtl.training.checkpoint import Checkpointing
+from flexmtl.training.config import TrainConfig
+from flexmtl.training.evaluation import evaluate_tasks
+from flexmtl.training.forward import TrainingForward, global_mean
 from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
-from flexmtl.training.sampler import TaskBatchSampler
+from flexmtl.training.sampler import TaskBatchSampler, input_groups
 from flexmtl.training.schedules import SCHEDULES
 
 
@@ -57,12 +59,17 @@ class TrainResult:
     finetune_step: int | None = None  # when the finetune optimiser took over (None: never)
 
 
-class Trainer:
+class Trainer(Checkpointing):
     """Trains a :class:`~flexmtl.models.MultiTaskModel` (or any ``model(x, task)``) on tasks.
 
     Under ``torchrun`` (several processes) it trains data-parallel: ``batch_size`` stays
     the global batch, split over the ranks; logs, checkpoints and evaluation are rank 0's,
     and :meth:`fit` returns rank 0's result on every rank.
+
+    The constructor only checks its arguments: nothing is read, written or set globally
+    until :meth:`setup` (which :meth:`fit`, :meth:`train_step` and :meth:`evaluate` call).
+    Seams for tools and benchmarks: :meth:`train_step` (one step of the schedule),
+    :meth:`draw_batch`, :meth:`training_losses`, :meth:`losses_of`, :meth:`update`.
 
     Args:
         model: module called as ``model(x, task_index)``.
@@ -153,7 +160,7 @@ class Trainer:
             # a fresh start: logs of an earlier attempt are stale
             self.run_folder.start_fresh()
         self.resumed_from = self.step
-        self.training_forward = distributed.wrap(_TrainingForward(self.model), self.device,
+        self.training_forward = distributed.wrap(TrainingForward(self.model), self.device,
                                                  self._find_unused_parameters())
         if cfg.compile:
             self.training_forward = torch.compile(self.training_forward)
@@ -202,14 +209,14 @@ class Trainer:
 
         With several ranks the batches are this rank's pieces; the returned losses then have
         the global batch's value and a gradient that DDP's average over ranks turns into the
-        global batch's gradient (see :meth:`_global_mean`).
+        global batch's gradient (see :func:`~flexmtl.training.forward.global_mean`).
         """
         self.setup()
         outs, regularization = self._forward([x for x, _ in batches], list(tasks))
         ys = [y for _, y in batches]
         losses = self.losses_of(tasks, outs, ys)
         if self.world_size > 1:
-            losses = self._global_mean(losses, [len(y) for y in ys])
+            losses = global_mean(losses, [len(y) for y in ys], self.world_size)
         if not regularization:  # the core has none
             return losses
         return [loss if reg is None else loss + reg for loss, reg in zip(losses, regularization)]
@@ -254,24 +261,6 @@ class Trainer:
                 f"{torch.__version__} may not compile this model: train without --compile "
                 "(compile=false)") from exc
 
-    def _global_mean(self, losses: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
-        """Per-task mean losses of this rank's pieces -> the global batches' mean losses.
-
-        Rank ``r`` holds ``n_r`` of ``n`` examples and the mean loss ``L_r`` of its piece. The
-        returned value is the global mean ``sum_r n_r L_r / n`` (summed over ranks), and the
-        gradient is that of ``N n_r L_r / n``, which DDP averages over the N ranks into
-        ``sum_r n_r grad L_r / n``: the gradient one process computes on the whole batch.
-        """
-        local = torch.stack([loss.detach() for loss in losses])
-        n = torch.tensor(sizes, dtype=local.dtype, device=local.device)
-        totals = distributed.all_reduce_sum(torch.cat([local * n, n]))
-        sums, counts = totals.chunk(2)
-        out = []
-        for loss, size, mean, count in zip(losses, sizes, sums / counts, counts):
-            scaled = loss * (self.world_size * size / count)
-            out.append(mean + (scaled - scaled.detach()))  # value: mean; gradient: scaled's
-        return out
-
     def update(self, loss: torch.Tensor, task_indices: Sequence[int]) -> None:
         """One optimiser update from ``loss`` (of the tasks ``task_indices``): a non-finite
         loss stops training (:class:`TrainingDiverged`); gradients are clipped when set."""
@@ -282,55 +271,13 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
         self.optimizer.step()
 
-    @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict:
-        """Mean loss and accuracy of every task on ``split`` (``train``/``val``/``test``).
-
-        Returns ``{"tasks": {name: {"loss", "accuracy"}}, "loss": sum of task losses,
-        "accuracy": mean task accuracy}``; tasks without that split are left out.
-        """
+        """Mean loss and accuracy of every task on ``split`` (``train``/``val``/``test``):
+        ``{"tasks": {name: {"loss", "accuracy"}}, "loss": sum of task losses, "accuracy":
+        mean task accuracy}`` (:func:`~flexmtl.training.evaluation.evaluate_tasks`)."""
         self.setup()
-        was_training = self.model.training
-        self.model.eval()
-        found = {}
-        size = self.config.eval_batch_size
-        try:
-            for group in self.input_groups:  # one read of each batch of inputs per group
-                data = getattr(self.tasks[group[0]], split)
-                if data is None:
-                    continue
-                total_loss, correct = [0.0] * len(group), [0.0] * len(group)
-                for start in range(0, len(data), size):
-                    x = data.x[start : start + size].to(self.device)
-                    outs = self._eval_outputs(x, group)
-                    for i, (t, out) in enumerate(zip(group, outs)):
-                        task = self.tasks[t]
-                        y = getattr(task, split).y[start : start + size].to(self.device)
-                        total_loss[i] += float(task.loss(out, y)) * len(x)
-                        c = task.correct(out, y)
-                        correct[i] += float(c) if c is not None else math.nan
-                for i, t in enumerate(group):
-                    found[t] = {"loss": total_loss[i] / len(data),
-                                "accuracy": correct[i] / len(data)}
-        finally:
-            self.model.train(was_training)
-        per_task = {self.tasks[t].name: found[t] for t in sorted(found)}
-        if not per_task:
-            return {"tasks": {}, "loss": math.nan, "accuracy": math.nan}
-        accuracies = [m["accuracy"] for m in per_task.values() if not math.isnan(m["accuracy"])]
-        return {
-            "tasks": per_task,
-            "loss": sum(m["loss"] for m in per_task.values()),
-            # over the classification tasks (regression tasks have no accuracy)
-            "accuracy": sum(accuracies) / len(accuracies) if accuracies else math.nan,
-        }
-
-    def _eval_outputs(self, x: torch.Tensor, group: list[int]) -> list[torch.Tensor]:
-        """Outputs of the tasks of ``group`` on the same inputs ``x`` (evaluation)."""
-        forward_tasks = getattr(self.model, "forward_tasks", None)
-        if len(group) > 1 and callable(forward_tasks):
-            return forward_tasks([x] * len(group), group)
-        return [self.model(x, t) for t in group]
+        return evaluate_tasks(self.model, self.tasks, self.input_groups, split,
+                              self.config.eval_batch_size, self.device)
 
     def _score(self, metrics: dict) -> float:
         """Lower is better; NaN scores are replaced by +inf."""
@@ -359,92 +306,6 @@ class Trainer:
             f"loss became {float(value.detach())} at step {self.step + 1} (tasks: {names}); "
             f"training stopped and {where}. Try a lower learning rate or check the inputs for NaN."
         )
-
-    # ------------------------------------------------------------------ checkpoints
-    def _snapshot_sharing(self) -> None:
-        """Log what the model's core has learned about sharing (a model with several cores:
-        nothing, as there is no one tensor to log)."""
-        cores = find_cores(self.model)
-        snapshot = cores[0].sharing_snapshot() if len(cores) == 1 else None
-        if snapshot is not None:
-            self.sharing.append((self.step, snapshot.detach().cpu().clone()))
-
-    def state_dict(self) -> dict:
-        """Everything :meth:`fit` needs to resume (this rank's random state; ``last.pt``
-        adds every rank's, ``rng_ranks``, when there are several)."""
-        state = {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "task_order_generator": self.task_order_generator.get_state(),
-            "rng": rng_state(),
-            "best_score": self.best_score,
-            "best_step": self.best_step,
-            "history": self.history,
-            "sharing": self.sharing,
-            "finetune_step": self.finetune_step,
-            "config": asdict(self.config),
-            "seconds": self.seconds_before + time.perf_counter() - self._segment_start,
-        }
-        if self.shared_stream is not None:
-            state["shared_rng"] = self.shared_stream.state_dict()
-        return state
-
-    def _save_last(self) -> None:
-        """Write ``last.pt`` (rank 0; every rank takes part, handing over its random state)."""
-        if self.out_dir is None:
-            return
-        rng_ranks = distributed.all_gather_object(rng_state()) if self.world_size > 1 else None
-        if self.is_main:
-            state = self.state_dict()
-            if rng_ranks is not None:
-                state["rng_ranks"] = rng_ranks
-            self.run_folder.save_last(state)
-        self.last_checkpoint_step = self.step
-
-    def _read_last(self) -> dict | None:
-        """``last.pt`` on the cpu, or None (called on rank 0, which broadcasts it)."""
-        return self.run_folder.read_last() if self.run_folder is not None else None
-
-    @property
-    def run_folder(self) -> TrainingRun | None:
-        """The files of this run in ``out_dir`` (None: everything is kept in memory)."""
-        return TrainingRun(self.out_dir) if self.out_dir is not None else None
-
-    def _resume(self, state: dict) -> None:
-        _check_resumable(state, self.config)
-        self.model.load_state_dict(state["model"])
-        self.finetune_step = state.get("finetune_step")
-        if self.finetune_step is not None:
-            self.optimizer = self._make_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.task_order_generator.set_state(state["task_order_generator"])
-        set_rng_state(state["rng"])  # rank 0's streams; one process draws everything from them
-        shared = state.get("shared_rng")
-        if self.shared_stream is not None:
-            # the allocation samples continue rank 0's stream of a one-process checkpoint
-            if shared is None or not self.shared_stream.load_state_dict(shared):
-                self.shared_stream.state = distributed.generator_state(self.device)
-            per_rank = state.get("rng_ranks")
-            if per_rank is not None and len(per_rank) == self.world_size:
-                set_rng_state(per_rank[distributed.rank()])
-            else:  # another number of processes than the checkpoint's: fresh rank streams
-                distributed.seed_rank(self.config.seed, state["step"])
-        elif shared is not None and shared.get("device") == self.device.type:
-            # one process resumes a multi-process run: its generator draws the allocations
-            distributed.set_generator_state(self.device, shared["state"])
-        self.step = state["step"]
-        self.seconds_before = state.get("seconds", 0.0)
-        self.best_score = state["best_score"]
-        self.best_step = state["best_step"]
-        self.history = state["history"]
-        self.sharing = state["sharing"]
-        self.last_checkpoint_step = self.step
-        # rows a killed run logged after its last checkpoint are dropped (they are redone)
-        if self.is_main:
-            self.run_folder.truncate_logs(self.step)
 
     # ------------------------------------------------------------------ training
     def fit(self) -> TrainResult:
@@ -537,80 +398,6 @@ class Trainer:
             steps=self.step, seconds=seconds, history=self.history,
             finetune_step=self.finetune_step,
         )
-
-    def _selected_state(self) -> dict:
-        """The model chosen on validation, on the cpu (rank 0; it also writes sharing.pt)."""
-        if self.out_dir is not None:
-            self.run_folder.save_sharing(self.sharing)
-            return self.run_folder.load_best_model()
-        best = self._best_in_memory or self.model.state_dict()
-        return {k: v.detach().cpu() for k, v in best.items()}
-
-
-class _TrainingForward(nn.Module):
-    """The training forward of several tasks as one module call: the outputs
-    (``model.forward_tasks`` where the model has it, else ``model(x, t)`` per task) and the
-    sharing cores' regularisation of each task (None for a task without any; an empty list
-    when no core has one).
-    DistributedDataParallel wraps this module, so every parameter a training loss uses is
-    reached through DDP's forward."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.cores = find_cores(model)
-
-    def forward(self, xs: list[torch.Tensor],
-                tasks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        forward_tasks = getattr(self.model, "forward_tasks", None)
-        if callable(forward_tasks):
-            outs = forward_tasks(xs, tasks)
-        else:
-            outs = [self.model(x, t) for x, t in zip(xs, tasks)]
-        regs: list[torch.Tensor | None] = []
-        for t in tasks:
-            terms = [r for r in (core.regularization(t) for core in self.cores) if r is not None]
-            regs.append(None if not terms else terms[0] if len(terms) == 1
-                        else torch.stack(terms).sum())
-        return outs, regs if any(r is not None for r in regs) else []
-
-
-def _check_resumable(state: dict, cfg: TrainConfig) -> None:
-    """Refuse to resume a checkpoint trained with other settings, or past the end."""
-    saved = state.get("config", {})
-    now = asdict(cfg)
-    changed = sorted(k for k in saved if k not in CHANGEABLE_ON_RESUME and k in now
-                     and saved[k] != now[k])
-    if changed:
-        raise ConfigError(
-            "the checkpoint to resume was trained with other settings ("
-            + ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
-            + f"); use another output folder or delete {TrainingRun.LAST}")
-    if state["step"] > cfg.steps:
-        raise ConfigError(f"the checkpoint to resume is at step {state['step']}, past the "
-                          f"{cfg.steps} steps asked for")
-
-
-def input_groups(tasks: Sequence[Task]) -> list[list[int]]:
-    """Indices of the tasks that share their inputs (same ``input_group``), in task order;
-    a task without an input group is a group of its own. Checks that the tasks of a group
-    have splits of equal sizes."""
-    groups: dict[object, list[int]] = {}
-    for i, task in enumerate(tasks):
-        groups.setdefault(task.input_group or i, []).append(i)
-    for members in groups.values():
-        for split in ("train", "val", "test"):
-            sizes = {None if getattr(tasks[t], split) is None else len(getattr(tasks[t], split))
-                     for t in members}
-            if len(sizes) > 1:
-                names = ", ".join(tasks[t].name for t in members)
-                raise ConfigError(f"tasks {names} share input group "
-                                  f"{tasks[members[0]].input_group!r} but their {split} splits "
-                                  f"differ in size ({sorted(sizes, key=str)})")
-    return list(groups.values())
-
-
-
 
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
