@@ -18,13 +18,13 @@ core, and never changes the model: the scales are passed to the core's forward e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from flexmtl.errors import ConfigError
-from flexmtl.sharing import SoftOrdering
+from flexmtl.sharing import SoftOrdering, find_cores
 
 if TYPE_CHECKING:
     from flexmtl.models import MultiTaskModel
@@ -53,11 +53,14 @@ def pixel_coordinates(height: int, width: int) -> torch.Tensor:
 
 
 def soft_core(model: nn.Module) -> SoftOrdering:
-    core = getattr(model, "core", None)
-    if not isinstance(core, SoftOrdering):
-        raise ConfigError("layer visualisation needs a model whose core is a SoftOrdering, got "
-                          f"{type(core).__name__}")
-    return core
+    """The model's sharing core, which must be a soft ordering: a core of kind
+    ``"soft-order"`` has the scales (``scales()``, ``forward(h, task, scales)``) swept here."""
+    cores = find_cores(model)
+    if len(cores) != 1 or cores[0].kind != SoftOrdering.kind:
+        found = ", ".join(f"{type(c).__name__} ({c.kind})" for c in cores) or "none"
+        raise ConfigError("layer visualisation needs a model with one sharing core of kind "
+                          f"{SoftOrdering.kind!r} (a soft ordering); found {found}")
+    return cast(SoftOrdering, cores[0])  # the kind names the class's contract
 
 
 def with_scale(scales: torch.Tensor, layer: int, depth: int, value: float) -> torch.Tensor:
