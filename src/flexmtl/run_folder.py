@@ -49,7 +49,7 @@ __all__ = [
 # ---------------------------------------------------------------------- atomic files
 
 
-def atomic_write(path: str | Path, write: Callable[[IO], None], text: bool = False) -> None:
+def atomic_write(path: str | Path, write: Callable[[IO], object], text: bool = False) -> None:
     """Call ``write(f)`` on a new temporary file beside ``path`` (binary, or UTF-8 text with
     ``newline=""`` when ``text``), flush and fsync it, then atomically replace ``path``.
 
@@ -61,8 +61,9 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], text: bool = Fal
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        mode = {"mode": "w", "encoding": "utf-8", "newline": ""} if text else {"mode": "wb"}
-        with os.fdopen(fd, **mode) as f:
+        opened = (os.fdopen(fd, "w", encoding="utf-8", newline="") if text
+                  else os.fdopen(fd, "wb"))
+        with opened as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

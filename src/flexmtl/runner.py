@@ -84,11 +84,11 @@ def run_experiment(
         log(f"  note: {note}")
 
     point_results = []
-    values = [None] if points is None else list(points[1])
+    key, values = (None, [None]) if points is None else (points[0], list(points[1]))
     start = time.perf_counter()
     for value in values:
-        point_cfg = dict(cfg) if value is None else {**cfg, points[0]: value}
-        point = None if value is None else (points[0], value)
+        point_cfg = dict(cfg) if key is None else {**cfg, key: value}
+        point = None if key is None else (key, value)
         data_sources: dict[str, str] = {}  # per point: e.g. a swept n changes the data
         runs = {}
         for method in methods:

@@ -35,6 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
@@ -249,7 +250,9 @@ def plot_soft_order(scales: Any, out_path: str | Path,
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True,
                              figsize=(max(width * ncols + 1.4, 6.4), height * nrows + 0.6),
                              layout="constrained")
-    fig.get_layout_engine().set(h_pad=0.1, hspace=0.06)
+    engine = fig.get_layout_engine()
+    if isinstance(engine, ConstrainedLayoutEngine):
+        engine.set(h_pad=0.1, hspace=0.06)
     image = None
     for t, ax in enumerate(axes.flat):
         if t >= shown:
@@ -266,6 +269,7 @@ def plot_soft_order(scales: Any, out_path: str | Path,
             ax.set_ylabel("shared layer")
         if t // ncols == nrows - 1 or t + ncols >= shown:
             ax.set_xlabel("depth")
+    assert image is not None  # at least one task is shown
     fig.colorbar(image, ax=axes, shrink=0.9, label="scale $s_{t,j,k}$")
     extra = f" (first {shown} of {tasks} tasks)" if shown < tasks else ""
     fig.suptitle((title or "learned soft order; red: strongest layer at each depth") + extra,
@@ -466,10 +470,9 @@ def _legend_below(fig: plt.Figure, **kwargs: Any) -> None:
     try:
         fig.legend(loc="outside lower center", **kwargs)
     except ValueError:  # matplotlib 3.6 has no "outside" locations: leave room by hand
-        try:
-            fig.get_layout_engine().set(rect=(0, 0.08, 1, 0.92))
-        except (AttributeError, TypeError):
-            pass
+        engine = fig.get_layout_engine()
+        if isinstance(engine, ConstrainedLayoutEngine):
+            engine.set(rect=(0, 0.08, 1, 0.92))
         fig.legend(loc="lower center", **kwargs)
 
 

@@ -16,6 +16,7 @@ one batch and one optimiser step per task, tasks shuffled every step.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
 from flexmtl.experiments.soft_ordering import split_indices
 from flexmtl.models import MultiTaskModel, build_model, make_decoder
-from flexmtl.sharing import ALLOCATION_DEFAULTS, make_core, method_options
+from flexmtl.sharing import ALLOCATION_DEFAULTS, RoutedCore, find_cores, make_core, method_options
 from flexmtl.sharing.components import (
     cluster_components,
     omniglot_components,
@@ -49,9 +50,18 @@ def allocation_core(method: str, layers: Sequence[nn.Module | Sequence[nn.Module
                      **method_options(method, cfg), **options)
 
 
+def routed_core_of(model: nn.Module) -> RoutedCore:
+    """The routed core of a model these experiments built (one sharing core, kind
+    ``"allocation"``)."""
+    cores = find_cores(model)
+    if len(cores) != 1 or cores[0].kind != RoutedCore.kind:
+        raise ConfigError(f"expected one routed core, found {[type(c).__name__ for c in cores]}")
+    return cast(RoutedCore, cores[0])  # the kind names the class's contract
+
+
 def allocation_analysis(model: nn.Module, tasks: list[Task], cfg: dict) -> dict[str, float]:
     """Active connections in % (Table I) and the number of distinct task embeddings."""
-    core = model.core
+    core = routed_core_of(model)
     emb = core.embeddings()
     return {"active_connections": 100.0 * core.active_connections(),
             "distinct_embeddings": float(len({tuple(e.tolist()) for e in emb}))}
@@ -152,7 +162,7 @@ def _pairs_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Mod
 
 def _pairs_analysis(model: nn.Module, tasks: list[Task], cfg: dict) -> dict[str, float]:
     """Do related tasks share components and unrelated ones not? (appendix A3)"""
-    sim = cosine_similarity(model.core.embeddings())
+    sim = cosine_similarity(routed_core_of(model).embeddings())
     within = [float(sim[0, 1]), float(sim[2, 3])]
     across = [float(sim[i, j]) for i in (0, 1) for j in (2, 3)]
     return {"within_pair_similarity": sum(within) / 2,
@@ -225,7 +235,7 @@ def _four_mnists_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> 
     """Appendix B: 3 routed layers x 4 components (conv 5x5, avg-pool 2, conv 3x3, avg-pool
     2, conv 3x3; 4 filters, no padding), flatten, dropout 0.5 before the linear heads."""
     f, T = cfg["filters"], len(tasks)
-    layers = [
+    layers: list[nn.Module | list[nn.Module]] = [
         [single_conv(1, f, 5) for _ in range(4)],
         nn.AvgPool2d(2),
         [single_conv(f, f, 3) for _ in range(4)],
@@ -312,7 +322,8 @@ def _cluster_tasks(cfg: dict, seed: int) -> list[Task]:
         cifar = load_cifar100()
         for s, superclass in enumerate(cifar.coarse_names):
             fine = np.flatnonzero(cifar.fine_to_coarse == s)  # its 5 fine classes
-            def select(x, fine_y, coarse_y):
+            def select(x: np.ndarray, fine_y: np.ndarray, coarse_y: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
                 mask = coarse_y == s
                 return x[mask], np.searchsorted(fine, fine_y[mask])
             train, val = _split_images(*select(cifar.train_x, cifar.train_fine,
@@ -336,7 +347,7 @@ def _cluster_tasks(cfg: dict, seed: int) -> list[Task]:
         digits = load_digits()
         x = to_grey32(digits.data / 16.0, 8)
         (train, rest) = _split_images(x, digits.target, 0.3)
-        val, test = _split_images(*rest, 0.5)
+        val, test = _split_images(rest[0], rest[1], 0.5)
         tasks += _leave_one_out_tasks(
             "digits8x8", train, val, test, 10,
             "STAND-IN for the CIFAR-100 cluster (absent here): scikit-learn's 8x8 digits (UCI "
@@ -348,7 +359,7 @@ def _cluster_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.M
     """Sec. V-C: 1x1 stem conv to 8 channels, 3 routed layers x 16 components (8 conv 3x3,
     8 conv 5x5, GroupNorm, stride 2), linear heads."""
     c, T = cfg["channels"], len(tasks)
-    layers: list = [nn.Conv2d(3, c, 1), post_layer_norm(c)]
+    layers: list[nn.Module | list[nn.Module]] = [nn.Conv2d(3, c, 1), post_layer_norm(c)]
     layers += [cluster_components(c, stride=2) for _ in range(cfg["layers"])]
     layers.append(nn.Flatten())
     core = allocation_core(method, layers, T, (3, 32, 32), cfg)
@@ -367,7 +378,7 @@ def _cluster_analysis(model: nn.Module, tasks: list[Task], cfg: dict) -> dict[st
     from sklearn.cluster import AgglomerativeClustering
     from sklearn.metrics import adjusted_rand_score
 
-    emb = model.core.embeddings()
+    emb = routed_core_of(model).embeddings()
     truth = [t.info["cluster"] for t in tasks]
     groups = sorted(set(truth))
     distance = (1.0 - cosine_similarity(emb)).clamp(min=0).numpy()
@@ -427,7 +438,7 @@ def _omniglot_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.
     components with GroupNorm + ReLU after each, stride 2 in layers 0, 1, 3, 4, 6; flatten,
     dropout 0.5, linear heads."""
     c, T, size = cfg["channels"], len(tasks), cfg["size"]
-    layers: list = [nn.Conv2d(1, c, 1), post_layer_norm(c)]
+    layers: list[nn.Module | list[nn.Module]] = [nn.Conv2d(1, c, 1), post_layer_norm(c)]
     strided = set(strided_layers(cfg["layers"], min(cfg["downsamples"], cfg["layers"])))
     for i in range(cfg["layers"]):
         layers += [omniglot_components(c, 2 if i in strided else 1), post_layer_norm(c)]
@@ -462,5 +473,5 @@ register_experiment(Experiment(
 ))
 
 
-__all__ = ["allocation_core", "allocation_analysis",
+__all__ = ["allocation_core", "allocation_analysis", "routed_core_of",
            "to_grey32", "GreyToRGB"]

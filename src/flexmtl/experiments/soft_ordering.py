@@ -81,7 +81,8 @@ register_experiment(Experiment(
 def digit_pairs(num_tasks: int, seed: int) -> list[tuple[int, int]]:
     """Random digit pairs: without replacement within a task, with replacement across (A.1)."""
     rng = np.random.default_rng(seed)
-    return [tuple(int(d) for d in rng.choice(10, size=2, replace=False)) for _ in range(num_tasks)]
+    pairs = [rng.choice(10, size=2, replace=False) for _ in range(num_tasks)]
+    return [(int(a), int(b)) for a, b in pairs]
 
 
 def _mnist_pair_tasks(cfg: dict, seed: int) -> list[Task]:

@@ -43,7 +43,7 @@ def may_leave_unused_parameters(model: nn.Module) -> bool:
     return any(isinstance(m, RoutedLayer) and id(m) not in in_cores for m in model.modules())
 
 
-def shared_random_modules(model: nn.Module) -> list[nn.Module]:
+def shared_random_modules(model: nn.Module) -> list[GumbelMatrixAllocation]:
     """The modules of ``model`` whose random draws must be the same on every rank of
     data-parallel training (the Gumbel-Matrix allocation samples, one per task and batch):
     each draws from its ``generator`` attribute, which the trainer sets to one shared

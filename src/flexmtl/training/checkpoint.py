@@ -105,7 +105,7 @@ class Checkpointing:
             state = self.state_dict()
             if rng_ranks is not None:
                 state["rng_ranks"] = rng_ranks
-            self.run_folder.save_last(state)
+            self._folder.save_last(state)
         self.last_checkpoint_step = self.step
 
     def _read_last(self) -> dict | None:
@@ -116,6 +116,13 @@ class Checkpointing:
     def run_folder(self) -> TrainingRun | None:
         """The files of this run in ``out_dir`` (None: everything is kept in memory)."""
         return TrainingRun(self.out_dir) if self.out_dir is not None else None
+
+    @property
+    def _folder(self) -> TrainingRun:
+        """:attr:`run_folder` where the caller knows that there is one."""
+        if self.out_dir is None:
+            raise RuntimeError("this run keeps everything in memory (out_dir is None)")
+        return TrainingRun(self.out_dir)
 
     def _resume(self, state: dict) -> None:
         check_resumable(state, self.config)
@@ -149,12 +156,12 @@ class Checkpointing:
         self.last_checkpoint_step = self.step
         # rows a killed run logged after its last checkpoint are dropped (they are redone)
         if self.is_main:
-            self.run_folder.truncate_logs(self.step)
+            self._folder.truncate_logs(self.step)
 
     def _selected_state(self) -> dict:
         """The model chosen on validation, on the cpu (rank 0; it also writes sharing.pt)."""
         if self.out_dir is not None:
-            self.run_folder.save_sharing(self.sharing)
-            return self.run_folder.load_best_model()
+            self._folder.save_sharing(self.sharing)
+            return self._folder.load_best_model()
         best = self._best_in_memory or self.model.state_dict()
         return {k: v.detach().cpu() for k, v in best.items()}

@@ -26,7 +26,7 @@ class TrainingForward(nn.Module):
         self.cores = find_cores(model)
 
     def forward(self, xs: list[torch.Tensor],
-                tasks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                tasks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         forward_tasks = getattr(self.model, "forward_tasks", None)
         if callable(forward_tasks):
             outs = forward_tasks(xs, tasks)

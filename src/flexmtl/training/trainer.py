@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -158,10 +159,11 @@ class Trainer(Checkpointing):
             self._resume(state)
         elif self.out_dir is not None and self.is_main:
             # a fresh start: logs of an earlier attempt are stale
-            self.run_folder.start_fresh()
+            self._folder.start_fresh()
         self.resumed_from = self.step
-        self.training_forward = distributed.wrap(TrainingForward(self.model), self.device,
-                                                 self._find_unused_parameters())
+        self.training_forward: Callable[..., Any] = distributed.wrap(
+            TrainingForward(self.model), self.device,
+            self._find_unused_parameters())
         if cfg.compile:
             self.training_forward = torch.compile(self.training_forward)
         self._ready = True
@@ -297,7 +299,7 @@ class Trainer(Checkpointing):
             return
         names = ", ".join(self.tasks[t].name for t in task_indices)
         where = (
-            f"the last good checkpoint is {self.run_folder.last} (step "
+            f"the last good checkpoint is {self._folder.last} (step "
             f"{self.last_checkpoint_step})"
             if self.last_checkpoint_step is not None
             else "no checkpoint was written yet"
@@ -379,7 +381,7 @@ class Trainer(Checkpointing):
         if score < self.best_score or self.best_step < 0:
             self.best_score, self.best_step = score, self.step
             if self.out_dir is not None:
-                self.run_folder.save_best(self.step, self.model.state_dict())
+                self._folder.save_best(self.step, self.model.state_dict())
             else:
                 self._best_in_memory = {k: v.detach().clone()
                                         for k, v in self.model.state_dict().items()}
