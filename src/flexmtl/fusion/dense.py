@@ -81,7 +81,7 @@ def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
     keys = {dense_signature(p, x) for p, x in zip(parts, xs)}
     if None in keys or len(keys) != 1:
         return None
-    # no part is None: its signature would be
+    # no part is None (its signature would be None)
     return _stacked_parts(cast("list[DenseParts]", parts), xs)
 
 

@@ -100,7 +100,7 @@ def known_class(module: nn.Module, classes: Collection[type[nn.Module]], exact: 
     if exact:
         return type(module) if type(module) in classes else None
     for cls in type(module).__mro__:
-        if cls in classes:  # so a Module subclass (__mro__ is typed tuple[type, ...])
+        if cls in classes:  # so a Module subclass (mypy types __mro__ tuple[type, ...])
             module_cls = cast(type[nn.Module], cls)
             return module_cls if type(module).forward is module_cls.forward else None
     return None
