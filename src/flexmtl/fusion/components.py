@@ -23,14 +23,15 @@ modules, anything with dropout or batch norm) run one by one as before.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexmtl.fusion.hooks import any_hooks, global_hooks
+from flexmtl.fusion.hooks import ModuleSequence, any_hooks, global_hooks
 from flexmtl.fusion.planning import (
     known_class,
     layer_signature,
@@ -45,7 +46,7 @@ ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tan
                nn.Softplus, nn.Identity)
 
 
-def op_signature(module: nn.Module) -> Hashable | None:
+def op_signature(module: nn.Module) -> tuple[str, tuple] | None:
     """What must match for two ops to run as one; None for ops that cannot be fused.
 
     A ``Conv2d`` or ``Linear`` is keyed by :func:`~flexmtl.fusion.planning.layer_signature`,
@@ -78,9 +79,12 @@ def _component_signature(component: nn.Module, input_shape: tuple[int, ...]) -> 
     Fusable: a convolution chain (Conv2d, GroupNorm, activations) on ``[C, H, W]`` inputs or
     a dense chain (Linear, activations) on ``[F]`` inputs, starting with a Conv2d/Linear.
     """
-    signature = tuple(op_signature(op) for op in _ops(component))
-    if any(s is None for s in signature):
-        return None
+    signature = []
+    for op in _ops(component):
+        s = op_signature(op)
+        if s is None:
+            return None
+        signature.append(s)
     first = signature[0][0]
     allowed = {"conv": {"conv", "groupnorm", "elementwise"}, "linear": {"linear", "elementwise"}}
     rank = {"conv": 3, "linear": 1}
@@ -88,7 +92,7 @@ def _component_signature(component: nn.Module, input_shape: tuple[int, ...]) -> 
         return None
     if any(s[0] not in allowed[first] for s in signature):
         return None
-    return signature
+    return tuple(signature)
 
 
 #: CPU convolutions with fewer multiply-adds than this run as im2col + matmul (_conv2d)
@@ -131,28 +135,33 @@ class FusedGroup:
         g = len(rows)
         y, dense, fresh = h, False, False
         for depth, first in enumerate(rows[0]):
+            # the ops at a depth have one signature: the first's class (and a bias if it has)
             mods = [row[depth] for row in rows]
             if isinstance(first, nn.Conv2d):
-                weight = torch.cat([m.weight for m in mods])  # [G * out, in, kh, kw]
-                bias = torch.cat([m.bias for m in mods]) if first.bias is not None else None
+                convs = cast("list[nn.Conv2d]", mods)
+                weight = torch.cat([m.weight for m in convs])  # [G * out, in, kh, kw]
+                bias = (torch.cat(cast("list[torch.Tensor]", [m.bias for m in convs]))
+                        if first.bias is not None else None)
                 y = _conv2d(y, weight, bias, first, groups=1 if depth == 0 else g)
             elif isinstance(first, nn.Linear):
                 dense = True
+                linears = cast("list[nn.Linear]", mods)
                 if depth == 0:  # one matmul, then [G, B, out]
-                    weight = torch.cat([m.weight for m in mods])
-                    bias = torch.cat([m.bias for m in mods]) if first.bias is not None else None
+                    weight = torch.cat([m.weight for m in linears])
+                    bias = torch.cat([m.bias for m in linears]) if first.bias is not None else None
                     y = F.linear(y, weight, bias).unflatten(-1, (g, -1)).transpose(0, 1)
                 else:  # a batched matmul, [G, B, in] -> [G, B, out]
-                    weight_t = torch.stack([m.weight for m in mods]).transpose(1, 2)
+                    weight_t = torch.stack([m.weight for m in linears]).transpose(1, 2)
                     if first.bias is None:
                         y = torch.bmm(y, weight_t)
                     else:
-                        bias = torch.stack([m.bias for m in mods]).unsqueeze(1)
+                        bias = torch.stack([m.bias for m in linears]).unsqueeze(1)
                         y = torch.baddbmm(bias, y, weight_t)
             elif isinstance(first, nn.GroupNorm):
-                weight = torch.cat([m.weight for m in mods]) if first.affine else None
-                bias = torch.cat([m.bias for m in mods]) if first.affine else None
-                y = F.group_norm(y, g * first.num_groups, weight, bias, first.eps)
+                norms = cast("list[nn.GroupNorm]", mods)
+                gn_weight = torch.cat([m.weight for m in norms]) if first.affine else None
+                bias = torch.cat([m.bias for m in norms]) if first.affine else None
+                y = F.group_norm(y, g * first.num_groups, gn_weight, bias, first.eps)
             elif type(first) is nn.ReLU and fresh:
                 y = torch.relu_(y)  # in place: conv/linear/GN do not keep their output
             else:  # elementwise
@@ -171,7 +180,7 @@ class FusionPlan:
     singles: list[int]
     unrecognised: list[int] = field(default_factory=list)
 
-    def alike_unrecognised(self, components: Sequence[nn.Module]) -> list[int]:
+    def alike_unrecognised(self, components: ModuleSequence) -> list[int]:
         """The unrecognised components that have an unrecognised twin (same class and
         parameter shapes): work that would fuse if their ops were known."""
         kinds: dict[tuple, list[int]] = {}
@@ -182,7 +191,7 @@ class FusionPlan:
         return sorted(c for members in kinds.values() if len(members) > 1 for c in members)
 
 
-def plan_fusion(components: Sequence[nn.Module], input_shape: Sequence[int]) -> FusionPlan:
+def plan_fusion(components: ModuleSequence, input_shape: Sequence[int]) -> FusionPlan:
     """Group ``components`` by structure (:func:`op_signature` of every op).
 
     A structure shared by a single component gains nothing from fusion and runs alone; so
@@ -212,7 +221,7 @@ def plan_fusion(components: Sequence[nn.Module], input_shape: Sequence[int]) -> 
     return FusionPlan(groups, sorted(singles), unrecognised)
 
 
-def combine_components(plan: FusionPlan, components: Sequence[nn.Module], h: torch.Tensor,
+def combine_components(plan: FusionPlan, components: ModuleSequence, h: torch.Tensor,
                        weights: torch.Tensor, active: list[int], mean: bool,
                        output_shape: Sequence[int]) -> torch.Tensor:
     """A routed layer's output ``sum_c weights[c] * f_c(h)`` over the ``active``
@@ -235,6 +244,7 @@ def combine_components(plan: FusionPlan, components: Sequence[nn.Module], h: tor
         if c in chosen:
             part = weights[c] * components[c](h)
             out = part if out is None else out + part
+    assert out is not None  # active is not empty, and every component is in a group or single
     return out
 
 

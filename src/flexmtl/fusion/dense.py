@@ -13,6 +13,7 @@ parameters get their gradient).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,7 +41,8 @@ def dense_parts(module: nn.Module) -> DenseParts | None:
         return None
     flatten = bool(parts) and known_class(parts[0], (nn.Flatten,), exact=True) is not None
     if flatten:
-        if (parts[0].start_dim, parts[0].end_dim) != (1, -1):
+        flat = cast(nn.Flatten, parts[0])  # known_class: exactly nn.Flatten
+        if (flat.start_dim, flat.end_dim) != (1, -1):
             return None
         parts = parts[1:]
     if not parts or stackable_class(parts[0], exact=True) is not nn.Linear:
@@ -48,7 +50,7 @@ def dense_parts(module: nn.Module) -> DenseParts | None:
     tail = tuple(parts[1:])
     if len(tail) > 1 or any(known_class(m, (nn.ReLU,), exact=True) is None for m in tail):
         return None
-    return flatten, parts[0], tail
+    return flatten, cast(nn.Linear, parts[0]), tail  # stackable_class: exactly nn.Linear
 
 
 def dense_signature(parts: DenseParts | None, x: torch.Tensor) -> tuple | None:
@@ -79,7 +81,8 @@ def stacked_dense(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
     keys = {dense_signature(p, x) for p, x in zip(parts, xs)}
     if None in keys or len(keys) != 1:
         return None
-    return _stacked_parts(parts, xs)
+    # no part is None (its signature would be None)
+    return _stacked_parts(cast("list[DenseParts]", parts), xs)
 
 
 def stacked_groups(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
@@ -98,7 +101,9 @@ def stacked_groups(modules: Sequence[nn.Module], xs: Sequence[torch.Tensor]
     for members in groups.values():
         if len(members) < 2:
             continue
-        y = _stacked_parts([parts[i] for i in members], [xs[i] for i in members])
+        # the members' parts are not None: they have a signature
+        y = _stacked_parts(cast("list[DenseParts]", [parts[i] for i in members]),
+                           [xs[i] for i in members])
         for i, out in zip(members, () if y is None else y.unbind(0)):
             outs[i] = out
     return outs

@@ -7,7 +7,11 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-__all__ = ["has_hooks", "any_hooks", "global_hooks", "blocks_state"]
+__all__ = ["ModuleSequence", "has_hooks", "any_hooks", "global_hooks", "blocks_state"]
+
+#: the modules a fusion plan is made for: a list, or a core's own ``nn.ModuleList`` (which
+#: torch does not declare a ``Sequence``)
+ModuleSequence = Sequence[nn.Module] | nn.ModuleList
 
 
 def has_hooks(module: nn.Module) -> bool:
@@ -30,7 +34,7 @@ def global_hooks() -> bool:
                 or module._global_backward_hooks or module._global_backward_pre_hooks)
 
 
-def blocks_state(blocks: Sequence[nn.Module]) -> tuple:
+def blocks_state(blocks: ModuleSequence) -> tuple:
     """What a fusion plan (:func:`~flexmtl.fusion.planning.plan_blocks`,
     :func:`~flexmtl.fusion.components.plan_fusion`) depends on beyond the blocks' classes:
     identity, training mode and hooks of every module (a cheap key to cache plans by; it is

@@ -90,7 +90,7 @@ class DenseSoftOrder(torch.autograd.Function):
         dz = torch.empty_like(acts[0])  # reused at every depth: stays in cache
         for k in reversed(range(depth)):
             a = acts[k]
-            if need_s:  # d y / d s_jk = A_j
+            if grad_s is not None:  # d y / d s_jk = A_j (grad_s is set iff need_s)
                 torch.bmm(a, grad.unsqueeze(-1), out=grad_s[k].unsqueeze(-1))
             torch.mul(grad.unsqueeze(1), scales[k].unsqueeze(-1), out=dz)
             if ctx.relu:  # A > 0 exactly where ReLU passed and dropout kept
@@ -98,13 +98,13 @@ class DenseSoftOrder(torch.autograd.Function):
             else:
                 dz_k = dz.mul_(masks[k].view_as(dz)) if masks else dz
             dz_k = dz_k.view(a.shape[0], -1)
-            if need_w:
+            if grad_w is not None:
                 grad_w.addmm_(dz_k.t(), inputs[k])
-            if need_b:
+            if grad_b is not None:
                 grad_b.add_(dz_k.sum(0))
             if k or need_h:
                 grad = dz_k @ weight
-        if need_s:  # back to [T, L, D]: sum the rows of each task
+        if grad_s is not None:  # back to [T, L, D]: sum the rows of each task
             depth, _, layers = grad_s.shape
             grad_s = scales.new_zeros(ctx.num_tasks, layers, depth).index_add_(
                 0, rows, grad_s.permute(1, 2, 0), alpha=ctx.rescale)

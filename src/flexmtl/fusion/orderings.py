@@ -41,12 +41,14 @@ than the reference; in evaluation both are deterministic and equal up to float r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeGuard, cast
 
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.rnn import pad_sequence
 
+from flexmtl.fusion.hooks import ModuleSequence
 from flexmtl.fusion.kernels import DenseSoftOrder
 from flexmtl.fusion.masks import dropout, keep_mask, keep_probability
 from flexmtl.fusion.planning import BlockPlan, StackedLayers, stack_pays_off
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 
-def parallel_tasks(blocks: Sequence[nn.Module], hs: Sequence[torch.Tensor], p: float,
+def parallel_tasks(blocks: ModuleSequence, hs: Sequence[torch.Tensor], p: float,
                    training: bool) -> list[torch.Tensor]:
     """Eq. 2: every task applies ``W_1 .. W_D`` in order, so all rows go through each
     block in one call."""
@@ -70,7 +72,7 @@ def parallel_tasks(blocks: Sequence[nn.Module], hs: Sequence[torch.Tensor], p: f
     return list(h.split([x.shape[0] for x in hs]))
 
 
-def soft_tasks(plan: BlockPlan, blocks: Sequence[nn.Module], hs: Sequence[torch.Tensor],
+def soft_tasks(plan: BlockPlan, blocks: ModuleSequence, hs: Sequence[torch.Tensor],
                tasks: Sequence[int], scales: torch.Tensor, p: float,
                training: bool) -> list[torch.Tensor]:
     """Eq. 7 for all tasks: ``y_i^k = sum_j s[i, j, k] * drop(phi(W_j y_i^{k-1}))``.
@@ -87,11 +89,12 @@ def soft_tasks(plan: BlockPlan, blocks: Sequence[nn.Module], hs: Sequence[torch.
     per_row = torch.repeat_interleave(torch.tensor(tasks, device=h.device),
                                       torch.tensor(counts, device=h.device), output_size=len(h))
     stacked = plan.stacked
-    phi = _dense_activation(stacked) if stacked is not None else None
-    if phi is not None:  # dense ReLU / linear blocks: hand-written forward and backward
+    if stacked is not None and (phi := _dense_activation(stacked)) is not None:
+        # dense ReLU / linear blocks: hand-written forward and backward
         w = torch.cat([layer.weight for layer in stacked.layers])  # [L*d, d]
+        # all the layers have one signature: each has a bias as the first has
         b = None if stacked.layers[0].bias is None else torch.cat(
-            [layer.bias for layer in stacked.layers])
+            cast("list[torch.Tensor]", [layer.bias for layer in stacked.layers]))
         h = DenseSoftOrder.apply(h, w, b, scales, per_row, rescale, phi == "relu", p)
         return list(h.split(counts))
     s = scales.index_select(0, per_row).permute(2, 0, 1).contiguous() * rescale  # [D, N, L]
@@ -120,7 +123,7 @@ def _dense_activation(stacked: StackedLayers) -> str | None:
     return "relu" if len(tail) == 1 and type(tail[0]) is nn.ReLU else None
 
 
-def grouped_rows_tasks(blocks: Sequence[nn.Module], hs: Sequence[torch.Tensor],
+def grouped_rows_tasks(blocks: ModuleSequence, hs: Sequence[torch.Tensor],
                        orders: Sequence[Sequence[int]], p: float,
                        training: bool) -> list[torch.Tensor]:
     """Hard orderings (Eq. 3): input i applies ``blocks[orders[i][k]]`` at depth k. At each
@@ -139,7 +142,8 @@ def grouped_rows_tasks(blocks: Sequence[nn.Module], hs: Sequence[torch.Tensor],
     return xs
 
 
-def per_task_pays_off(stacked: StackedLayers | None, hs: Sequence[torch.Tensor]) -> bool:
+def per_task_pays_off(stacked: StackedLayers | None, hs: Sequence[torch.Tensor]
+                      ) -> TypeGuard[StackedLayers]:
     """Whether :func:`per_task_layers` should run these inputs: the blocks stack, padding
     at most doubles the rows and the per-task weights of a depth are small enough
     (:func:`~flexmtl.fusion.planning.stack_pays_off`)."""

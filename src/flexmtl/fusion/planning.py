@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,7 @@ __all__ = [
     "layer_signature",
     "module_signature",
     "stack_pays_off",
+    "StackableLayer",
     "StackedLayers",
     "BlockPlan",
     "plan_blocks",
@@ -91,15 +93,16 @@ def register_per_example(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
-def known_class(module: nn.Module, classes: Collection[type], exact: bool = False
-                ) -> type | None:
+def known_class(module: nn.Module, classes: Collection[type[nn.Module]], exact: bool = False
+                ) -> type[nn.Module] | None:
     """The class of ``classes`` that ``module`` is, without an overridden ``forward``
     (``exact``: its own class only, no subclass)."""
     if exact:
         return type(module) if type(module) in classes else None
     for cls in type(module).__mro__:
-        if cls in classes:
-            return cls if type(module).forward is cls.forward else None
+        if cls in classes:  # so a Module subclass (mypy types __mro__ tuple[type, ...])
+            module_cls = cast(type[nn.Module], cls)
+            return module_cls if type(module).forward is module_cls.forward else None
     return None
 
 
@@ -130,7 +133,7 @@ def mixing_reason(module: nn.Module, ndim: int) -> str | None:
 # ---------------------------------------------------------------------- signatures
 
 
-def stackable_class(module: nn.Module, exact: bool = False) -> type | None:
+def stackable_class(module: nn.Module, exact: bool = False) -> type[nn.Module] | None:
     """The class of :data:`STACKABLE` whose ``forward`` ``module`` runs (see
     :func:`known_class`) when its weights can be stacked with others' (a convolution: one
     group, zero padding); else None."""
@@ -165,6 +168,9 @@ def stack_pays_off(weight: torch.Tensor, count: int) -> bool:
 
 # ---------------------------------------------------------------------- shared blocks
 
+#: a layer that :func:`stackable_class` accepts is one of these (or a subclass)
+StackableLayer = nn.Linear | _ConvNd
+
 
 @dataclass(frozen=True)
 class StackedLayers:
@@ -174,15 +180,17 @@ class StackedLayers:
     tail, applied to all (the blocks' tails are equal, parameter-free modules).
     """
 
-    layers: tuple[nn.Module, ...]
+    layers: tuple[StackableLayer, ...]
     tail: tuple[nn.Module, ...]
 
     @property
-    def _first(self) -> nn.Module:
+    def _first(self) -> StackableLayer:
         return self.layers[0]
 
     def _layer_fn(self) -> Callable:
-        return STACKABLE[known_class(self._first, STACKABLE)]
+        cls = known_class(self._first, STACKABLE)
+        assert cls is not None  # the layers passed stackable_class (plan_blocks)
+        return STACKABLE[cls]
 
     def weight(self, index: Sequence[int] | None = None) -> torch.Tensor:
         """Weights of the layers stacked, ``[len(index), out, in, *kernel]``."""
@@ -193,10 +201,11 @@ class StackedLayers:
         if self._first.bias is None:
             return None
         layers = self.layers if index is None else [self.layers[i] for i in index]
-        return torch.stack([layer.bias for layer in layers])
+        # all the layers have one signature: each has a bias as the first has
+        return torch.stack(cast("list[torch.Tensor]", [layer.bias for layer in layers]))
 
-    def _conv_args(self) -> dict:
-        c = self._first
+    @staticmethod
+    def _conv_args(c: _ConvNd) -> dict:
         return {"stride": c.stride, "padding": c.padding, "dilation": c.dilation}
 
     def _apply_tail(self, y: torch.Tensor) -> torch.Tensor:
@@ -208,9 +217,10 @@ class StackedLayers:
                    bias: torch.Tensor | None) -> torch.Tensor:
         """``phi(W_j h)`` for every layer j, ``[N, L, *feature]``: ONE product with the
         concatenated weights (``[L*out, in, ...]``, from :meth:`weight` reshaped)."""
-        n, num = h.shape[0], weight.shape[0] // self._first.weight.shape[0]
-        if isinstance(self._first, _ConvNd):
-            y = self._layer_fn()(h, weight, bias, **self._conv_args())
+        first = self._first
+        n, num = h.shape[0], weight.shape[0] // first.weight.shape[0]
+        if isinstance(first, _ConvNd):
+            y = self._layer_fn()(h, weight, bias, **self._conv_args(first))
         else:
             y = F.linear(h, weight, bias)
         y = self._apply_tail(y.reshape(n * num, -1, *y.shape[2:]))  # one example per row
@@ -223,11 +233,11 @@ class StackedLayers:
         Dense: ``x`` is ``[T, B, in]`` (one batched matrix product). Conv: ``x`` is
         ``[B, T*C, *spatial]`` (one convolution with ``groups=T``). Same layout out.
         """
-        num = weight.shape[0]
-        if isinstance(self._first, _ConvNd):
+        num, first = weight.shape[0], self._first
+        if isinstance(first, _ConvNd):
             b = None if bias is None else bias.reshape(-1)
             y = self._layer_fn()(x, weight.reshape(-1, *weight.shape[2:]), b,
-                                 groups=num, **self._conv_args())
+                                 groups=num, **self._conv_args(first))
             rows = y.shape[0]
             y = self._apply_tail(y.reshape(rows * num, -1, *y.shape[2:]))
             return y.reshape(rows, num * y.shape[1], *y.shape[2:])
@@ -254,12 +264,16 @@ class BlockPlan:
         return self.reason is None
 
 
-def _split_block(block: nn.Module, ndim: int) -> tuple[nn.Module, tuple[nn.Module, ...]] | None:
+def _split_block(block: nn.Module, ndim: int
+                 ) -> tuple[StackableLayer, tuple[nn.Module, ...]] | None:
     """``(layer, tail)`` when ``block`` is a stackable layer (+ parameter-free tail)."""
     parts = list(block) if type(block) is nn.Sequential else [block]
-    if not parts or stackable_class(parts[0]) is None or any_hooks(block):
+    layer = parts[0] if parts else None
+    # a stackable class is a StackableLayer: the isinstance only tells mypy
+    if (not isinstance(layer, StackableLayer) or stackable_class(layer) is None
+            or any_hooks(block)):
         return None
-    layer, tail = parts[0], tuple(parts[1:])
+    tail = tuple(parts[1:])
     if ndim != (layer.weight.ndim if isinstance(layer, _ConvNd) else 2):
         return None  # convolutions on their own rank; dense layers on vectors only: [N, d]
     for module in tail:
@@ -280,9 +294,13 @@ def plan_blocks(blocks: Sequence[nn.Module], feature_shape: Sequence[int]) -> Bl
             return BlockPlan(None, reason, type(block).__name__)
     if global_hooks():
         return BlockPlan(None)
-    parts = [_split_block(b, ndim) for b in blocks]
-    if any(p is None for p in parts) or len(
-            {(layer_signature(layer), tuple(map(module_signature, tail)))
-             for layer, tail in parts}) != 1:
+    parts = []
+    for b in blocks:
+        part = _split_block(b, ndim)
+        if part is None:
+            return BlockPlan(None)
+        parts.append(part)
+    if len({(layer_signature(layer), tuple(map(module_signature, tail)))
+            for layer, tail in parts}) != 1:
         return BlockPlan(None)
     return BlockPlan(StackedLayers(tuple(p[0] for p in parts), parts[0][1]))

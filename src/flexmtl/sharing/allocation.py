@@ -184,6 +184,8 @@ class GumbelMatrixAllocation(Allocation):
 class FixedAllocation(Allocation):
     """A fixed ``[T, C]`` 0/1 pattern: the shared-bottom and no-sharing baselines (Sec. V-A)."""
 
+    matrix: torch.Tensor  # a buffer
+
     def __init__(
         self, pattern: torch.Tensor | Sequence[Sequence[float]], default_combine: Combine = "mean"
     ):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,7 +34,8 @@ class SharingCore(nn.Module, ABC):
     Attributes every core sets in its constructor:
         num_tasks: the number of tasks T.
         feature_shape: per-example shape of the core's input (what the encoders produce).
-        output_shape: per-example shape of its output (what the decoders read).
+        output_shape: per-example shape of its output (what the decoders read); an
+            attribute or a read-only property.
     """
 
     #: what the core learns about sharing, the ``kind`` of :meth:`summary` (plots and
@@ -43,7 +44,10 @@ class SharingCore(nn.Module, ABC):
 
     num_tasks: int
     feature_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    if TYPE_CHECKING:  # for mypy only: at run time a subclass's attribute or property
+
+        @property
+        def output_shape(self) -> tuple[int, ...]: ...
 
     @abstractmethod
     def forward(self, h: torch.Tensor, task: int) -> torch.Tensor:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -82,9 +83,9 @@ def probe_shape(module: nn.Module, shape: Sequence[int], what: str) -> tuple[int
     was_training = module.training
     module.eval()
     param = next(module.parameters(), None)
-    kwargs = {"dtype": param.dtype, "device": param.device} if param is not None else {}
+    dtype, device = (param.dtype, param.device) if param is not None else (None, None)
     try:
-        out = module(torch.zeros(2, *shape, **kwargs))
+        out = module(torch.zeros(2, *shape, dtype=dtype, device=device))
     except Exception as exc:  # the module's own message, plus what we tried
         raise ShapeError(f"{what} failed on an input of per-example shape {shape}: {exc}") from exc
     finally:
@@ -306,6 +307,8 @@ class PermutedOrdering(SharedCore):
             from the run's seed) when not given.
     """
 
+    permutations: torch.Tensor  # a buffer
+
     def __init__(
         self,
         blocks: Sequence[nn.Module],
@@ -365,9 +368,12 @@ class SingleTaskCore(SharedCore):
         del self.blocks
         self.task_blocks = nn.ModuleList(copies)
 
+    def _blocks_of(self, task: int) -> nn.ModuleList:
+        return cast(nn.ModuleList, self.task_blocks[task])  # task_blocks holds ModuleLists
+
     @property
     def num_layers(self) -> int:
-        return len(self.task_blocks[0])
+        return len(self._blocks_of(0))
 
     def summary(self) -> dict:
         return {"kind": self.kind}
@@ -375,12 +381,13 @@ class SingleTaskCore(SharedCore):
     def forward(self, h: torch.Tensor, task: int) -> torch.Tensor:
         self._check_task(task)
         self._check_input(h)
-        for block in self.task_blocks[task]:
+        for block in self._blocks_of(task):
             h = self.dropout(block(h))
         return h
 
     def _all_blocks(self) -> list[nn.Module]:
-        return [block for blocks in self.task_blocks for block in blocks]
+        copies = cast(Iterable[nn.ModuleList], self.task_blocks)  # it holds ModuleLists
+        return [block for blocks in copies for block in blocks]
 
     def _fused_tasks(self, plan, hs, tasks):
         """Each task's copy of the layer at a depth: one batched product over tasks."""
@@ -388,7 +395,7 @@ class SingleTaskCore(SharedCore):
             return None
         if not per_task_pays_off(plan.stacked, hs):  # large layers: the loop is faster
             return [self(h, t) for h, t in zip(hs, tasks)]
-        depth = len(self.task_blocks[0])
+        depth = len(self._blocks_of(0))
         index = [[t * depth + k for t in tasks] for k in range(depth)]  # blocks per depth
         return per_task_layers(plan.stacked, hs, [plan.stacked.weight(i) for i in index],
                                [plan.stacked.bias(i) for i in index], self.dropout.p,

@@ -69,6 +69,8 @@ class RoutedLayer(Fusable, nn.Module):
     components that cannot be fused run one by one, with a warning (once).
     """
 
+    num_steps: torch.Tensor  # a buffer
+
     def __init__(
         self,
         components: Sequence[nn.Module],
@@ -169,7 +171,7 @@ class RoutedLayer(Fusable, nn.Module):
                 and allocation.training and not has_hooks(allocation)
                 and not global_hooks()):
             # one autograd node for the sample and the mean (the same values and noise)
-            weights = self.allocation.sample_combined(task, tau, mean)
+            weights = allocation.sample_combined(task, tau, mean)
             return combine_components(self.plan, self.components, h, weights,
                                       list(range(self.num_components)), False,
                                       self.output_shape)
@@ -209,6 +211,7 @@ class RoutedCore(SharingCore):
     """
 
     kind = "allocation"
+    output_shape: tuple[int, ...]  # an attribute (SharingCore only reads it)
 
     def __init__(
         self,
