@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -54,6 +54,10 @@ __all__ = [
     "probe_depth_shapes",
     "random_permutations",
 ]
+
+
+#: how soft ordering normalises its scales: over the layers (Eq. 7) or one sigmoid each (Sec. 5)
+Gate = Literal["softmax", "sigmoid"]
 
 
 def infer_feature_shape(block: nn.Module) -> tuple[int, ...]:
@@ -415,7 +419,7 @@ class SoftOrdering(SharedCore):
 
     kind = "soft-order"
     allows_depth_mismatch = True
-    GATES = ("softmax", "sigmoid")
+    GATES: tuple[Gate, ...] = get_args(Gate)
 
     def __init__(
         self,
@@ -424,7 +428,7 @@ class SoftOrdering(SharedCore):
         depth: int | None = None,
         dropout: float = 0.0,
         feature_shape: Sequence[int] | None = None,
-        gate: str = "softmax",
+        gate: Gate = "softmax",
         fused: bool = True,
     ):
         super().__init__(blocks, num_tasks, depth, dropout, feature_shape, fused)
