@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import pickle
+import re
 import secrets
 import zipfile
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from flexmtl.errors import CorruptFileError
 __all__ = [
     "ExperimentFolder", "TrainingRun", "PlotNames", "ReproductionReport", "CsvLog",
     "atomic_write", "write_text", "write_json", "read_json", "atomic_save", "load_checkpoint",
-    "truncate_csv",
+    "truncate_csv", "remove_torn_writes",
 ]
 
 
@@ -71,6 +72,22 @@ def atomic_write(path: str | Path, write: Callable[[IO], object], text: bool = F
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+#: the temporary files of :func:`atomic_write`: ``.NAME.HEX8.tmp``
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def remove_torn_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed before their rename left in ``folder``
+    (a SIGKILL leaves no chance to clean up); returns them. Call it only while no other
+    process writes into ``folder``."""
+    folder = Path(folder)
+    torn = [p for p in folder.glob(".*.tmp") if _TEMPORARY.fullmatch(p.name)] \
+        if folder.is_dir() else []
+    for path in torn:
+        path.unlink(missing_ok=True)
+    return torn
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -30,7 +30,7 @@ from flexmtl.analysis.stats import format_mean_ci, summarize
 from flexmtl.errors import ConfigError, UnknownNameError
 from flexmtl.experiments import get_experiment
 from flexmtl.experiments.base import Experiment, coerce, parse_overrides
-from flexmtl.run_folder import ExperimentFolder, TrainingRun
+from flexmtl.run_folder import ExperimentFolder, TrainingRun, remove_torn_writes
 from flexmtl.sharing import find_cores
 from flexmtl.training import Trainer, distributed, seed_everything
 
@@ -79,6 +79,7 @@ def run_experiment(
         "sweep": None if points is None else {"key": points[0], "values": list(points[1])},
     }
     distributed.on_main(_write_or_check_manifest, folder, manifest)
+    distributed.on_main(remove_torn_writes, folder.path)  # of a command killed mid-write
     log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder {out}")
     for note in exp.notes:
         log(f"  note: {note}")

@@ -33,7 +33,7 @@ from torch import nn
 from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
 from flexmtl.fusion import is_fused
 from flexmtl.fusion.losses import task_losses
-from flexmtl.run_folder import CsvLog
+from flexmtl.run_folder import CsvLog, remove_torn_writes
 from flexmtl.sharing import may_leave_unused_parameters
 from flexmtl.tasks import Split, Task
 from flexmtl.training import distributed
@@ -154,6 +154,8 @@ class Trainer(Checkpointing):
         if self.world_size > 1:
             self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
             distributed.seed_rank(cfg.seed)
+        if self.out_dir is not None and self.is_main:
+            remove_torn_writes(self.out_dir)  # of a run killed mid-write
         state = distributed.on_main(self._read_last) if self.resume else None
         if state is not None:
             self._resume(state)
