@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="report to write; its figures go to docs/reproduction/ beside it")
     rep.add_argument("--report-only", action="store_true",
                      help="rewrite the whole report from the finished runs (full, else quick) "
-                          "without training")
+                          "without training; studies with none keep their reported results")
     rep.add_argument("--device", type=_device, metavar="{cpu,cuda,cuda:N,auto}",
                      help="train on cpu or cuda (auto: cuda when present); default cpu")
     rep.add_argument("--compile", action="store_true",
