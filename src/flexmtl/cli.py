@@ -2,13 +2,19 @@
 the library.
 
 ``torchrun --nproc_per_node=N -m flexmtl run ...`` runs an experiment data-parallel.
+
+Exit status (:data:`EXIT_STATUS`): every failure ends with one line on stderr,
+``flexmtl: error: ...``, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flexmtl.errors import ConfigError, FlexMTLError
@@ -17,11 +23,22 @@ from flexmtl.run_folder import ReproductionReport
 if TYPE_CHECKING:
     from flexmtl.data import SourceStatus
 
+#: the exit status of each way a command ends (``flexmtl --help`` lists them)
+EXIT_STATUS = {
+    0: "done",
+    1: "a disk or OS error (the message names the file and the reason)",
+    2: "bad input or a flexmtl error: usage, config, data, a diverged or failed run",
+    130: "interrupted (rerun the same command to resume)",
+    141: "the reader of the output went away (`flexmtl data | head`); nothing is printed",
+}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flexmtl",
         description="Flexible multi-task learning: run the papers' experiments and your own.",
+        epilog="exit status: " + "; ".join(f"{code} {what}"
+                                            for code, what in EXIT_STATUS.items()),
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -64,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="report to write; its figures go to docs/reproduction/ beside it")
     rep.add_argument("--report-only", action="store_true",
                      help="rewrite the whole report from the finished runs (full, else quick) "
-                          "without training")
+                          "without training; studies with none keep their reported results")
     rep.add_argument("--device", type=_device, metavar="{cpu,cuda,cuda:N,auto}",
                      help="train on cpu or cuda (auto: cuda when present); default cpu")
     rep.add_argument("--compile", action="store_true",
@@ -247,13 +264,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_reproduce(args)
         elif args.command == "data":
             _cmd_data(args)
+        sys.stdout.flush()  # a reader that left surfaces here, not at interpreter exit
         # leave the process group (if torchrun started one) together, before interpreter
         # shutdown, where gloo's teardown can race and abort the process
         distributed.cleanup(wait=True)
     except FlexMTLError as exc:
-        where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
-        print(f"flexmtl: error{where}: {exc}", file=sys.stderr)
+        print(f"flexmtl: error{_rank()}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of stdout went away (`flexmtl data | head`): stop quietly, as Unix tools
+        # do (Python's recipe: https://docs.python.org/3/library/signal.html#note-on-sigpipe)
+        _stdout_to_devnull()
+        return 141
+    except OSError as exc:  # a full disk, a read-only folder, a file where a folder belongs
+        print(f"flexmtl: error{_rank()}: {_os_error_message(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nflexmtl: interrupted; rerun the same command to resume from the last "
               "checkpoint", file=sys.stderr)
@@ -261,6 +286,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         distributed.cleanup()  # after an error: leave without waiting for the other ranks
     return 0
+
+
+def _rank() -> str:
+    """`` (rank R)`` under torchrun with several processes."""
+    from flexmtl.training import distributed
+
+    return f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+
+
+def _os_error_message(exc: OSError) -> str:
+    """One line for a disk or OS error: the file it concerns and the system's reason."""
+    names = [os.fsdecode(n) if isinstance(n, (str, bytes, os.PathLike)) else str(n)
+             for n in (exc.filename, exc.filename2) if n is not None]
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and names:
+        path = Path(names[0])
+        blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+        if blocker is not None:  # e.g. --out naming a file
+            return f"{blocker} is a file where a folder is needed"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at devnull, so that the interpreter's final flush of
+    what is still buffered does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (e.g. under pytest)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

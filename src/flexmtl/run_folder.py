@@ -55,12 +55,19 @@ def atomic_write(path: str | Path, write: Callable[[IO], object], text: bool = F
     ``newline=""`` when ``text``), flush and fsync it, then atomically replace ``path``.
 
     A failure or a kill mid-write leaves the previous ``path`` intact (and no temporary
-    file after an exception). The file gets the permissions a plain ``open`` would give.
+    file after an exception). The file gets the permissions a plain ``open`` would give. An
+    ``OSError`` (a full disk, a read-only folder) names ``path``, not the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        named = _naming(exc, tmp, path)
+        if named is None:
+            raise
+        raise named from exc
     try:
         opened = (os.fdopen(fd, "w", encoding="utf-8", newline="") if text
                   else os.fdopen(fd, "wb"))
@@ -69,9 +76,22 @@ def atomic_write(path: str | Path, write: Callable[[IO], object], text: bool = F
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        named = _naming(exc, tmp, path) if isinstance(exc, OSError) else None
+        if named is None:
+            raise
+        raise named from exc
+
+
+def _naming(exc: OSError, tmp: Path, path: Path) -> OSError | None:
+    """``exc`` as an error about ``path`` where it named the temporary file or no file (a
+    failed write or ``os.fsync``), of the same class (``PermissionError``, ...); None where
+    it already names another file."""
+    if exc.errno is None or (exc.filename is not None
+                             and os.fsdecode(exc.filename) != os.fsdecode(tmp)):
+        return None
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 #: the temporary files of :func:`atomic_write`: ``.NAME.HEX8.tmp``

@@ -130,23 +130,50 @@ def train_defaults(**overrides: Any) -> dict:
 
 
 def load_config_file(path: str | Path) -> dict:
-    """A flat mapping of config keys from a ``.json`` or ``.yaml``/``.yml`` file."""
+    """A flat mapping of config keys from a ``.json`` or ``.yaml``/``.yml`` file. A file that
+    is missing, unreadable, malformed (the parser's line and column) or not a mapping raises
+    :class:`ConfigError` naming it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # a folder, no permission
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from exc
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as exc:
             raise ConfigError("reading YAML configs needs PyYAML: pip install 'flexmtl[yaml]'"
                               ) from exc
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}"
+                              ) from exc
+        data = {} if data is None else data  # an empty file
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc.msg} (line "
+                              f"{exc.lineno}, column {exc.colno})") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, not a "
+                          f"{type(data).__name__}")
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"config file {path}: key {key!r} is not a name")
     return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """What PyYAML found wrong, and where (1-based line and column)."""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [repr(exc)])[0]
+    mark = getattr(exc, "problem_mark", None)
+    return problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:

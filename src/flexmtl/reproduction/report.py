@@ -4,6 +4,8 @@ Run folders: ``OUT/full/KEY`` (the paper's protocol) and ``OUT/quick/KEY`` (``--
 per study that runs an experiment; the runner skips every (method, seed, sweep value) that has
 finished, so an interrupted reproduction picks up where it stopped. The report is written from
 whatever has finished: for each study the full run when it is complete, else the quick one.
+A study with no finished run under ``OUT`` (run elsewhere, or its runs deleted) keeps what the
+previous report (``reproduction.json``) said of it, so a partial run loses nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from flexmtl.data import data_status
-from flexmtl.errors import FlexMTLError, UnknownNameError
+from flexmtl.errors import CorruptFileError, FlexMTLError, UnknownNameError
 from flexmtl.experiments import EXPERIMENTS
 from flexmtl.reproduction.studies import STUDIES, Study, StudyRun, all_studies, data_notes
-from flexmtl.run_folder import ReproductionReport
+from flexmtl.run_folder import ReproductionReport, read_json
 
 MODES = ("full", "quick")
 
@@ -120,9 +122,14 @@ def finished_run(out: Path, study: Study) -> StudyRun | None:
 def write_report(out: str | Path = "runs/reproduce", doc: str | Path = ReproductionReport.DOC,
                  log: Callable[[str], None] = print) -> dict:
     """Write ``doc`` and its figures (``<doc folder>/docs/reproduction/``) from the finished
-    runs under ``out``; return the report's data."""
+    runs under ``out``; return the report's data.
+
+    A study whose results the previous report holds keeps them (entry and figures) when
+    ``out`` has no finished run of it, or only a quick one where they came from a full run.
+    """
     out, doc = Path(out), Path(doc)
     files = ReproductionReport(doc)
+    previous = _previous_results(files)
     entries = []
     for study in all_studies():
         entry: dict[str, Any] = {"key": study.key, "paper": study.paper, "figure": study.figure,
@@ -132,6 +139,12 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
         entry["command"] = (f"flexmtl reproduce --only {study.key}  # = "
                             + protocol.command(study.experiment)) if protocol else ""
         run = finished_run(out, study)
+        kept = _kept(previous, study.key, run, doc)
+        if kept is not None:  # its results, with the catalogue's current description
+            log(f"{study.key}: kept from the report of {kept['kept']['generated']} (no "
+                f"{'full ' if run is not None else ''}finished run under {out})")
+            entries.append({**kept, **entry})
+            continue
         why = unavailable(study)
         if run is None:
             entry["status"] = "not run here" if why else "not run yet"
@@ -167,6 +180,32 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
     files.write(render(report), report)
     log(f"wrote {doc} and {files.figures}")
     return report
+
+
+def _previous_results(files: ReproductionReport) -> dict[str, dict]:
+    """The studies with results in the report already written (``reproduction.json``), by
+    key; each knows when and where it was generated (``kept``)."""
+    if not files.data.exists():
+        return {}
+    old = read_json(files.data)
+    studies = old.get("studies") if isinstance(old, dict) else None
+    if not isinstance(studies, list):
+        raise CorruptFileError(files.data, f"{files.data} is not a report's data (no list of "
+                               "studies); delete it to write the report afresh")
+    origin = {"generated": old.get("generated"), "machine": old.get("machine")}
+    return {e["key"]: {**e, "kept": e.get("kept") or origin} for e in studies
+            if isinstance(e, dict) and e.get("status") == "run" and "key" in e}
+
+
+def _kept(previous: dict[str, dict], key: str, run: StudyRun | None, doc: Path) -> dict | None:
+    """The previous entry of study ``key`` when this report would lose it: ``run`` is None,
+    or quick where the previous one was full; None otherwise. Figures that are gone are
+    left out."""
+    old = previous.get(key)
+    if old is None or (run is not None and (run.mode == "full" or old.get("mode") != "full")):
+        return None
+    figures = [f for f in old.get("figures") or [] if (doc.parent / f).is_file()]
+    return {**old, "figures": figures}
 
 
 def _machine() -> str:
@@ -231,6 +270,9 @@ def _entry(e: dict) -> list[str]:
                           f"evaluation) runs end to end on small fixture files in "
                           f"`{e['fixture_test']}`."]
         return lines
+    if e.get("kept"):
+        lines += [f"*Kept from the report of {e['kept']['generated']} "
+                  f"({e['kept']['machine']}); not regenerated from this report's runs.*", ""]
     lines += [f"**Ours** ({e['mode']} protocol, {e['seeds']} seed(s); "
               f"{e['protocol_note'] or 'as the paper'}):", "", *e["ours"], "",
               f"**Data.** {e['data']}", "",
