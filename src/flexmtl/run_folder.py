@@ -184,14 +184,20 @@ class CsvLog:
     def write(self, row: dict) -> None:
         if self.path is None:
             return
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            exists = self.path.exists() and self.path.stat().st_size > 0
-            self.file = open(self.path, "a", newline="", buffering=1)  # line-buffered
-            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
-            if not exists:
-                self.writer.writeheader()
-        self.writer.writerow(row)
+        try:
+            if self.writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                exists = self.path.exists() and self.path.stat().st_size > 0
+                self.file = open(self.path, "a", newline="", buffering=1)  # line-buffered
+                self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+                if not exists:
+                    self.writer.writeheader()
+            self.writer.writerow(row)
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            # a full disk: name the log (a write error names no file)
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from exc
 
     def close(self) -> None:
         if self.file is not None:

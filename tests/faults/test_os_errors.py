@@ -414,3 +414,21 @@ def test_data_into_head(tmp_path):
     assert proc.returncode in (0, 141)
     assert proc.stdout.startswith(f"Data sources under {tmp_path}")
     assert proc.stdout.count("\n") == 1
+
+
+def test_a_full_disk_while_logging_names_the_log(tmp_path, monkeypatch):
+    from flexmtl.run_folder import CsvLog
+
+    log = CsvLog(tmp_path / "train_log.csv")
+    log.write({"step": 1, "loss": 0.5})
+
+    class Full:
+        def writerow(self, row):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(log, "writer", Full())
+    with pytest.raises(OSError, match="No space left") as caught:
+        log.write({"step": 2, "loss": 0.4})
+    assert caught.value.filename == str(tmp_path / "train_log.csv")
+    log.close()
+    assert (tmp_path / "train_log.csv").read_text().splitlines() == ["step,loss", "1,0.5"]
