@@ -296,12 +296,12 @@ class Task:
         if self.kind == "binary" and self.num_outputs not in (0, 1):
             raise ConfigError(f"task {self.name!r}: a binary task has num_outputs=1, got "
                               f"{self.num_outputs}; use kind='multiclass' for more classes")
-        for split in ("train", "val", "test"):
-            data = getattr(self, split)
-            if data is None and split == "train":
+        for part in ("train", "val", "test"):
+            data = getattr(self, part)
+            if data is None and part == "train":
                 raise ConfigError(f"task {self.name!r}: the train split is required")
             if data is not None:
-                setattr(self, split, as_split(data, self.kind, task=self.name, split=split,
+                setattr(self, part, as_split(data, self.kind, task=self.name, split=part,
                                               soft_targets=self.soft_targets,
                                               allow_nonfinite=self.allow_nonfinite))
         for name, split in (("val", self.val), ("test", self.test)):
