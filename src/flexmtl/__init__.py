@@ -3,6 +3,7 @@
 from flexmtl.errors import (
     ConfigError,
     CorruptFileError,
+    DataError,
     DataNotFoundError,
     FlexMTLError,
     ShapeError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "CorruptFileError",
+    "DataError",
     "DataNotFoundError",
     "FlexMTLError",
     "ShapeError",

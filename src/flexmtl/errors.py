@@ -30,6 +30,12 @@ class ShapeError(FlexMTLError, ValueError):
     """Blocks, encoders or inputs whose shapes do not fit together."""
 
 
+class DataError(FlexMTLError, ValueError):
+    """Data values that cannot be trained on as given: labels of the wrong kind or range for
+    the task, NaN or infinite values, an empty split; the message names the task and split
+    and says what to do."""
+
+
 class DataNotFoundError(FlexMTLError, FileNotFoundError):
     """A data set that is not on this machine; the message says what to get and where."""
 

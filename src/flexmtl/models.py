@@ -39,6 +39,13 @@ def _check_name(kind: str, name: str, known: Sequence[str]) -> None:
         raise UnknownNameError(kind, name, known)
 
 
+def _check_unique(names: Sequence[str]) -> None:
+    dup = sorted({n for n in names if list(names).count(n) > 1})
+    if dup:
+        raise ConfigError(f"task names must be unique, but {', '.join(map(repr, dup))} "
+                          "appear more than once; give each task its own name")
+
+
 class GlobalAveragePool(nn.Module):
     """Mean over all non-batch dimensions, one output per example (Sec. 5 decoder)."""
 
@@ -101,8 +108,57 @@ class MultiTaskModel(Fusable, nn.Module):
         self.core = core
         self.encoders = nn.ModuleList(encoders)
         self.decoders = nn.ModuleList(decoders)
+        if task_names is not None:
+            task_names = list(task_names)
+            if len(task_names) != core.num_tasks:
+                raise ConfigError(f"got {len(task_names)} task names for a core of "
+                                  f"{core.num_tasks} tasks")
+            _check_unique(task_names)
+        #: whether the task names were given (and so are checked by :meth:`check_tasks`)
+        self.names_given = task_names is not None
         self.task_names = list(task_names or [f"task{i}" for i in range(core.num_tasks)])
+        #: per task: (input shape, number of outputs) when known (:func:`build_model` sets
+        #: them), checked by :meth:`check_tasks`
+        self.task_shapes: list[tuple[tuple[int, ...], int]] | None = None
         self.fused = fused
+
+    def check_tasks(self, tasks: Sequence[Task]) -> None:
+        """Refuse tasks that are not the ones the model was built for, in its order: a
+        different number of tasks, other names or order (when the model has names), or
+        other input shapes or output sizes (when known). The :class:`~flexmtl.training.Trainer`
+        calls it. Raises :class:`ConfigError` (names, number) or :class:`ShapeError`."""
+        given = [t.name for t in tasks]
+        built = self.task_names if self.names_given else None
+        if len(tasks) != self.num_tasks:
+            what = ""
+            if built is not None:
+                extra = [n for n in given if n not in built]
+                missing = [n for n in built if n not in given]
+                what = (f" (model: {', '.join(built)}; given: {', '.join(given)}"
+                        + (f"; not in the model: {', '.join(extra)}" if extra else "")
+                        + (f"; missing: {', '.join(missing)}" if missing else "") + ")")
+            raise ConfigError(f"the model was built for {self.num_tasks} tasks but got "
+                              f"{len(tasks)}{what}; give the tasks the model was built for")
+        if built is not None and given != built:
+            if sorted(given) == sorted(built):
+                raise ConfigError(
+                    f"the tasks are in another order than the model's: model "
+                    f"{', '.join(built)}; given {', '.join(given)}; pass them in the "
+                    "model's order (task i trains encoder and decoder i)")
+            diff = [f"{i}: model {b!r}, given {g!r}"
+                    for i, (b, g) in enumerate(zip(built, given)) if b != g]
+            raise ConfigError(f"the tasks differ from the model's: {'; '.join(diff)}; give "
+                              "the tasks the model was built for")
+        for i, task in enumerate(tasks):
+            if self.task_shapes is None:
+                break
+            shape, outputs = self.task_shapes[i]
+            if tuple(task.input_shape) != tuple(shape):
+                raise ShapeError(f"task {task.name!r} has input shape {task.input_shape} but "
+                                 f"the model's task {i} was built for {tuple(shape)}")
+            if task.num_outputs != outputs:
+                raise ShapeError(f"task {task.name!r} has {task.num_outputs} outputs but the "
+                                 f"model's task {i} was built for {outputs}")
 
     @property
     def num_tasks(self) -> int:
@@ -159,6 +215,9 @@ def build_model(
     ``sigmoid``, ``linear`` or ``gap``; by default the one that suits each task's kind.
     """
     _check_name("encoder", encoder, ENCODERS)
+    _check_unique([t.name for t in tasks])
+    if len(tasks) != core.num_tasks:
+        raise ConfigError(f"got {len(tasks)} tasks for a core of {core.num_tasks} tasks")
     feature_shape = tuple(core.feature_shape)
     if len(feature_shape) != 1 and encoder in ("learned", "frozen", "shared"):
         raise ConfigError(
@@ -193,4 +252,6 @@ def build_model(
                 f"decoder {kind!r} does not suit task {task.name!r} of kind {task.kind!r}"
             )
         decoders.append(make_decoder(kind, core.output_shape, task.num_outputs))
-    return MultiTaskModel(core, encoders, decoders, [t.name for t in tasks])
+    model = MultiTaskModel(core, encoders, decoders, [t.name for t in tasks])
+    model.task_shapes = [(t.input_shape, t.num_outputs) for t in tasks]
+    return model

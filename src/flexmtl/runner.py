@@ -29,7 +29,7 @@ import torch
 from flexmtl.analysis.stats import format_mean_ci, summarize
 from flexmtl.errors import ConfigError, UnknownNameError
 from flexmtl.experiments import get_experiment
-from flexmtl.experiments.base import Experiment, coerce, parse_overrides
+from flexmtl.experiments.base import Experiment, check_config, coerce, parse_overrides
 from flexmtl.run_folder import ExperimentFolder, TrainingRun, remove_torn_writes
 from flexmtl.sharing import find_cores
 from flexmtl.training import Trainer, distributed, seed_everything
@@ -123,7 +123,10 @@ def _sweep_points(exp: Experiment, cfg: dict, sweep) -> tuple[str, tuple] | None
     key, values = sweep
     if key not in exp.defaults:
         raise UnknownNameError(f"sweep key of experiment {exp.name!r}", key, exp.defaults)
-    return key, tuple(coerce(v, exp.defaults[key], key) for v in values)
+    values = tuple(coerce(v, exp.defaults[key], key) for v in values)
+    for value in values:  # each point as resolve_config checks a single one
+        check_config({key: value}, exp.defaults, exp.name)
+    return key, values
 
 
 def _write_or_check_manifest(out: ExperimentFolder, manifest: dict) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flexmtl.errors import ConfigError, ShapeError
+from flexmtl.errors import ConfigError, DataError, ShapeError
 
 KINDS = ("multiclass", "binary", "regression")
 
@@ -81,19 +81,135 @@ class Split(NamedTuple):
         return len(self.x)
 
 
-def as_split(data, kind: str) -> Split:
-    """Turn ``(x, y)`` arrays or tensors into a :class:`Split` with checked dtypes and sizes
-    (:class:`LazyInputs` are kept as they are)."""
-    x, y = data
-    if not isinstance(x, LazyInputs):
-        x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
-    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
-    y = y.long() if kind == "multiclass" else y.float()
+def as_split(data, kind: str, *, task: str = "", split: str = "",
+             soft_targets: bool = False, allow_nonfinite: bool = False) -> Split:
+    """Turn ``(x, y)`` arrays or tensors into a :class:`Split` with checked dtypes, shapes and
+    values (:class:`LazyInputs` are kept as they are and only their shape is checked).
+
+    ``task`` and ``split`` name the data in messages. Inputs must be numbers of at least two
+    dimensions (``[N, features]``), targets suit ``kind`` (integer classes for
+    ``multiclass``, 0/1 for ``binary`` -- or probabilities in [0, 1] with ``soft_targets``
+    -- numbers for ``regression``), both finite unless ``allow_nonfinite``, and the split
+    not empty. Raises :class:`ShapeError` or :class:`DataError` naming the task and split.
+    """
+    where = " ".join(w for w in (f"task {task!r}:" if task else "",
+                                 f"{split} split:" if split else "") if w) or "data split:"
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise ShapeError(f"{where} give an (inputs, targets) pair, got "
+                         f"{type(data).__name__}") from None
+    if isinstance(x, LazyInputs):
+        if len(x.shape) < 2:
+            raise ShapeError(f"{where} lazy inputs have shape {tuple(x.shape)}; they must be "
+                             "[N, *input_shape]")
+    else:
+        x = _numeric(x, where, "inputs").float()
+        if x.ndim < 2:
+            raise ShapeError(
+                f"{where} inputs have shape {tuple(x.shape)}, but must be [N, features] (or "
+                "[N, *input_shape]); for one feature per example use x.reshape(-1, 1)")
+        if not allow_nonfinite:
+            _check_finite(x, where, "inputs")
+    y = _targets(_numeric(y, where, "targets"), kind, where, soft_targets, allow_nonfinite)
     if len(x) != len(y):
-        raise ShapeError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
+        raise ShapeError(f"{where} inputs and targets differ in length: {len(x)} inputs, "
+                         f"{len(y)} targets; give one target per example")
     if len(x) == 0:
-        raise ShapeError("a data split is empty")
+        raise DataError(f"{where} the split is empty; give it examples, or leave it out "
+                        "(None)")
     return Split(x, y)
+
+
+def _numeric(a, where: str, what: str) -> torch.Tensor:
+    """``a`` as a tensor of numbers (bool, int or float), or a clear error."""
+    if torch.is_tensor(a):
+        if a.is_complex():
+            raise DataError(f"{where} {what} are complex numbers; give real numbers")
+        return a
+    try:
+        arr = np.asarray(a)
+    except ValueError as exc:  # ragged nested lists
+        raise ShapeError(f"{where} {what} are not a rectangular array ({exc}); give a "
+                         "2-D array or tensor") from None
+    if arr.dtype.kind == "O":  # numbers in a Python object array still work
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if arr.dtype.kind not in "biuf":
+        hint = (" encode class names as integers 0..k-1, e.g. "
+                "np.unique(y, return_inverse=True)[1]" if what == "targets" else
+                " encode them as numbers")
+        raise DataError(f"{where} {what} have dtype {arr.dtype} (not numbers);{hint}")
+    return torch.as_tensor(arr)
+
+
+def _check_finite(t: torch.Tensor, where: str, what: str) -> None:
+    if not t.is_floating_point():
+        return
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        rows = bad.reshape(len(t), -1).any(dim=1) if t.ndim else bad
+        first = int(rows.nonzero()[0, 0]) if t.ndim else 0
+        raise DataError(
+            f"{where} {what} hold {int(bad.sum())} NaN or infinite value(s) in "
+            f"{int(rows.sum())} example(s) (the first is example {first}); drop or impute "
+            "them, or pass allow_nonfinite=True to the Task to keep them")
+
+
+def _targets(y: torch.Tensor, kind: str, where: str, soft_targets: bool,
+             allow_nonfinite: bool) -> torch.Tensor:
+    """Targets checked and converted for ``kind``: long class indices ``[N]``
+    (``multiclass``), float ``[N]`` or ``[N, 1]`` (``binary``), float ``[N]`` or ``[N, k]``
+    (``regression``)."""
+    if y.ndim == 0:
+        raise ShapeError(f"{where} targets are a single number; give one per example")
+    if y.dtype == torch.bool:
+        y = y.long()
+    if kind == "multiclass":
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise DataError(
+                f"{where} multiclass labels have shape {tuple(y.shape)}; give one class "
+                "index per example, shape [N] (for one-hot or probability rows use "
+                "y.argmax(1))")
+        if y.is_floating_point():
+            _check_finite(y, where, "class labels")  # NaN cannot be a class, opt-out or not
+            fractional = y != torch.round(y)
+            if bool(fractional.any()):
+                first = int(fractional.nonzero()[0, 0])
+                raise DataError(
+                    f"{where} multiclass labels must be whole class indices, but "
+                    f"{int(fractional.sum())} are not (e.g. {float(y[first])!r} in example "
+                    f"{first}); round or encode them as integers 0..k-1, or use kind="
+                    "'regression' for numeric targets")
+        return y.long()
+    y = y.float()
+    if not allow_nonfinite:
+        _check_finite(y, where, "targets")
+    if kind == "binary":
+        if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+            raise ShapeError(f"{where} binary targets have shape {tuple(y.shape)}; a binary "
+                             "task has one output: give shape [N] (or [N, 1])")
+        finite = y[torch.isfinite(y)]
+        if soft_targets:
+            bad = (finite < 0) | (finite > 1)
+            rule = "probability targets must lie in [0, 1]"
+        else:
+            bad = (finite != 0) & (finite != 1)
+            rule = ("binary labels must be 0 or 1; map them to 0/1 (e.g. y == positive "
+                    "label), or pass soft_targets=True to the Task for probabilities in "
+                    "[0, 1]")
+        if bool(bad.any()):
+            values = sorted({float(v) for v in finite[bad].unique()[:5]})
+            raise DataError(f"{where} {int(bad.sum())} target(s) of other values ("
+                            f"{', '.join(f'{v:g}' for v in values)}): {rule}")
+    elif y.ndim > 2:
+        raise ShapeError(f"{where} regression targets have shape {tuple(y.shape)}; give "
+                         "[N] or [N, outputs] (flatten the rest)")
+    return y
 
 
 def kind_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
@@ -131,6 +247,16 @@ class Task:
             gives them the same examples (soft ordering, App. A: with a shared encoder "the
             inputs of the samples in each batch are the same across tasks"), and evaluation
             reads each batch of inputs once for all of them.
+        soft_targets: ``binary`` only: targets are probabilities in [0, 1] (e.g. label
+            smoothing or averaged annotations) rather than 0/1 labels; the loss is the
+            binary cross-entropy against them and accuracy compares the prediction
+            (output > 0) with the thresholded target (target >= 0.5).
+        allow_nonfinite: keep NaN or infinite inputs and targets (refused by default: one
+            NaN makes every metric of its split NaN).
+
+    Every split is checked when the task is made (:func:`as_split`): a mistake raises
+    :class:`~flexmtl.errors.DataError` or :class:`~flexmtl.errors.ShapeError` naming the
+    task and split.
     """
 
     name: str
@@ -143,6 +269,8 @@ class Task:
     info: dict = field(default_factory=dict)
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     input_group: str = ""
+    soft_targets: bool = False
+    allow_nonfinite: bool = False
 
     if TYPE_CHECKING:  # the constructor takes any (x, y) pair; __post_init__ makes it a Split
         def __init__(self, name: str, kind: str, train: Split | tuple[Any, Any],
@@ -150,20 +278,45 @@ class Task:
                      test: Split | tuple[Any, Any] | None = ..., num_outputs: int = ...,
                      note: str = ..., info: dict = ...,
                      augment: Callable[[torch.Tensor], torch.Tensor] | None = ...,
-                     input_group: str = ...) -> None: ...
+                     input_group: str = ..., soft_targets: bool = ...,
+                     allow_nonfinite: bool = ...) -> None: ...
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a task's name must be a non-empty string, got {self.name!r}")
         if self.kind not in KINDS:
             raise ConfigError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        self.train = as_split(self.train, self.kind)
-        self.val = None if self.val is None else as_split(self.val, self.kind)
-        self.test = None if self.test is None else as_split(self.test, self.kind)
-        for split in (self.val, self.test):
-            if split is not None and split.x.shape[1:] != self.train.x.shape[1:]:
+        if self.soft_targets and self.kind != "binary":
+            raise ConfigError(f"task {self.name!r}: soft_targets is for binary tasks, not "
+                              f"{self.kind!r} ones")
+        if (isinstance(self.num_outputs, bool) or not isinstance(self.num_outputs, int)
+                or self.num_outputs < 0):
+            raise ConfigError(f"task {self.name!r}: num_outputs must be a whole number >= 1 "
+                              f"(or 0 to infer it), got {self.num_outputs!r}")
+        if self.kind == "binary" and self.num_outputs not in (0, 1):
+            raise ConfigError(f"task {self.name!r}: a binary task has num_outputs=1, got "
+                              f"{self.num_outputs}; use kind='multiclass' for more classes")
+        for part in ("train", "val", "test"):
+            data = getattr(self, part)
+            if data is None and part == "train":
+                raise ConfigError(f"task {self.name!r}: the train split is required")
+            if data is not None:
+                setattr(self, part, as_split(data, self.kind, task=self.name, split=part,
+                                              soft_targets=self.soft_targets,
+                                              allow_nonfinite=self.allow_nonfinite))
+        for name, split in (("val", self.val), ("test", self.test)):
+            if split is None:
+                continue
+            if split.x.shape[1:] != self.train.x.shape[1:]:
                 raise ShapeError(
-                    f"task {self.name!r}: split input shape {tuple(split.x.shape[1:])} differs "
-                    f"from train {tuple(self.train.x.shape[1:])}"
-                )
+                    f"task {self.name!r}: {name} split inputs have shape "
+                    f"{tuple(split.x.shape[1:])} per example but train has "
+                    f"{tuple(self.train.x.shape[1:])}; all splits need the same shape")
+            if self.kind == "regression" and split.y.shape[1:] != self.train.y.shape[1:]:
+                raise ShapeError(
+                    f"task {self.name!r}: {name} split targets have shape "
+                    f"{tuple(split.y.shape[1:])} per example but train has "
+                    f"{tuple(self.train.y.shape[1:])}; all splits need the same shape")
         if not self.num_outputs:
             if self.kind == "multiclass":
                 self.num_outputs = int(self.train.y.max()) + 1
@@ -171,12 +324,26 @@ class Task:
                 self.num_outputs = 1
             else:
                 self.num_outputs = 1 if self.train.y.ndim == 1 else self.train.y.shape[1]
+        elif self.kind == "regression":
+            given = 1 if self.train.y.ndim == 1 else self.train.y.shape[1]
+            if given != self.num_outputs:
+                raise ShapeError(f"task {self.name!r}: num_outputs={self.num_outputs} but the "
+                                 f"train targets have {given} column(s)")
         if self.kind == "multiclass":
-            for split in (self.train, self.val, self.test):
-                if split is not None and (split.y.min() < 0 or split.y.max() >= self.num_outputs):
-                    raise ShapeError(
-                        f"task {self.name!r}: labels must lie in 0..{self.num_outputs - 1}"
-                    )
+            k = self.num_outputs
+            for name in ("train", "val", "test"):
+                split = getattr(self, name)
+                if split is None:
+                    continue
+                bad = (split.y < 0) | (split.y >= k)
+                if bool(bad.any()):
+                    values = sorted({int(v) for v in split.y[bad].unique()[:5]})
+                    raise DataError(
+                        f"task {self.name!r}: {name} split: {int(bad.sum())} label(s) outside "
+                        f"0..{k - 1} (values {', '.join(map(str, values))}); labels are class "
+                        f"indices in [0, num_outputs): encode them as 0..k-1"
+                        + ("" if name == "train" else
+                           f", or pass num_outputs (now {k}, inferred from train)"))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -192,5 +359,6 @@ class Task:
         if self.kind == "multiclass":
             return (output.argmax(dim=1) == target).sum()
         if self.kind == "binary":
-            return ((output.reshape(target.shape) > 0).float() == target).sum()
+            # soft targets count as the class they lean to (hard 0/1 ones are unchanged)
+            return ((output.reshape(target.shape) > 0) == (target >= 0.5)).sum()
         return None

@@ -25,6 +25,12 @@ from flexmtl.training import TrainConfig
 
 #: keys every experiment has, passed to :class:`~flexmtl.training.TrainConfig`
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed", "progress"))
+#: sizes that must be >= 1 where an experiment has them (widths, layer and task counts,
+#: sample counts, image sizes); every other whole-number key must be >= 0
+SIZE_KEYS = ("width", "layers", "n", "m", "d", "hidden", "num_tasks", "n_train", "filters",
+             "channels", "size", "image_size", "max_train_per_task")
+#: keys that list names (tasks, alphabets): each name at most once
+NAME_LIST_KEYS = ("tasks", "alphabets")
 #: training keys that are true, false or unset (``None``, "auto": decided for each run)
 OPTIONAL_BOOL_KEYS = tuple(name for name, hint in get_type_hints(TrainConfig).items()
                            if set(get_args(hint)) == {bool, type(None)})
@@ -86,7 +92,9 @@ class Experiment:
             cfg = self._merge(cfg, load_config_file(config_file), f"config file {config_file}")
         if not isinstance(overrides, Mapping):
             overrides = parse_overrides(overrides)
-        return self._merge(cfg, overrides, "override")
+        cfg = self._merge(cfg, overrides, "override")
+        check_config(cfg, self.defaults, self.name)
+        return cfg
 
     def _merge(self, cfg: dict, updates: Mapping[str, Any], origin: str) -> dict:
         for key, value in updates.items():
@@ -230,6 +238,31 @@ def coerce(value: Any, default: Any, key: str) -> Any:
             f"{key}={value!r}: expected {type(default).__name__} like {default!r}"
         ) from None
     return value
+
+
+def check_config(cfg: Mapping[str, Any], defaults: Mapping[str, Any], experiment: str
+                 ) -> None:
+    """Ranges no type conversion catches: sizes (:data:`SIZE_KEYS`) >= 1, other whole-number
+    keys >= 0 (training keys are :meth:`TrainConfig.validate`'s) and names listed once
+    (:data:`NAME_LIST_KEYS`). Raises :class:`ConfigError` naming the key."""
+    for key, value in cfg.items():
+        default = defaults.get(key)
+        if key in TRAIN_KEYS or isinstance(default, bool) or not isinstance(default, int):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue  # coerce() already refused what is not a number
+        low = 1 if key in SIZE_KEYS else 0
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low} for experiment {experiment!r}, got "
+                              f"{value}" + (" (a size)" if low else ""))
+    for key in NAME_LIST_KEYS:
+        value = cfg.get(key)
+        if key in defaults and isinstance(value, (list, tuple)):
+            names = [str(v) for v in value]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ConfigError(f"{key}={','.join(names)} lists {', '.join(dup)} more than "
+                                  "once; give each name once")
 
 
 def _not_nan(value: float, key: str) -> float:

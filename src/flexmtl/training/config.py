@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -57,6 +59,7 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        self._check_types()
         OPTIMIZERS.get(self.optimizer)
         if self.finetune_optimizer:
             OPTIMIZERS.get(self.finetune_optimizer)
@@ -83,6 +86,28 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        for name in ("steps", "epochs", "weight_decay", "sharing_lr", "clip_grad_norm"):
+        for name in ("steps", "epochs", "weight_decay", "sharing_lr", "clip_grad_norm",
+                     "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def _check_types(self) -> None:
+        """Whole numbers where counts are meant (not bools, not 2.5) and finite numbers for
+        the rates (not NaN), before any range check compares them."""
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            if math.isnan(value):  # NaN passes every range check below
+                raise ConfigError(f"{name} must be a number, got nan")
+
+
+#: fields that count something (whole numbers)
+INT_FIELDS = ("steps", "batch_size", "finetune_patience", "eval_every", "log_every",
+              "checkpoint_every", "eval_batch_size", "seed", "threads")
+#: fields that are real numbers (an int is fine)
+FLOAT_FIELDS = ("epochs", "lr", "finetune_lr", "weight_decay", "sharing_lr", "clip_grad_norm")

@@ -95,6 +95,7 @@ class Trainer(Checkpointing):
         self.config.validate()
         if not tasks:
             raise ConfigError("no tasks to train")
+        check_tasks(model, tasks, self.config)
         if self.config.steps == 0:
             per_epoch = max(math.ceil(len(t.train) / self.config.batch_size) for t in tasks)
             self.config = replace(self.config, steps=math.ceil(self.config.epochs * per_epoch))
@@ -402,6 +403,28 @@ class Trainer(Checkpointing):
             steps=self.step, seconds=seconds, history=self.history,
             finetune_step=self.finetune_step,
         )
+
+def check_tasks(model: nn.Module, tasks: Sequence[Task], config: TrainConfig) -> None:
+    """What the :class:`Trainer` refuses before training: things that are not
+    :class:`~flexmtl.tasks.Task`, two tasks of one name, tasks that are not the model's
+    (:meth:`~flexmtl.models.MultiTaskModel.check_tasks`, for models that have it) and a
+    selection metric the tasks do not have."""
+    for i, task in enumerate(tasks):
+        if not isinstance(task, Task):
+            raise ConfigError(f"tasks[{i}] is a {type(task).__name__}, not a flexmtl Task")
+    names = [t.name for t in tasks]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"task names must be unique, but {', '.join(map(repr, dup))} "
+                          "appear more than once; give each task its own name")
+    check = getattr(model, "check_tasks", None)
+    if callable(check):
+        check(tasks)
+    if config.select_on == "val_accuracy" and all(t.kind == "regression" for t in tasks):
+        raise ConfigError(
+            f"select_on='val_accuracy' needs a classification task, but the tasks "
+            f"({', '.join(names)}) are all regression; use select_on='val_loss' or 'last'")
+
 
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
