@@ -169,8 +169,8 @@ def preserve(path: Path, keep: Path) -> None:
     ``keep`` is the old or the new copy at any moment, never a torn one. Nothing happens when
     ``path`` does not exist. Call it before :func:`atomic_write` replaces ``path``: the
     replacement is a new file, so the link keeps the previous one."""
-    if not path.exists():
-        return
+    if not path.exists() or (keep.exists() and os.path.samefile(path, keep)):
+        return  # nothing to keep, or kept already (a run stopped before replacing ``path``)
     tmp = keep.parent / f".{keep.name}.{secrets.token_hex(4)}.tmp"
     try:
         try:
@@ -178,9 +178,9 @@ def preserve(path: Path, keep: Path) -> None:
         except OSError:  # no hard links here (e.g. some network or FAT file systems)
             shutil.copyfile(path, tmp)
         os.replace(tmp, keep)
-    except BaseException:
+    finally:
+        # also where tmp and keep were links of one file: rename then does nothing
         tmp.unlink(missing_ok=True)
-        raise
 
 
 def _corrupt(path: Path, exc: Exception) -> CorruptFileError:
@@ -348,10 +348,14 @@ class FolderLock:
         """Put a complete lock file in place; False when one exists."""
         tmp = self.folder / f"{self.NAME}.{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(info, f)
-                f.flush()
-                os.fsync(f.fileno())
+            try:  # not fsynced: after a crash of the machine a lock is stale anyway
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(info, f)
+            except OSError as exc:  # a full disk: name the lock, not its temporary file
+                named = _naming(exc, tmp, self.path)
+                if named is None:
+                    raise
+                raise named from exc
             try:
                 os.link(tmp, self.path)
             except FileExistsError:
