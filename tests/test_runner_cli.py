@@ -329,7 +329,7 @@ def test_rerun_resumes_at_run_level(tmp_path, monkeypatch):
     del config["config"]["finetune_patience"]
     (out / "config.json").write_text(json.dumps(config))
     run_experiment("random-tasks", seeds=2, **kw)  # no error; nothing trains (all done)
-    with pytest.raises(FolderMismatchError, match=r"\(finetune_patience: 99 -> 5\); pass another --out"):
+    with pytest.raises(FolderMismatchError, match=r"\(finetune_patience: 99 -> 5\); pass "):
         config["config"]["finetune_patience"] = 99
         (out / "config.json").write_text(json.dumps(config))
         run_experiment("random-tasks", seeds=2, **kw)

@@ -34,6 +34,7 @@ falling back to the previous checkpoint where one is good. A :class:`FolderLock`
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import pickle
@@ -158,9 +159,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=False)
     except (EOFError, pickle.UnpicklingError) as exc:
         raise _corrupt(path, exc) from exc
-    except RuntimeError as exc:  # torch writes zip archives: anything else is torn
-        if zipfile.is_zipfile(path):
-            raise  # e.g. a cuda map_location on a machine without one: the file is fine
+    except (RuntimeError, OSError) as exc:  # torch writes zip archives: anything else is torn
+        # torch's reader of a torn archive raises EINVAL (a seek past its end)
+        if (isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL)) \
+                or zipfile.is_zipfile(path):
+            raise  # a disk error, or e.g. a cuda map_location on a machine without one
         raise _corrupt(path, exc) from exc
 
 

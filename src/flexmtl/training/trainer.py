@@ -506,7 +506,7 @@ def _resume_policy(resume: object, out_dir: Path | None) -> Resume:
         raise ConfigError(f"resume must be one of {RESUME}, got {resume!r}")
     if resume == "must" and out_dir is None:
         raise ConfigError("resume='must' needs an out_dir to resume from")
-    return resume  # type: ignore[return-value]
+    return resume
 
 
 def _progress(total: int, initial: int, enabled: bool):
