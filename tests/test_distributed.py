@@ -198,8 +198,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, 
 def test_rank0_alone_writes_logs_and_checkpoints(two_processes, tmp_path):
     out, cli = two_processes
     run = out / "soft-joint"
-    assert sorted(p.name for p in run.iterdir()) == [
-        "best.pt", "eval_log.csv", "last.pt", "sharing.pt", "train_log.csv"]
+    written = {p.name for p in run.iterdir()} - {"best.prev.pt"}  # there after a new best
+    assert sorted(written) == [  # and no run.lock: released
+        "best.pt", "eval_log.csv", "fingerprint.json", "last.prev.pt", "last.pt", "sharing.pt",
+        "train_log.csv"]
     rows = [r.split(",") for r in (run / "train_log.csv").read_text().splitlines()]
     assert [r[0] for r in rows] == ["step", *map(str, range(1, STEPS + 1))]
     evals = (run / "eval_log.csv").read_text().splitlines()
@@ -272,7 +274,7 @@ def test_a_run_folder_resumes_with_another_device_or_compile_setting(tmp_path):
     again = flexmtl.runner.run_experiment(
         EXPERIMENT[0], overrides=["n=16", "m=8", "device=auto", "compile=true"], **args)
     assert again["config"]["device"] == "auto"  # nothing was retrained: the run was done
-    with pytest.raises(fm.ConfigError, match="differs in: m"):
+    with pytest.raises(fm.FolderMismatchError, match=r"\(m: 8 -> 4\)"):
         flexmtl.runner.run_experiment(EXPERIMENT[0], overrides=["n=16", "m=4"], **args)
 
 

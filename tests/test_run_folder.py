@@ -185,7 +185,8 @@ def test_the_names_are_the_documented_layout():
     documented = set(re.findall(r"`([\w.]+\.(?:json|csv|pt))`", paragraph))
     assert documented == {ExperimentFolder.MANIFEST, ExperimentFolder.RESULTS,
                           TrainingRun.TRAIN_LOG, TrainingRun.EVAL_LOG, TrainingRun.LAST,
-                          TrainingRun.BEST, TrainingRun.SHARING, TrainingRun.RESULT}
+                          TrainingRun.LAST_PREV, TrainingRun.BEST, TrainingRun.SHARING,
+                          TrainingRun.FINGERPRINT, TrainingRun.RESULT}
     assert f"Plots (`{ExperimentFolder.PLOTS}/`)" in text
     assert f"[{ReproductionReport.DOC}]({ReproductionReport.DOC})" in text
     figures = ReproductionReport(ReproductionReport.DOC).figures.as_posix()

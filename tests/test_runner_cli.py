@@ -23,7 +23,7 @@ import flexmtl.runner
 from flexmtl.cli import main
 from flexmtl.data import data_status, load_mnist, load_uci, mnist
 from flexmtl.data.mnist import IDX_FILES
-from flexmtl.errors import ConfigError, DataNotFoundError, UnknownNameError
+from flexmtl.errors import ConfigError, DataNotFoundError, FolderMismatchError, UnknownNameError
 from flexmtl.experiments import EXPERIMENTS
 from flexmtl.experiments.soft_ordering import digit_pairs, split_indices
 from flexmtl.runner import format_table, run_experiment
@@ -314,12 +314,12 @@ def test_rerun_resumes_at_run_level(tmp_path, monkeypatch):
 
     # a different configuration in the same folder is refused, naming the key; nothing runs
     monkeypatch.setattr(flexmtl.runner, "Trainer", no_training)
-    with pytest.raises(ConfigError, match=r"differs in: lr\)"):
+    with pytest.raises(FolderMismatchError, match=r"different configuration \(lr: 0.001 -> 0.01\)"):
         run_experiment("random-tasks", seeds=2, **{**kw, "overrides": {**kw["overrides"],
                                                                          "lr": 0.01}})
-    with pytest.raises(ConfigError, match="differs in: experiment/sweep"):
+    with pytest.raises(FolderMismatchError, match=r"\(sweep: null -> \{"):
         run_experiment("random-tasks", seeds=2, **{**kw, "sweep": ("n", [4, 8])})
-    with pytest.raises(ConfigError, match=r"differs in: m, n\)"):
+    with pytest.raises(FolderMismatchError, match=r"\(n: 8 -> 4; m: 4 -> 2\)"):
         run_experiment("random-tasks", seeds=2, **{**kw, "overrides": {"n": 4, "m": 2,
                                                                          "eval_every": 3}})
     assert json.loads((out / "config.json").read_text())["config"]["lr"] == 0.001
@@ -329,7 +329,7 @@ def test_rerun_resumes_at_run_level(tmp_path, monkeypatch):
     del config["config"]["finetune_patience"]
     (out / "config.json").write_text(json.dumps(config))
     run_experiment("random-tasks", seeds=2, **kw)  # no error; nothing trains (all done)
-    with pytest.raises(ConfigError, match=r"differs in: finetune_patience\)"):
+    with pytest.raises(FolderMismatchError, match=r"\(finetune_patience: 99 -> 5\); pass "):
         config["config"]["finetune_patience"] = 99
         (out / "config.json").write_text(json.dumps(config))
         run_experiment("random-tasks", seeds=2, **kw)
@@ -604,7 +604,7 @@ def test_cli_bad_value_does_not_lock_the_run_folder(capsys):
     assert json.loads(Path("o/config.json").read_text())["config"]["dropout"] == 0.0
     # once a run holds checkpoints, another configuration is refused
     assert main(["run", "random-tasks", "n=8", "m=4", "dropout=0.5", *TINY_RUN]) == 2
-    assert "different configuration (differs in: dropout)" in _error(capsys)
+    assert "different configuration (dropout: 0.0 -> 0.5)" in _error(capsys)
 
 
 @pytest.mark.parametrize("stop_at, eval_every, resumed_from", [(3, 10, 0), (5, 2, 4)])

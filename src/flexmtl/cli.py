@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 EXIT_STATUS = {
     0: "done",
     1: "a disk or OS error (the message names the file and the reason)",
-    2: "bad input or a flexmtl error: usage, config, data, a diverged or failed run",
+    2: "bad input or a flexmtl error: usage, config, data, a diverged or failed run, a run "
+       "folder that holds something else, is locked by another process or has a corrupt file",
     130: "interrupted (rerun the same command to resume)",
     141: "the reader of the output went away (`flexmtl data | head`); nothing is printed",
 }
@@ -52,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     run.add_argument("--steps", type=int, help="training steps per run")
     run.add_argument("--out", help="run folder (default runs/EXPERIMENT); reruns resume")
+    run.add_argument("--restart", action="store_true",
+                     help="delete the runs, results and plots in the run folder and start over "
+                          "(instead of resuming; also when the folder holds another "
+                          "configuration's runs)")
     run.add_argument("--config", help="JSON or YAML file of config keys")
     run.add_argument("--sweep", metavar="KEY=V1,V2,...",
                      help="sweep one config key (default: the experiment's own sweep, if any)")
@@ -86,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="train on cpu or cuda (auto: cuda when present); default cpu")
     rep.add_argument("--compile", action="store_true",
                      help="apply torch.compile to the training forward")
+    rep.add_argument("--restart", action="store_true",
+                     help="delete the selected studies' runs (of this mode) and redo them")
     rep.add_argument("--list", action="store_true", help="list the studies and exit")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -197,6 +204,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         sweep=sweep,
         progress=not args.no_progress,
         plots=not args.no_plots,
+        restart=args.restart,
     )
 
 
@@ -230,16 +238,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
                   + (f"; not runnable here: {why}" if why else ""))
         return
     if args.report_only:
-        if args.only or args.quick:
+        if args.only or args.quick or args.restart:
             raise FlexMTLError("--report-only rewrites the whole report from every finished "
-                               "run; it takes neither --only nor --quick")
+                               "run; it takes neither --only, --quick nor --restart")
         write_report(args.out, args.doc)
         return
     runtime = {"device": args.device} if args.device else {}
     if args.compile:
         runtime["compile"] = True
     reproduce(args.only, quick=args.quick, out=args.out, doc=args.doc,
-              progress=not args.no_progress, runtime=runtime)
+              progress=not args.no_progress, runtime=runtime, restart=args.restart)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

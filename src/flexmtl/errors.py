@@ -55,3 +55,15 @@ class CorruptFileError(FlexMTLError, ValueError):
     def __init__(self, path: str | Path, message: str):
         super().__init__(message)
         self.path = Path(path)
+
+
+class FolderMismatchError(ConfigError):
+    """A run folder that holds runs of something else: another configuration, other tasks or
+    data, another model, or runs whose configuration is unknown (no ``config.json`` or
+    ``fingerprint.json``). The message lists what differs, ``key: old -> new``, and the two
+    ways out: another output folder, or ``--restart`` (``resume="restart"``)."""
+
+
+class FolderLockedError(FlexMTLError, RuntimeError):
+    """A run folder that another live process is writing (its ``run.lock`` names the
+    process and host); a lock left by a process that died on this machine is taken over."""

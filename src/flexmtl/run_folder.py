@@ -9,7 +9,12 @@ Layout (``flexmtl run``; :mod:`flexmtl.runner`)::
         train_log.csv                per-step training losses (appended row by row)
         eval_log.csv                 validation metrics at every evaluation
         last.pt                      model, optimiser, sampler and RNG state (resume)
+        last.prev.pt                 the checkpoint before it (a fallback if last.pt is corrupt)
         best.pt                      the model selected on validation
+        best.prev.pt                 the selected model of the last checkpoint, while best.pt
+                                     holds a newer one
+        fingerprint.json             what the run trains: settings, tasks, data digest, model
+        run.lock                     held while a process writes the run (also OUT/run.lock)
         sharing.pt                   the sharing parameters over training
         result.json                  the finished run's metrics (its presence: "done")
 
@@ -20,17 +25,26 @@ Layout (``flexmtl run``; :mod:`flexmtl.runner`)::
 Every JSON, CSV rewrite and checkpoint goes through :func:`atomic_write` (a temporary file
 beside the target, flushed and fsynced, then ``os.replace``), so a killed process leaves the
 previous file intact. A file that is truncated or corrupt anyway raises
-:class:`~flexmtl.errors.CorruptFileError`, naming the file and what to do about it.
+:class:`~flexmtl.errors.CorruptFileError`, naming the file and what to do about it;
+:meth:`TrainingRun.read_resumable` checks every file a run resumes from before it trains,
+falling back to the previous checkpoint where one is good. A :class:`FolderLock`
+(``run.lock``) keeps a second process out of a folder that one is writing.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import pickle
 import re
 import secrets
+import shutil
+import socket
+import sys
+import time
+import weakref
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,12 +52,12 @@ from typing import IO, Any
 
 import torch
 
-from flexmtl.errors import CorruptFileError
+from flexmtl.errors import CorruptFileError, FolderLockedError
 
 __all__ = [
     "ExperimentFolder", "TrainingRun", "PlotNames", "ReproductionReport", "CsvLog",
     "atomic_write", "write_text", "write_json", "read_json", "atomic_save", "load_checkpoint",
-    "truncate_csv", "remove_torn_writes",
+    "truncate_csv", "remove_torn_writes", "FolderLock", "preserve",
 ]
 
 
@@ -145,15 +159,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=False)
     except (EOFError, pickle.UnpicklingError) as exc:
         raise _corrupt(path, exc) from exc
-    except RuntimeError as exc:  # torch writes zip archives: anything else is torn
-        if zipfile.is_zipfile(path):
-            raise  # e.g. a cuda map_location on a machine without one: the file is fine
+    except (RuntimeError, OSError) as exc:  # torch writes zip archives: anything else is torn
+        # torch's reader of a torn archive raises EINVAL (a seek past its end)
+        if (isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL)) \
+                or zipfile.is_zipfile(path):
+            raise  # a disk error, or e.g. a cuda map_location on a machine without one
         raise _corrupt(path, exc) from exc
+
+
+def preserve(path: Path, keep: Path) -> None:
+    """Make ``keep`` a copy of ``path`` (a hard link where the file system allows it), atomically:
+    ``keep`` is the old or the new copy at any moment, never a torn one. Nothing happens when
+    ``path`` does not exist. Call it before :func:`atomic_write` replaces ``path``: the
+    replacement is a new file, so the link keeps the previous one."""
+    if not path.exists() or (keep.exists() and os.path.samefile(path, keep)):
+        return  # nothing to keep, or kept already (a run stopped before replacing ``path``)
+    tmp = keep.parent / f".{keep.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links here (e.g. some network or FAT file systems)
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, keep)
+    finally:
+        # also where tmp and keep were links of one file: rename then does nothing
+        tmp.unlink(missing_ok=True)
 
 
 def _corrupt(path: Path, exc: Exception) -> CorruptFileError:
     folder = path.parent
+    restart = (f"rerun with --restart (Python: Trainer(..., resume='restart')) to redo the run "
+               f"in {folder}, or delete the folder")
     remedies = {
+        TrainingRun.FINGERPRINT: restart,
+        TrainingRun.LAST_PREV: restart,
+        TrainingRun.BEST_PREV: restart,
         ExperimentFolder.MANIFEST: "pass another --out folder, or delete it if the runs in "
                                    f"{folder} used the configuration you are running now",
         ExperimentFolder.RESULTS: "delete it and rerun the experiment to write it again "
@@ -161,7 +201,7 @@ def _corrupt(path: Path, exc: Exception) -> CorruptFileError:
         TrainingRun.RESULT: "delete it and rerun to redo that run (it resumes from its "
                             f"{TrainingRun.LAST} when there is one)",
         TrainingRun.LAST: "delete it and rerun to restart that run from its first step",
-        TrainingRun.BEST: f"delete the folder {folder} and rerun to redo that run",
+        TrainingRun.BEST: restart,
     }
     remedy = remedies.get(path.name, "delete it and rerun to write it again")
     reason = str(exc).split(". ")[0]
@@ -219,6 +259,174 @@ def truncate_csv(path: Path, last_step: int) -> None:
     atomic_write(path, lambda f: csv.writer(f).writerows(kept), text=True)
 
 
+
+# ---------------------------------------------------------------------- the lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class FolderLock:
+    """``run.lock`` in a folder: held while one process writes it; a second process is
+    refused with :class:`~flexmtl.errors.FolderLockedError`, naming the holder.
+
+    The file holds JSON ``{pid, host, started, command}``. It is created complete and at once
+    (written beside, then hard-linked into place, which fails when a lock exists: git's
+    ``index.lock`` rule). A lock whose process is gone (same host, no such PID) is stale and
+    taken over; a lock of another host is never guessed about: the message says to delete
+    the file if that process is gone. :meth:`release` (also on exit from ``with``, on an
+    exception or Ctrl-C, and when the object is garbage-collected) deletes it. In one
+    process, a second lock object on a folder whose lock an object still holds is refused
+    too (e.g. two trainers on one ``out_dir``)."""
+
+    NAME = "run.lock"
+    #: the locks this process holds, by file
+    _held: weakref.WeakValueDictionary[str, FolderLock] = weakref.WeakValueDictionary()
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self.held = False
+
+    def __repr__(self) -> str:
+        return f"FolderLock({str(self.folder)!r}, held={self.held})"
+
+    def __enter__(self) -> FolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    @staticmethod
+    def holder_info() -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": " ".join(sys.argv)}
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`~flexmtl.errors.FolderLockedError`."""
+        if self.held:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info = self.holder_info()
+        for _ in range(5):  # a stale lock taken over, then a race lost: look again
+            if self._create(info):
+                self.held = True
+                FolderLock._held[str(self.path.resolve())] = self
+                return
+            holder = self._read()
+            if holder is None:  # released between our try and our look
+                continue
+            if not self._stale(holder):
+                raise self._refusal(holder)
+            self._take_over(holder)
+        raise FolderLockedError(f"{self.folder} is locked by processes that keep replacing "
+                                f"{self.path}; stop them or delete it")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        FolderLock._held.pop(str(self.path.resolve()), None)
+        holder = self._read()
+        if holder is not None and holder.get("pid") == os.getpid() \
+                and holder.get("host") == socket.gethostname():
+            self.path.unlink(missing_ok=True)
+
+    def _create(self, info: dict) -> bool:
+        """Put a complete lock file in place; False when one exists."""
+        tmp = self.folder / f"{self.NAME}.{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            try:  # not fsynced: after a crash of the machine a lock is stale anyway
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(info, f)
+            except OSError as exc:  # a full disk: name the lock, not its temporary file
+                named = _naming(exc, tmp, self.path)
+                if named is None:
+                    raise
+                raise named from exc
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this file system: create exclusively
+                try:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(info, f)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _read(self) -> dict | None:
+        """The holder's record; None when there is no lock. An unreadable lock is a holder
+        we know nothing about (refused, never guessed stale)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        return data if isinstance(data, dict) else {"unreadable": text[:80]}
+
+    def _stale(self, holder: dict) -> bool:
+        pid, host = holder.get("pid"), holder.get("host")
+        if not isinstance(pid, int) or host != socket.gethostname():
+            return False
+        if pid == os.getpid():  # this process: stale unless a live lock object holds it
+            return str(self.path.resolve()) not in FolderLock._held
+        return not _pid_alive(pid)
+
+    def _take_over(self, holder: dict) -> None:
+        """Remove a stale lock, unless another process replaced it meanwhile."""
+        moved = self.folder / f"{self.NAME}.stale-{secrets.token_hex(4)}"
+        try:
+            os.replace(self.path, moved)
+        except FileNotFoundError:
+            return
+        try:
+            now = json.loads(moved.read_text(encoding="utf-8"))
+        except ValueError:
+            now = None
+        if now != holder:  # a live lock, taken meanwhile: put it back
+            try:
+                os.link(moved, self.path)
+            except OSError:
+                pass
+        moved.unlink(missing_ok=True)
+
+    def _refusal(self, holder: dict) -> FolderLockedError:
+        if "unreadable" in holder:
+            return FolderLockedError(
+                f"{self.folder} is locked: {self.path} exists but cannot be read; if no "
+                f"process is running in this folder, delete {self.path}")
+        pid, host = holder.get("pid"), holder.get("host")
+        since = f" since {holder['started']}" if holder.get("started") else ""
+        command = f" ({holder['command']})" if holder.get("command") else ""
+        mine = " (this process)" if pid == os.getpid() and host == socket.gethostname() else ""
+        return FolderLockedError(
+            f"{self.folder} is in use by process {pid}{mine} on host {host}{since}{command}; "
+            f"wait for it to finish or pass another output folder. If that process is gone, "
+            f"delete {self.path}")
+
 # ---------------------------------------------------------------------- one training run
 
 
@@ -229,12 +437,18 @@ class TrainingRun:
     TRAIN_LOG = "train_log.csv"
     EVAL_LOG = "eval_log.csv"
     LAST = "last.pt"
+    LAST_PREV = "last.prev.pt"
     BEST = "best.pt"
+    BEST_PREV = "best.prev.pt"
     SHARING = "sharing.pt"
     RESULT = "result.json"
+    FINGERPRINT = "fingerprint.json"
     #: what a fresh start deletes: files of an earlier attempt that a new one would not
     #: overwrite before reading them
-    STALE = (TRAIN_LOG, EVAL_LOG, BEST, SHARING)
+    STALE = (TRAIN_LOG, EVAL_LOG, BEST, BEST_PREV, SHARING, LAST_PREV, FINGERPRINT)
+    #: every file of a run (what a restart deletes; not the lock)
+    FILES = (TRAIN_LOG, EVAL_LOG, LAST, LAST_PREV, BEST, BEST_PREV, SHARING, RESULT,
+             FINGERPRINT)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -257,6 +471,22 @@ class TrainingRun:
     @property
     def best(self) -> Path:
         return self.path / self.BEST
+
+    @property
+    def last_prev(self) -> Path:
+        return self.path / self.LAST_PREV
+
+    @property
+    def best_prev(self) -> Path:
+        return self.path / self.BEST_PREV
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.path / self.FINGERPRINT
+
+    @property
+    def lock(self) -> Path:
+        return self.path / FolderLock.NAME
 
     @property
     def sharing(self) -> Path:
@@ -291,14 +521,101 @@ class TrainingRun:
         for name in self.STALE:
             (self.path / name).unlink(missing_ok=True)
 
+    def delete_files(self) -> list[Path]:
+        """Delete every file of the run (a restart); returns those that were there."""
+        gone = [self.path / name for name in self.FILES if (self.path / name).exists()]
+        for path in gone:
+            path.unlink(missing_ok=True)
+        return gone
+
     def save_last(self, state: dict) -> None:
+        """Write ``last.pt``, keeping the one it replaces as ``last.prev.pt``: whenever the
+        process dies, ``last.pt`` is a complete checkpoint (the old or the new one), and a
+        ``last.pt`` damaged later has a fallback."""
+        preserve(self.last, self.last_prev)
         atomic_save(state, self.last)
+
+    def read_fingerprint(self) -> dict | None:
+        """``fingerprint.json``, or None when there is none."""
+        return _read_object(self.fingerprint) if self.fingerprint.exists() else None
+
+    def write_fingerprint(self, fingerprint: dict) -> None:
+        write_json(self.fingerprint, fingerprint)
+
+    def read_resumable(self, log: Callable[[str], None] | None = None) -> dict | None:
+        """Check every file the run would resume from, before it trains; return the state of
+        ``last.pt`` (None: nothing to resume).
+
+        ``result.json`` must be readable; a corrupt ``last.pt`` falls back to a good
+        ``last.prev.pt`` (which replaces it; ``log`` is told); the selected model of the
+        checkpoint must be in ``best.pt`` -- or in ``best.prev.pt``, which then replaces it
+        (a run stopped between a new best model and its checkpoint). Anything else raises
+        :class:`~flexmtl.errors.CorruptFileError` naming the file."""
+        if self.result.exists():
+            self.read_result()
+        if not self.last.exists():
+            return None
+        try:
+            state = self.read_last()
+        except CorruptFileError as exc:
+            fallback = self._loadable(self.last_prev)
+            if fallback is None:
+                raise
+            (log or _stderr)(f"{self.last} is truncated or corrupt; resuming from "
+                             f"{self.last_prev} (step {fallback.get('step')}) instead")
+            os.replace(self.last_prev, self.last)
+            state = fallback
+            del exc
+        if not isinstance(state, dict) or "step" not in state or "best_step" not in state:
+            raise _corrupt(self.last, ValueError("not a flexmtl checkpoint"))
+        self._check_best(int(state["best_step"]))
+        return state
+
+    def _check_best(self, best_step: int) -> None:
+        if best_step < 0:  # nothing selected yet: a best model on disk is of a lost future
+            for path in (self.best, self.best_prev):
+                path.unlink(missing_ok=True)
+            return
+        problem: CorruptFileError | None = None
+        try:
+            best = load_checkpoint(self.best, "cpu") if self.best.exists() else None
+        except CorruptFileError as exc:
+            best, problem = None, exc
+        if isinstance(best, dict) and best.get("step") == best_step:
+            return
+        prev = self._loadable(self.best_prev)
+        if prev is not None and prev.get("step") == best_step:
+            os.replace(self.best_prev, self.best)
+            return
+        if problem is not None:
+            raise problem
+        what = ("is missing" if best is None else
+                f"holds the model of step {best.get('step') if isinstance(best, dict) else '?'}")
+        raise _corrupt(self.best, ValueError(
+            f"{what}, but {self.last} selected the model of step {best_step}"))
+
+    @staticmethod
+    def _loadable(path: Path) -> dict | None:
+        """The checkpoint in ``path``, or None when it is missing or damaged."""
+        try:
+            state = load_checkpoint(path, "cpu") if path.exists() else None
+        except CorruptFileError:
+            return None
+        return state if isinstance(state, dict) else None
 
     def read_last(self) -> dict | None:
         """``last.pt`` on the cpu, or None when there is none."""
         return load_checkpoint(self.last, "cpu") if self.last.exists() else None
 
-    def save_best(self, step: int, model_state: dict) -> None:
+    def save_best(self, step: int, model_state: dict, keep_previous: bool = False) -> None:
+        """Write ``best.pt``; ``keep_previous``: first keep the one it replaces as
+        ``best.prev.pt`` (the trainer does so for the first new best model after a
+        checkpoint, so that the checkpoint's selected model survives until the next one)."""
+        if keep_previous:
+            if self.best.exists():
+                preserve(self.best, self.best_prev)
+            else:
+                self.best_prev.unlink(missing_ok=True)
         atomic_save({"step": step, "model": model_state}, self.best)
 
     def load_best_model(self) -> dict:
@@ -374,6 +691,37 @@ class ExperimentFolder:
         """``[KEY=VALUE/]METHOD/seed-S``: one training run (``point``: the sweep value)."""
         return TrainingRun(self.method_dir(method, point) / f"{self.SEED_PREFIX}{seed}")
 
+    @property
+    def lock(self) -> Path:
+        return self.path / FolderLock.NAME
+
+    def points(self) -> list[Path]:
+        """The folder itself and its sweep-value folders (``KEY=VALUE``)."""
+        if not self.path.is_dir():
+            return []
+        return [self.path] + [p for p in sorted(self.path.iterdir())
+                              if p.is_dir() and "=" in p.name]
+
+    def clear(self) -> list[Path]:
+        """Delete what flexmtl wrote here (``--restart``): the manifest, the results, the
+        plots and every ``[KEY=VALUE/]METHOD/seed-S`` folder; other files stay. Returns
+        what was deleted."""
+        gone = [p for p in (self.manifest, self.results) if p.exists()]
+        for path in gone:
+            path.unlink()
+        if self.plots.is_dir():
+            shutil.rmtree(self.plots)
+            gone.append(self.plots)
+        for point in self.points():
+            for method_dir in self.method_dirs(point).values():
+                for run in self.seed_runs(method_dir):
+                    shutil.rmtree(run.path)
+                    gone.append(run.path)
+                _remove_if_empty(method_dir)
+            if point != self.path:
+                _remove_if_empty(point)
+        return gone
+
     def has_runs(self) -> bool:
         """Whether the folder holds a run worth protecting: a checkpoint or a finished
         result (an attempt that failed before its first checkpoint holds neither)."""
@@ -408,6 +756,17 @@ class ExperimentFolder:
         """The runs of a method folder, by seed (folders with a malformed seed last)."""
         runs = [TrainingRun(p) for p in method_dir.glob(f"{cls.SEED_PREFIX}*") if p.is_dir()]
         return sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, r.path.name))
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (files of the user's): kept
+        pass
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _read_object(path: Path) -> dict:

@@ -8,7 +8,13 @@ Run folder layout (owned by :class:`flexmtl.run_folder.ExperimentFolder`)::
     OUT/plots/*.png                 learning curves, learned orders, scale trajectories
 
 A finished (sweep value, method, seed) has a ``result.json`` and is not redone; an
-unfinished one resumes from its ``last.pt``.
+unfinished one resumes from its ``last.pt`` (when its ``fingerprint.json`` matches; see
+:class:`~flexmtl.training.Trainer`). A folder holding runs of another configuration, runs
+without a ``config.json`` or another experiment's ``results.json`` is refused
+(:class:`~flexmtl.errors.FolderMismatchError`, listing what differs) unless ``restart``
+deletes them first; every file a run resumes from is checked before anything trains.
+The command holds ``OUT/run.lock`` (:class:`~flexmtl.run_folder.FolderLock`) from start to
+end, so that a second command on the same folder is refused.
 
 Under ``torchrun`` every process runs the same loop and trains each run data-parallel;
 rank 0 alone reads and writes the run folder and prints, and every rank returns the
@@ -27,12 +33,13 @@ from typing import Any
 import torch
 
 from flexmtl.analysis.stats import format_mean_ci, summarize
-from flexmtl.errors import ConfigError, UnknownNameError
+from flexmtl.errors import ConfigError, FolderMismatchError, UnknownNameError
 from flexmtl.experiments import get_experiment
 from flexmtl.experiments.base import Experiment, check_config, coerce, parse_overrides
-from flexmtl.run_folder import ExperimentFolder, TrainingRun, remove_torn_writes
+from flexmtl.run_folder import ExperimentFolder, FolderLock, TrainingRun, remove_torn_writes
 from flexmtl.sharing import find_cores
 from flexmtl.training import Trainer, distributed, seed_everything
+from flexmtl.training.fingerprint import fingerprint_diff
 
 RESULTS_VERSION = 1
 #: config keys that say how to run, not what to compute: a run folder's manifest may differ
@@ -53,11 +60,14 @@ def run_experiment(
     progress: bool = True,
     plots: bool = True,
     log: Callable[[str], None] = print,
+    restart: bool = False,
 ) -> dict:
     """Run ``methods`` of experiment ``name`` for ``seeds`` seeds; return the results dict.
 
     ``sweep``: True uses the experiment's default sweep (if any), False/None runs the
-    single configured point, or ``(key, values)`` sweeps ``key``.
+    single configured point, or ``(key, values)`` sweeps ``key``. ``restart``: first delete
+    what flexmtl wrote in the run folder (manifest, results, plots, every run); otherwise
+    finished runs are kept and unfinished ones resume.
     """
     exp = get_experiment(name)
     methods = exp.check_methods(methods or exp.default_methods or exp.method_names())
@@ -78,14 +88,31 @@ def run_experiment(
         "experiment": name, "config": cfg, "methods": methods, "seeds": list(range(seeds)),
         "sweep": None if points is None else {"key": points[0], "values": list(points[1])},
     }
-    distributed.on_main(_write_or_check_manifest, folder, manifest)
-    distributed.on_main(remove_torn_writes, folder.path)  # of a command killed mid-write
-    log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder {out}")
+    key, values = (None, [None]) if points is None else (points[0], list(points[1]))
+    planned = [folder.run(method, seed, None if key is None else (key, value))
+               for value in values for method in methods for seed in range(seeds)]
+    lock = FolderLock(out)  # rank 0 takes it: a second command on this folder is refused
+    distributed.on_main(lock.acquire)
+    try:
+        if restart:
+            distributed.on_main(_restart, folder, log)
+        distributed.on_main(remove_torn_writes, folder.path)  # of a command killed mid-write
+        distributed.on_main(_write_or_check_manifest, folder, manifest)
+        distributed.on_main(_check_runs, planned)
+        return _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values,
+                           progress, plots, log)
+    finally:
+        lock.release()
+
+
+def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, progress,
+                plots, log) -> dict:
+    log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder "
+        f"{folder.path}")
     for note in exp.notes:
         log(f"  note: {note}")
 
     point_results = []
-    key, values = (None, [None]) if points is None else (points[0], list(points[1]))
     start = time.perf_counter()
     for value in values:
         point_cfg = dict(cfg) if key is None else {**cfg, key: value}
@@ -129,33 +156,83 @@ def _sweep_points(exp: Experiment, cfg: dict, sweep) -> tuple[str, tuple] | None
     return key, values
 
 
+#: the two ways out of a run folder that holds something else
+WAYS_OUT = ("pass another --out folder to keep them, or --restart to delete them and start "
+            "over")
+
+
+def _restart(out: ExperimentFolder, log) -> None:
+    if out.clear():
+        log(f"--restart: deleted the earlier runs, results and plots in {out.path}")
+
+
+def _comparable(entry: dict, experiment: str) -> dict:
+    """What must match between a folder's runs and a new command, flat: the experiment, the
+    sweep and every config key (``HOW_TO_RUN_KEYS`` left out; a key added to the experiment
+    after the folder was written counts as its default, the behaviour that run had)."""
+    entry = json.loads(json.dumps(entry))
+    config = entry.get("config")
+    config = dict(config) if isinstance(config, dict) else {"config": config}
+    if entry.get("experiment") == experiment:
+        defaults = json.loads(json.dumps(dict(get_experiment(experiment).defaults)))
+        config = {**defaults, **config}
+    for key in HOW_TO_RUN_KEYS:
+        config.pop(key, None)
+    return {"experiment": entry.get("experiment"), "sweep": entry.get("sweep"), **config}
+
+
 def _write_or_check_manifest(out: ExperimentFolder, manifest: dict) -> None:
-    old = out.read_manifest() if out.has_runs() else None
-    if old is not None:
-        same = {k: old.get(k) for k in ("experiment", "config", "sweep")}
-        new = json.loads(json.dumps({k: manifest[k] for k in ("experiment", "config", "sweep")}))
-        if same["experiment"] == new["experiment"] and isinstance(same["config"], dict):
-            # a key added to the experiment after the folder was written: that run used the
-            # behaviour of its default
-            defaults = json.loads(json.dumps(dict(get_experiment(new["experiment"]).defaults)))
-            for key, value in defaults.items():
-                same["config"].setdefault(key, value)
-        for cfg in (same["config"] or {}, new["config"]):
-            for key in HOW_TO_RUN_KEYS:
-                cfg.pop(key, None)
-        if same != new:
-            diff = sorted(k for k in new["config"] if (same["config"] or {}).get(k)
-                          != new["config"][k])
-            raise ConfigError(
-                f"run folder {out.path} holds a run with a different configuration "
-                f"(differs in: {', '.join(diff) or 'experiment/sweep'}); pass another --out "
-                "folder or delete this one"
-            )
+    """Write the manifest of a new folder, or check that the folder's runs and results are
+    of this configuration (:class:`FolderMismatchError` listing ``key: old -> new``)."""
+    old = out.read_manifest()
+    results = out.read_results()
+    runs = out.has_runs()
+    name = manifest["experiment"]
+    new = _comparable(manifest, name)
+    if old is None and (runs or results is not None):
+        held = " and ".join(w for w, there in (("runs", runs), (out.RESULTS, results is not None))
+                            if there)
+        raise FolderMismatchError(
+            f"run folder {out.path} holds {held} but no {out.MANIFEST}, so their configuration "
+            f"is unknown (their results must not be mixed with this one's); {WAYS_OUT}")
+    if old is not None and runs:
+        diff = fingerprint_diff(_comparable(old, name), new)
+        if diff:
+            raise FolderMismatchError(
+                f"run folder {out.path} holds runs of a different configuration "
+                f"({'; '.join(diff)}); {WAYS_OUT}")
+    if results is not None:
+        sweep = results.get("sweep")
+        if isinstance(sweep, dict) and "points" in sweep:  # as the manifest writes it
+            sweep = {"key": sweep.get("key"),
+                     "values": [p.get("value") for p in sweep["points"]]}
+        written = {"experiment": results.get("experiment"), "config": results.get("config"),
+                   "sweep": sweep}
+        diff = fingerprint_diff(_comparable(written, name), new)
+        if diff:
+            raise FolderMismatchError(
+                f"run folder {out.path} holds the {out.RESULTS} of another experiment or "
+                f"configuration ({'; '.join(diff)}); {WAYS_OUT}")
+    if old is not None and runs:
         # more methods or seeds may be added to an existing run folder
         manifest = {**manifest,
                     "methods": list(dict.fromkeys(old["methods"] + manifest["methods"])),
                     "seeds": sorted(set(old["seeds"]) | set(manifest["seeds"]))}
     out.write_manifest(manifest)
+
+
+def _check_runs(runs: Sequence[TrainingRun]) -> None:
+    """Check the files of every run of the command before anything trains: a finished run's
+    ``result.json``; an unfinished one's checkpoints and fingerprint (a corrupt ``last.pt``
+    with a good ``last.prev.pt`` falls back to it, said on stderr). A damaged file raises
+    :class:`~flexmtl.errors.CorruptFileError` naming it."""
+    for run in runs:
+        if run.is_finished():
+            run.read_result()
+        else:
+            run.read_resumable()
+            if run.last.exists():
+                run.read_fingerprint()
 
 
 def _run_one(exp, method, seed, cfg, run: TrainingRun, progress, data_sources, log) -> dict:

@@ -67,8 +67,12 @@ def reproduce(
     progress: bool = True,
     log: Callable[[str], None] = print,
     runtime: Mapping[str, Any] | None = None,
+    restart: bool = False,
 ) -> dict:
     """Run the selected studies in ``full`` or ``quick`` mode, then write the report.
+
+    ``restart``: delete the runs of each selected study (of this mode) first and redo them
+    (:func:`~flexmtl.runner.run_experiment`'s ``restart``); otherwise they resume.
 
     ``runtime``: config keys that say how to run, not what (``device``, ``compile``), added to
     every study's overrides; a run folder resumes across them.
@@ -97,7 +101,7 @@ def reproduce(
                            out_dir=ReproductionReport.study_folder(out, mode, study.key).path,
                            overrides={**protocol.overrides, **(runtime or {})},
                            sweep=protocol.sweep or None, progress=progress, plots=True,
-                           log=log)
+                           log=log, restart=restart)
         except FlexMTLError as exc:
             failed[study.key] = str(exc)
             log(f"{study.key}: failed: {exc}")

@@ -30,10 +30,12 @@ def check_resumable(state: dict, cfg: TrainConfig) -> None:
         raise ConfigError(
             "the checkpoint to resume was trained with other settings ("
             + ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
-            + f"); use another output folder or delete {TrainingRun.LAST}")
+            + "); pass another out_dir (--out) to keep both, or resume='restart' (--restart) "
+            "to start over")
     if state["step"] > cfg.steps:
         raise ConfigError(f"the checkpoint to resume is at step {state['step']}, past the "
-                          f"{cfg.steps} steps asked for")
+                          f"{cfg.steps} steps asked for; ask for >= {state['step']} steps, pass "
+                          "another out_dir (--out), or resume='restart' (--restart)")
 
 
 class Checkpointing:
@@ -59,6 +61,9 @@ class Checkpointing:
     _segment_start: float
     last_checkpoint_step: int | None
     _best_in_memory: dict | None
+    _fingerprint: dict | None
+    _fingerprint_saved: bool
+    _keep_best: bool
     shared_stream: distributed.SharedStream | None
     world_size: int
     is_main: bool
@@ -105,12 +110,12 @@ class Checkpointing:
             state = self.state_dict()
             if rng_ranks is not None:
                 state["rng_ranks"] = rng_ranks
+            if not self._fingerprint_saved and self._fingerprint is not None:
+                self._folder.write_fingerprint(self._fingerprint)  # before the first last.pt
+                self._fingerprint_saved = True
             self._folder.save_last(state)
+            self._keep_best = True
         self.last_checkpoint_step = self.step
-
-    def _read_last(self) -> dict | None:
-        """``last.pt`` on the cpu, or None (called on rank 0, which broadcasts it)."""
-        return self.run_folder.read_last() if self.run_folder is not None else None
 
     @property
     def run_folder(self) -> TrainingRun | None:

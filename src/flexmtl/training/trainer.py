@@ -8,9 +8,13 @@ evaluated once, at the end, on that checkpoint. A run writes into ``out_dir``:
 
 * ``train_log.csv`` -- per-step training losses (every ``log_every`` steps);
 * ``eval_log.csv`` -- validation metrics at every evaluation;
-* ``last.pt`` -- model, optimiser, sampler and RNG state (atomic; a killed run resumes);
+* ``last.pt`` -- model, optimiser, sampler and RNG state (atomic; a killed run resumes),
+  and ``last.prev.pt``, the checkpoint before it;
 * ``best.pt`` -- the selected model;
-* ``sharing.pt`` -- the core's sharing parameters over training (e.g. soft-order scales).
+* ``sharing.pt`` -- the core's sharing parameters over training (e.g. soft-order scales);
+* ``fingerprint.json`` -- what the run trains (:mod:`flexmtl.training.fingerprint`): a rerun
+  resumes only a run of the same settings, tasks, data and model;
+* ``run.lock`` -- while the trainer works in the folder (a second process is refused).
 
 Under ``torchrun`` the same code trains data-parallel (DistributedDataParallel): each rank
 trains on its piece of every global batch, rank 0 alone evaluates and writes; see
@@ -21,29 +25,34 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-from flexmtl.errors import ConfigError, FlexMTLError, TrainingDiverged
+from flexmtl.errors import ConfigError, FlexMTLError, FolderMismatchError, TrainingDiverged
 from flexmtl.fusion import is_fused
 from flexmtl.fusion.losses import task_losses
-from flexmtl.run_folder import CsvLog, remove_torn_writes
+from flexmtl.run_folder import CsvLog, FolderLock, remove_torn_writes
 from flexmtl.sharing import may_leave_unused_parameters
 from flexmtl.tasks import Split, Task
 from flexmtl.training import distributed
 from flexmtl.training.checkpoint import Checkpointing
 from flexmtl.training.config import TrainConfig
 from flexmtl.training.evaluation import evaluate_tasks
+from flexmtl.training.fingerprint import fingerprint_diff, run_fingerprint
 from flexmtl.training.forward import TrainingForward, global_mean
 from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
 from flexmtl.training.sampler import TaskBatchSampler, input_groups
 from flexmtl.training.schedules import SCHEDULES
+
+Resume = Literal["auto", "must", "restart"]
+RESUME: tuple[Resume, ...] = get_args(Resume)
 
 
 @dataclass
@@ -77,8 +86,27 @@ class Trainer(Checkpointing):
         tasks: the tasks, in the model's task order.
         config: a :class:`TrainConfig`.
         out_dir: run folder for logs and checkpoints; None keeps everything in memory.
-        resume: continue from ``out_dir/last.pt`` when it exists.
+        resume: what to do with a run already in ``out_dir`` (decided in :meth:`setup`,
+            before any step):
+
+            * ``"auto"`` (default): continue from its ``last.pt`` when there is one and its
+              ``fingerprint.json`` matches this run (same settings but those of
+              ``CHANGEABLE_ON_RESUME``, same tasks, data and model), printing
+              ``resuming OUT_DIR from step N ...`` on stderr; when anything differs, raise
+              :class:`~flexmtl.errors.FolderMismatchError` listing it (``key: old ->
+              new``); with no checkpoint, start at step 0.
+            * ``"must"``: as ``"auto"``, but a folder with nothing to resume is an error.
+            * ``"restart"``: delete the run's files and start at step 0.
+
+            Before training, every file the run resumes from is checked: a damaged one
+            raises :class:`~flexmtl.errors.CorruptFileError` naming it, unless a good
+            previous checkpoint (``last.prev.pt``) takes its place (said on stderr).
+            ``True``/``False`` (the old flag) are refused with a :class:`ConfigError`.
         callbacks: called as ``fn(trainer, step)`` after every step (for tests and tools).
+
+    While it works in ``out_dir`` (from :meth:`setup` to the end of :meth:`fit`, or
+    :meth:`close`) the trainer holds ``out_dir/run.lock``: another trainer or process on the
+    same folder is refused with :class:`~flexmtl.errors.FolderLockedError`.
     """
 
     def __init__(
@@ -87,7 +115,7 @@ class Trainer(Checkpointing):
         tasks: Sequence[Task],
         config: TrainConfig | None = None,
         out_dir: str | Path | None = None,
-        resume: bool = True,
+        resume: Resume = "auto",
         callbacks: Sequence[Callable[[Trainer, int], None]] = (),
     ):
         # checks only: no I/O and no global state until setup()
@@ -104,7 +132,7 @@ class Trainer(Checkpointing):
         self.model = model
         self.tasks = list(tasks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.resume = resume
+        self.resume = _resume_policy(resume, self.out_dir)
         self.callbacks = list(callbacks)
         self.schedule = SCHEDULES.get(cfg.schedule)()
         # tasks of one input group: one example stream (the same batches), read once to test
@@ -127,14 +155,18 @@ class Trainer(Checkpointing):
         self.world_size = 1
         self.is_main = True
         self.shared_stream: distributed.SharedStream | None = None
+        self._lock: FolderLock | None = None  # rank 0's, while it works in out_dir
+        self._fingerprint: dict | None = None
+        self._fingerprint_saved = False
+        self._keep_best = True  # the next new best.pt keeps the checkpoint's as best.prev.pt
         self._ready = False
 
     def setup(self) -> None:
         """Everything training needs beyond the constructor's checks, once (:meth:`fit`,
         :meth:`train_step` and :meth:`evaluate` call it): thread count, the process group
         under ``torchrun``, the model and data on the device, the optimiser, and the run
-        folder -- resume from its ``last.pt`` (``resume``), or clear an earlier attempt's
-        logs."""
+        folder -- lock it, check its files, and resume from its ``last.pt`` or start over
+        (``resume``)."""
         if self._ready:
             return
         cfg = self.config
@@ -155,14 +187,14 @@ class Trainer(Checkpointing):
         if self.world_size > 1:
             self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
             distributed.seed_rank(cfg.seed)
-        if self.out_dir is not None and self.is_main:
-            remove_torn_writes(self.out_dir)  # of a run killed mid-write
-        state = distributed.on_main(self._read_last) if self.resume else None
-        if state is not None:
-            self._resume(state)
-        elif self.out_dir is not None and self.is_main:
-            # a fresh start: logs of an earlier attempt are stale
-            self._folder.start_fresh()
+        if self.out_dir is not None:
+            try:
+                state = distributed.on_main(self._open_folder)
+                if state is not None:
+                    self._resume(state)
+            except BaseException:
+                self.close()
+                raise
         self.resumed_from = self.step
         self.training_forward: Callable[..., Any] = distributed.wrap(
             TrainingForward(self.model), self.device,
@@ -170,6 +202,57 @@ class Trainer(Checkpointing):
         if cfg.compile:
             self.training_forward = torch.compile(self.training_forward)
         self._ready = True
+
+    def _open_folder(self) -> dict | None:
+        """Rank 0: lock ``out_dir``, check its files and apply the ``resume`` policy; the
+        state to resume from, or None (a fresh start: an earlier attempt's files deleted)."""
+        folder = self._folder
+        self._lock = FolderLock(folder.path)
+        self._lock.acquire()
+        remove_torn_writes(folder.path)  # of a run killed mid-write
+        self._fingerprint = run_fingerprint(self.config, self.tasks, self.model)
+        state = None
+        if self.resume == "restart":
+            if folder.delete_files():
+                print(f"restarting {folder.path}: its earlier run was deleted", file=sys.stderr)
+        else:
+            if folder.last.exists():
+                self._check_fingerprint()
+            state = folder.read_resumable()
+            if state is None and self.resume == "must":
+                raise ConfigError(f"resume='must', but {folder.path} holds no {folder.LAST} "
+                                  "to resume; use resume='auto' to start a new run there")
+        if state is None:
+            folder.start_fresh()  # logs of an earlier attempt are stale
+        else:
+            print(f"resuming {folder.path} from step {state['step']} (resume='restart' or "
+                  "flexmtl run --restart to start over)", file=sys.stderr)
+        self._fingerprint_saved = state is not None
+        self._keep_best = True
+        return state
+
+    def _check_fingerprint(self) -> None:
+        """Refuse to resume a run of other settings, tasks, data or model."""
+        folder = self._folder
+        ways_out = (f"pass another out_dir (--out) to keep both, or resume='restart' "
+                    f"(--restart) to delete the run in {folder.path} and start over")
+        old = folder.read_fingerprint()
+        if old is None:
+            raise FolderMismatchError(
+                f"{folder.path} holds a checkpoint ({folder.LAST}) but no "
+                f"{folder.FINGERPRINT}, so whether it trained these tasks, data and settings "
+                f"is unknown; {ways_out}")
+        diff = fingerprint_diff(old, self._fingerprint or {})
+        if diff:
+            raise FolderMismatchError(
+                f"{folder.path} holds a run of something else ({'; '.join(diff)}); "
+                f"{ways_out}")
+
+    def close(self) -> None:
+        """Release ``out_dir`` (its ``run.lock``); :meth:`fit` does so when it ends."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """The optimiser of the current phase (the finetune one once it has taken over)."""
@@ -314,8 +397,15 @@ class Trainer(Checkpointing):
 
     # ------------------------------------------------------------------ training
     def fit(self) -> TrainResult:
-        """Train to ``config.steps`` (resuming where a previous run stopped) and test once."""
+        """Train to ``config.steps`` (resuming where a previous run stopped) and test once;
+        ``out_dir`` is released at the end, also on an error."""
         self.setup()
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> TrainResult:
         cfg = self.config
         self._segment_start = start_time = time.perf_counter()
         folder = self.run_folder if self.is_main else None
@@ -384,7 +474,9 @@ class Trainer(Checkpointing):
         if score < self.best_score or self.best_step < 0:
             self.best_score, self.best_step = score, self.step
             if self.out_dir is not None:
-                self._folder.save_best(self.step, self.model.state_dict())
+                self._folder.save_best(self.step, self.model.state_dict(),
+                                       keep_previous=self._keep_best)
+                self._keep_best = False
             else:
                 self._best_in_memory = {k: v.detach().clone()
                                         for k, v in self.model.state_dict().items()}
@@ -403,6 +495,7 @@ class Trainer(Checkpointing):
             steps=self.step, seconds=seconds, history=self.history,
             finetune_step=self.finetune_step,
         )
+
 
 def check_tasks(model: nn.Module, tasks: Sequence[Task], config: TrainConfig) -> None:
     """What the :class:`Trainer` refuses before training: things that are not
@@ -424,6 +517,20 @@ def check_tasks(model: nn.Module, tasks: Sequence[Task], config: TrainConfig) ->
         raise ConfigError(
             f"select_on='val_accuracy' needs a classification task, but the tasks "
             f"({', '.join(names)}) are all regression; use select_on='val_loss' or 'last'")
+
+
+def _resume_policy(resume: object, out_dir: Path | None) -> Resume:
+    """The checked ``resume`` argument of :class:`Trainer` (no I/O)."""
+    if isinstance(resume, bool):
+        raise ConfigError(
+            f"resume={resume} is no longer a flag: pass resume='auto' (resume a run of the "
+            "same fingerprint, the old True), 'must' (resume or fail) or 'restart' (delete "
+            "the run and start over, where the old False ignored it)")
+    if resume not in RESUME:
+        raise ConfigError(f"resume must be one of {RESUME}, got {resume!r}")
+    if resume == "must" and out_dir is None:
+        raise ConfigError("resume='must' needs an out_dir to resume from")
+    return resume
 
 
 def _progress(total: int, initial: int, enabled: bool):
