@@ -39,7 +39,7 @@ from flexmtl.experiments.base import Experiment, check_config, coerce, parse_ove
 from flexmtl.run_folder import ExperimentFolder, FolderLock, TrainingRun, remove_torn_writes
 from flexmtl.sharing import find_cores
 from flexmtl.training import Trainer, distributed, seed_everything
-from flexmtl.training.fingerprint import fingerprint_diff
+from flexmtl.training.fingerprint import fingerprint_diff, run_fingerprint
 
 RESULTS_VERSION = 1
 #: config keys that say how to run, not what to compute: a run folder's manifest may differ
@@ -238,9 +238,11 @@ def _check_runs(runs: Sequence[TrainingRun]) -> None:
 def _run_one(exp, method, seed, cfg, run: TrainingRun, progress, data_sources, log) -> dict:
     result = distributed.on_main(run.read_result)
     if result is not None:
+        checked = distributed.on_main(_check_finished, exp, method, seed, cfg, run)
         for t in result.get("tasks") or []:  # a rerun's results still name the data
             data_sources.setdefault(t["name"], t.get("note", ""))
-        log(f"  {method:>9} seed {seed}: done before (test loss {result['test']['loss']:.4f})")
+        log(f"  {method:>9} seed {seed}: done before (test loss {result['test']['loss']:.4f})"
+            + ("" if checked else f"; no {run.FINGERPRINT}, so its data were not checked"))
         return result
     seed_everything(seed)
     tasks = exp.build_tasks(cfg, seed)
@@ -253,6 +255,28 @@ def _run_one(exp, method, seed, cfg, run: TrainingRun, progress, data_sources, l
     resumed = trainer.resumed_from
     return distributed.on_main(_report, exp, method, seed, cfg, tasks, model, res, resumed,
                                run, log)
+
+
+def _check_finished(exp, method, seed, cfg, run: TrainingRun) -> bool:
+    """Refuse to reuse a finished run that trained other tasks, data or a model of another
+    shape than this command would (:class:`FolderMismatchError` with what changed): e.g. the
+    data behind a data source changed between two commands. False when the run has no
+    ``fingerprint.json`` to compare with (finished by an older flexmtl)."""
+    old = run.read_fingerprint()
+    if old is None:
+        return False
+    seed_everything(seed)
+    tasks = exp.build_tasks(cfg, seed)
+    seed_everything(seed)
+    model = exp.build_model(method, tasks, cfg, seed)
+    new = run_fingerprint(exp.train_config(cfg, seed, False), tasks, model)
+    diff = fingerprint_diff(old, new)
+    if diff:
+        raise FolderMismatchError(
+            f"the finished run {run.path} trained something else than this command would "
+            f"({'; '.join(diff)}), so its results must not be averaged with new ones; "
+            f"{WAYS_OUT}")
+    return True
 
 
 def _report(exp, method, seed, cfg, tasks, model, res, resumed, run: TrainingRun, log) -> dict:

@@ -9,6 +9,7 @@ trainer cases also assert (with a callback) that no training step ran.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -555,3 +556,52 @@ def test_cli_restart_redoes_the_runs_and_keeps_other_files(tmp_path, capsys):
 def test_cli_reproduce_report_only_takes_no_restart(capsys):
     assert main(["reproduce", "--report-only", "--restart"]) == 2
     assert "--restart" in capsys.readouterr().err
+
+
+def test_runner_a_finished_run_of_other_data_is_refused_not_averaged(tmp_path, monkeypatch):
+    # the data behind a source changed between two commands (e.g. a file was replaced):
+    # the finished seed must not be averaged with new ones
+    out = tmp_path / "o"
+    exp = flexmtl.runner.get_experiment("random-tasks")
+    run_experiment("random-tasks", out_dir=out, **RUN_KW)
+    build = exp.build_tasks
+
+    def other_data(cfg, seed):
+        tasks = build(cfg, seed)
+        first = tasks[0]
+        flipped = (first.train.x, 1 - first.train.y)
+        tasks[0] = Task(first.name, first.kind, flipped, first.val, first.test,
+                        num_outputs=first.num_outputs, note=first.note)
+        return tasks
+
+    monkeypatch.setattr(flexmtl.runner, "get_experiment",
+                        lambda name: dataclasses.replace(exp, build_tasks=other_data))
+    _no_training(monkeypatch)
+    with pytest.raises(FolderMismatchError, match=r"finished run .*seed-0 trained something "
+                                                  r"else .*train\.y.*--restart"):
+        run_experiment("random-tasks", out_dir=out, **RUN_KW)
+
+
+def test_runner_a_finished_run_of_the_same_data_is_reused(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    first = run_experiment("random-tasks", out_dir=out, **RUN_KW)
+    _no_training(monkeypatch)
+    lines: list[str] = []
+    again = run_experiment("random-tasks", out_dir=out, **{**RUN_KW, "log": lines.append})
+    assert again["methods"] == first["methods"]
+    assert any("done before" in line and "not checked" not in line for line in lines)
+
+
+def test_temporaries_of_a_lock_whose_process_died_are_removed(tmp_path):
+    from flexmtl.run_folder import remove_torn_writes
+
+    gone = tmp_path / f"run.lock.{dead_pid()}-0123abcd"  # killed while taking the lock
+    mine = tmp_path / f"run.lock.{os.getpid()}-0123abcd"  # a live process at it
+    old = tmp_path / "run.lock.stale-0123abcd"  # killed while taking over a stale lock
+    recent = tmp_path / "run.lock.stale-89abcdef"  # another process at it now
+    notes = tmp_path / "run.lock.txt"  # not ours
+    for path in (gone, mine, old, recent, notes):
+        path.write_text("{}")
+    os.utime(old, (0, 0))
+    assert sorted(remove_torn_writes(tmp_path)) == sorted([gone, old])
+    assert {p.name for p in tmp_path.iterdir()} == {mine.name, recent.name, notes.name}
