@@ -110,15 +110,33 @@ def _naming(exc: OSError, tmp: Path, path: Path) -> OSError | None:
 
 #: the temporary files of :func:`atomic_write`: ``.NAME.HEX8.tmp``
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+#: the temporary files of :class:`FolderLock`: ``run.lock.PID-HEX8`` (taking the lock) and
+#: ``run.lock.stale-HEX8`` (taking over a stale one)
+_LOCK_TEMPORARY = re.compile(r"run\.lock\.(?:(?P<pid>[0-9]+)|stale)-[0-9a-f]{8}")
 
 
 def remove_torn_writes(folder: str | Path) -> list[Path]:
     """Delete the temporary files that writes killed before their rename left in ``folder``
-    (a SIGKILL leaves no chance to clean up); returns them. Call it only while no other
-    process writes into ``folder``."""
+    (a SIGKILL leaves no chance to clean up), and those of a :class:`FolderLock` whose
+    process is gone; returns them. Call it only while holding the folder's lock."""
     folder = Path(folder)
-    torn = [p for p in folder.glob(".*.tmp") if _TEMPORARY.fullmatch(p.name)] \
-        if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    torn = [p for p in folder.glob(".*.tmp") if _TEMPORARY.fullmatch(p.name)]
+    # a lock's own temporaries: of a process killed while taking the lock (its PID gone),
+    # or while taking over a stale one (left for a minute: another process may be at it)
+    for path in folder.glob(f"{FolderLock.NAME}.*"):
+        match = _LOCK_TEMPORARY.fullmatch(path.name)
+        if match is None:
+            continue
+        pid = match.group("pid")
+        try:
+            dead = (not _pid_alive(int(pid))) if pid else (
+                time.time() - path.stat().st_mtime > 60)
+        except OSError:  # gone meanwhile
+            continue
+        if dead:
+            torn.append(path)
     for path in torn:
         path.unlink(missing_ok=True)
     return torn
