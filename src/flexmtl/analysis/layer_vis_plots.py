@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from flexmtl.analysis.layer_vis import SWEEP_VALUES, predict, scale_sweep, soft_core
-from flexmtl.run_folder import ExperimentFolder, PlotNames
+from flexmtl.run_folder import ExperimentFolder, PlotNames, atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
@@ -112,9 +112,11 @@ def plot_layer_sweep(
     sweep_fig.colorbar(change, ax=axes[:, -1].tolist(), shrink=0.6, label="brightness change")
     sweep_fig.suptitle(title or "layer inactive -> layer active", fontsize=9)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, bbox_inches="tight")
-    plt.close(fig)
+    try:  # atomically: a killed run leaves the previous figure, never a torn one
+        atomic_write(out_path, lambda f: fig.savefig(
+            f, bbox_inches="tight", format=out_path.suffix[1:] or "png"))
+    finally:
+        plt.close(fig)
     return out_path
 
 

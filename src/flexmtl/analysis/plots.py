@@ -42,7 +42,13 @@ from matplotlib.patches import Patch  # noqa: E402
 from flexmtl.analysis.embeddings import cosine_similarity  # noqa: E402
 from flexmtl.analysis.stats import t_quantile_975  # noqa: E402
 from flexmtl.registry import Registry  # noqa: E402
-from flexmtl.run_folder import ExperimentFolder, PlotNames, TrainingRun, read_json  # noqa: E402
+from flexmtl.run_folder import (  # noqa: E402
+    ExperimentFolder,
+    PlotNames,
+    TrainingRun,
+    atomic_write,
+    read_json,
+)
 
 __all__ = [
     "plot_allocation",
@@ -94,9 +100,8 @@ def _task_names(names: Sequence[str] | None, n: int) -> list[str]:
 
 def _save(fig: plt.Figure, out_path: str | Path) -> Path:
     path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=DPI)
+    try:  # atomically: a killed run leaves the previous figure, never a torn one
+        atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format=path.suffix[1:] or "png"))
     finally:
         plt.close(fig)
     return path
