@@ -198,9 +198,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, 
 def test_rank0_alone_writes_logs_and_checkpoints(two_processes, tmp_path):
     out, cli = two_processes
     run = out / "soft-joint"
-    written = {p.name for p in run.iterdir()} - {"best.prev.pt"}  # there after a new best
-    assert sorted(written) == [  # and no run.lock: released
-        "best.pt", "eval_log.csv", "fingerprint.json", "last.prev.pt", "last.pt", "sharing.pt",
+    written = {p.name for p in run.iterdir()}
+    assert sorted(written) == [  # no run.lock (released), no fallback copies (training ended)
+        "best.pt", "eval_log.csv", "fingerprint.json", "last.pt", "sharing.pt",
         "train_log.csv"]
     rows = [r.split(",") for r in (run / "train_log.csv").read_text().splitlines()]
     assert [r[0] for r in rows] == ["step", *map(str, range(1, STEPS + 1))]

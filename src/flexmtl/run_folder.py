@@ -9,7 +9,8 @@ Layout (``flexmtl run``; :mod:`flexmtl.runner`)::
         train_log.csv                per-step training losses (appended row by row)
         eval_log.csv                 validation metrics at every evaluation
         last.pt                      model, optimiser, sampler and RNG state (resume)
-        last.prev.pt                 the checkpoint before it (a fallback if last.pt is corrupt)
+        last.prev.pt                 the checkpoint before it (a fallback if last.pt is corrupt;
+                                     deleted when training ends, as is best.prev.pt)
         best.pt                      the model selected on validation
         best.prev.pt                 the selected model of the last checkpoint, while best.pt
                                      holds a newer one
@@ -552,6 +553,13 @@ class TrainingRun:
         ``last.pt`` damaged later has a fallback."""
         preserve(self.last, self.last_prev)
         atomic_save(state, self.last)
+
+    def drop_fallbacks(self) -> None:
+        """Delete ``last.prev.pt`` and ``best.prev.pt`` once training has ended: ``last.pt``
+        is then the final checkpoint, written and synced, and ``best.pt`` its selected model,
+        so the copies would only double the folder's size."""
+        for path in (self.last_prev, self.best_prev):
+            path.unlink(missing_ok=True)
 
     def read_fingerprint(self) -> dict | None:
         """``fingerprint.json``, or None when there is none."""

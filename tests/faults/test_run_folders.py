@@ -89,11 +89,11 @@ class Steps:
         self.steps.append(step)
 
 
-def train(out, tasks=None, model=None, cfg=None, **kwargs):
+def train(out, tasks=None, model=None, cfg=None, callbacks=(), **kwargs):
     tasks = tasks or make_tasks()
     steps = Steps()
     trainer = Trainer(model or make_model(tasks), tasks, cfg or config(), out_dir=out,
-                      callbacks=[steps], **kwargs)
+                      callbacks=[steps, *callbacks], **kwargs)
     return trainer.fit(), trainer, steps
 
 
@@ -408,7 +408,7 @@ def test_a_damaged_file_is_found_before_training_and_named(tmp_path, name, damag
     if name == "result.json":
         (tmp_path / name).write_text(json.dumps({"test": 1}))
     if no_prev:
-        (tmp_path / "last.prev.pt").unlink()
+        (tmp_path / "last.prev.pt").unlink(missing_ok=True)
     damage(tmp_path / name)
     error = refused(CorruptFileError, re.escape(str(tmp_path / name)), tmp_path,
                     cfg=config(steps=8))
@@ -416,14 +416,20 @@ def test_a_damaged_file_is_found_before_training_and_named(tmp_path, name, damag
 
 
 def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    reference, _, _ = train(tmp_path / "ref")
+    reference, _, _ = train(tmp_path / "ref", cfg=config(steps=6))
     out = tmp_path / "run"
-    train(out)
+
+    def stop(trainer, step):
+        if step == 5:  # after the checkpoints of steps 2 and 4
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(out, cfg=config(steps=6), callbacks=[stop])
     assert load_checkpoint(out / "last.prev.pt")["step"] == 2
     _truncate(out / "last.pt")
     capsys.readouterr()
-    result, trainer, steps = train(out)
-    assert trainer.resumed_from == 2 and steps.steps == [3, 4]
+    result, trainer, steps = train(out, cfg=config(steps=6))
+    assert trainer.resumed_from == 2 and steps.steps == [3, 4, 5, 6]
     assert result.test == reference.test  # the same run as one never damaged
     err = capsys.readouterr().err
     assert f"{out / 'last.pt'} is truncated or corrupt; resuming from " \
@@ -455,6 +461,22 @@ def test_a_best_model_newer_than_the_checkpoint_gives_way_to_the_kept_one(tmp_pa
     assert trainer.step == 4 and load_checkpoint(out / "best.pt")["step"] == 4
     result = trainer.fit()
     assert result.best_step == 8 and result.test == reference.test
+
+
+def test_the_fallback_copies_go_when_training_ends(tmp_path):
+    stopped = tmp_path / "stopped"
+
+    def stop(trainer, step):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, cfg=config(steps=6, eval_every=1, checkpoint_every=2,
+                                  select_on="last"), callbacks=[stop])
+    assert (stopped / "last.prev.pt").exists() and (stopped / "best.prev.pt").exists()
+    train(tmp_path / "done")
+    names = {p.name for p in (tmp_path / "done").iterdir()}
+    assert {"last.pt", "best.pt"} <= names and not names & {"last.prev.pt", "best.prev.pt"}
 
 
 def test_a_best_model_that_does_not_match_and_no_kept_one_is_refused(tmp_path):

@@ -167,6 +167,8 @@ class Checkpointing:
         """The model chosen on validation, on the cpu (rank 0; it also writes sharing.pt)."""
         if self.out_dir is not None:
             self._folder.save_sharing(self.sharing)
-            return self._folder.load_best_model()
+            best = self._folder.load_best_model()
+            self._folder.drop_fallbacks()  # training has ended: last.pt is final
+            return best
         best = self._best_in_memory or self.model.state_dict()
         return {k: v.detach().cpu() for k, v in best.items()}
