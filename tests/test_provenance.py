@@ -16,7 +16,7 @@ from flexmtl.analysis import floors as floors_mod
 from flexmtl.cli import main
 from flexmtl.reproduction import report as report_mod
 from flexmtl.reproduction import studies as st
-from flexmtl.run_folder import ExperimentFolder, ReproductionReport, TrainingRun
+from flexmtl.run_folder import ExperimentFolder, ReproductionReport
 from flexmtl.runner import run_experiment
 from flexmtl.tasks import LazyInputs, Task
 

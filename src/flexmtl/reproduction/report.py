@@ -434,6 +434,7 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
     files = ReproductionReport(doc)
     previous = _previous_results(files)
     current = provenance.code_provenance()
+    runs_files: dict[str, dict] = {}
     entries = []
     for study in all_studies():
         entry: dict[str, Any] = {"key": study.key, "paper": study.paper, "figure": study.figure,
@@ -470,8 +471,8 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True, exist_ok=True)
             figures = [os.path.relpath(p, doc.parent) for p in study.figures(run, dest)]
-        runs = _runs_file(study, run)  # after the figures: their folder was emptied
-        write_json(files.study_runs(study.key), runs)
+        runs = _runs_file(study, run)
+        runs_files[study.key] = runs  # written with the report, into the figures' folder
         stale = _stale_entry(runs["runs"], current)
         if stale is not None:
             entry["stale"] = stale
@@ -490,6 +491,8 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
     report = {"generated": datetime.date.today().isoformat(), "machine": _machine(),
               "generated_from": generated_from(), "studies": entries}
     files.write(render(report), report)
+    for key, runs in runs_files.items():
+        write_json(files.study_runs(key), runs)
     log(f"wrote {doc} and {files.figures}")
     return report
 
