@@ -109,6 +109,7 @@ def reproduce(
     A study that fails is recorded and the others still run; the error is raised at the end.
     """
     from flexmtl.runner import run_experiment
+    from flexmtl.training import distributed
 
     mode = "quick" if quick else "full"
     out = Path(out)
@@ -147,7 +148,7 @@ def reproduce(
             failed[study.key] = str(exc)
             log(f"{study.key}: failed: {exc}")
             continue
-        if floors:
+        if floors and distributed.is_main():  # under torchrun: rank 0 alone
             write_floors(folder, log)
     report = write_report(out, doc, log=log)
     if failed:
