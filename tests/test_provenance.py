@@ -227,3 +227,22 @@ def test_reference_floors_majority_logistic_and_caps():
     assert floors["lazy"]["split"] == "val" and floors["lazy"]["train_examples"] == 50
     assert "train subsampled to 50 of 200 examples" in floors["lazy"]["note"]
     assert floors == floors_mod.reference_floors([clf, reg, lazy], lazy_limit=50)  # fixed seeds
+
+
+def test_per_seed_runs_and_floors_of_a_sweep(tmp_path):
+    out = tmp_path / "run"
+    run_experiment("random-tasks", methods=["parallel"], seeds=1, out_dir=out,
+                   overrides={k: v for k, v in TINY.items() if k != "n"},
+                   sweep=("n", (8, 16)), progress=False, plots=False, log=_quiet)
+    folder = ExperimentFolder(out)
+    runs = report_mod.per_seed_runs(folder)
+    assert [(r["value"], r["method"], r["seed"]) for r in runs] == [
+        (8, "parallel", 0), (16, "parallel", 0)]
+    floors = report_mod.write_floors(folder, log=_quiet)
+    assert [p["value"] for p in floors["points"]] == [8, 16]
+    rows = report_mod.floors_entry(folder.read_floors())
+    assert [(r["key"], r["value"], r["seeds"]) for r in rows] == [("n", 8, 1), ("n", 16, 1)]
+    line = report_mod._provenance_lines({"floors": rows})[0]
+    assert line.startswith("Reference floors on the same splits: n=8: majority class ")
+    folder.clear()  # --restart: the floors go with the runs
+    assert folder.read_floors() is None

@@ -237,7 +237,7 @@ def write_floors(folder: ExperimentFolder, log: Callable[[str], None] = print) -
                          f"{floors_mod.MAX_TRAIN} examples (seed {floors_mod.SEED}); test "
                          "accuracy (val where a task has no test split); classification "
                          "tasks only"),
-            "points": points}
+            "sweep_key": (manifest.get("sweep") or {}).get("key"), "points": points}
     if data != old:
         folder.write_floors(data)
     return data
@@ -251,7 +251,8 @@ def floors_entry(floors: dict | None) -> list[dict]:
     out = []
     for point in (floors or {}).get("points") or []:
         seeds = point.get("seeds") or {}
-        row: dict[str, Any] = {"value": point.get("value"), "seeds": len(seeds)}
+        row: dict[str, Any] = {"key": (floors or {}).get("sweep_key"),
+                               "value": point.get("value"), "seeds": len(seeds)}
         for key in ("majority", "logistic"):
             values = [mean_over_tasks(tasks, key) for tasks in seeds.values()]
             values = [v for v in values if not math.isnan(v)]
@@ -297,7 +298,8 @@ def per_seed_runs(folder: ExperimentFolder) -> list[dict]:
         result = run.read_result() or {}
         out.append({"value": values.get(str(point)), "method": method, "seed": run.seed,
                     "values": _run_values(result), "provenance": result.get("provenance")})
-    return out
+    order = list(values.values())  # the sweep's order, not the folders' (n=16 < n=8)
+    return sorted(out, key=lambda r: order.index(r["value"]) if r["value"] in order else -1)
 
 
 def _runs_file(study: Study, run: StudyRun) -> dict:
@@ -615,7 +617,8 @@ def _provenance_lines(e: dict) -> list[str]:
     floors = e.get("floors") or []
     if floors:
         def one(row: dict) -> str:
-            point = "" if row.get("value") is None else f"at {row['value']}: "
+            point = ("" if row.get("value") is None else
+                     f"{row.get('key') or 'at'}={row['value']}: ")
             return (f"{point}majority class {fmt(row.get('majority'), 2)}, logistic regression "
                     f"{fmt(row.get('logistic'), 2)}")
         notes = sorted({n for row in floors for n in row.get("notes") or []})
