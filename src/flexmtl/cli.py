@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="apply torch.compile to the training forward")
     rep.add_argument("--restart", action="store_true",
                      help="delete the selected studies' runs (of this mode) and redo them")
+    rep.add_argument("--allow-stale", action="store_true",
+                     help="reuse finished runs of other code (source, torch, numpy) instead "
+                          "of rerunning their study; the report marks it stale")
+    rep.add_argument("--check", metavar="STUDY",
+                     help="rerun STUDY from scratch in a temporary folder and compare every "
+                          "per-seed value with docs/reproduction/STUDY/runs.json exactly "
+                          "(exit 1 on a mismatch); --quick: its quick protocol")
     rep.add_argument("--list", action="store_true", help="list the studies and exit")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -226,9 +233,9 @@ def _cmd_plot(run_dir: str) -> None:
         print(path)
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> None:
+def _cmd_reproduce(args: argparse.Namespace) -> int:
     from flexmtl.reproduction import reproduce, write_report
-    from flexmtl.reproduction.report import select, unavailable
+    from flexmtl.reproduction.report import check, select, unavailable
 
     if args.list:
         for study in select(args.only):
@@ -236,18 +243,27 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
             print(f"  {study.key:<12} {study.figure:<20} {study.claim}")
             print(f"  {'':<12} {'':<20} experiment {study.experiment}"
                   + (f"; not runnable here: {why}" if why else ""))
-        return
+        return 0
     if args.report_only:
-        if args.only or args.quick or args.restart:
+        if args.only or args.quick or args.restart or args.check:
             raise FlexMTLError("--report-only rewrites the whole report from every finished "
-                               "run; it takes neither --only, --quick nor --restart")
+                               "run; it takes neither --only, --quick, --restart nor --check")
         write_report(args.out, args.doc)
-        return
+        return 0
     runtime = {"device": args.device} if args.device else {}
     if args.compile:
         runtime["compile"] = True
+    if args.check:
+        if args.only or args.restart or args.allow_stale:
+            raise FlexMTLError("--check reruns one study into a temporary folder; it takes "
+                               "neither --only, --restart nor --allow-stale")
+        mismatches = check(args.check, quick=args.quick, doc=args.doc, runtime=runtime,
+                           progress=not args.no_progress)
+        return 1 if mismatches else 0
     reproduce(args.only, quick=args.quick, out=args.out, doc=args.doc,
-              progress=not args.no_progress, runtime=runtime, restart=args.restart)
+              progress=not args.no_progress, runtime=runtime, restart=args.restart,
+              allow_stale=args.allow_stale)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     from flexmtl.training import distributed
 
+    rc = 0
     try:
         if args.command == "list":
             _cmd_list()
@@ -269,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "plot":
             _cmd_plot(args.run_dir)
         elif args.command == "reproduce":
-            _cmd_reproduce(args)
+            rc = _cmd_reproduce(args)
         elif args.command == "data":
             _cmd_data(args)
         sys.stdout.flush()  # a reader that left surfaces here, not at interpreter exit
@@ -293,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         distributed.cleanup()  # after an error: leave without waiting for the other ranks
-    return 0
+    return rc
 
 
 def _rank() -> str:

@@ -5,6 +5,8 @@ Layout (``flexmtl run``; :mod:`flexmtl.runner`)::
     OUT/config.json                  the manifest: resolved config, methods, seeds, sweep
     OUT/results.json                 mean and 95% CI per method (and per sweep value)
     OUT/plots/*.png                  the figures of :func:`flexmtl.analysis.plots.plot_run`
+    OUT/floors.json                  reference floors on the same splits (``flexmtl
+                                     reproduce``; :mod:`flexmtl.analysis.floors`)
     OUT/[KEY=VALUE/]METHOD/seed-S/   one training run:
         train_log.csv                per-step training losses (appended row by row)
         eval_log.csv                 validation metrics at every evaluation
@@ -17,7 +19,8 @@ Layout (``flexmtl run``; :mod:`flexmtl.runner`)::
         fingerprint.json             what the run trains: settings, tasks, data digest, model
         run.lock                     held while a process writes the run (also OUT/run.lock)
         sharing.pt                   the sharing parameters over training
-        result.json                  the finished run's metrics (its presence: "done")
+        result.json                  the finished run's metrics and provenance (its
+                                     presence: "done"; :mod:`flexmtl.provenance`)
 
 :class:`ExperimentFolder` owns the top level, :class:`TrainingRun` one run's folder,
 :class:`PlotNames` the figure names and :class:`ReproductionReport` the files of
@@ -685,6 +688,7 @@ class ExperimentFolder:
     MANIFEST = "config.json"
     RESULTS = "results.json"
     PLOTS = "plots"
+    FLOORS = "floors.json"
     SEED_PREFIX = "seed-"
 
     def __init__(self, path: str | Path):
@@ -704,6 +708,10 @@ class ExperimentFolder:
     @property
     def plots(self) -> Path:
         return self.path / self.PLOTS
+
+    @property
+    def floors(self) -> Path:
+        return self.path / self.FLOORS
 
     def point(self, key: str, value: Any) -> Path:
         """The folder of one sweep value, ``KEY=VALUE``."""
@@ -732,7 +740,7 @@ class ExperimentFolder:
         """Delete what flexmtl wrote here (``--restart``): the manifest, the results, the
         plots and every ``[KEY=VALUE/]METHOD/seed-S`` folder; other files stay. Returns
         what was deleted."""
-        gone = [p for p in (self.manifest, self.results) if p.exists()]
+        gone = [p for p in (self.manifest, self.results, self.floors) if p.exists()]
         for path in gone:
             path.unlink()
         if self.plots.is_dir():
@@ -767,6 +775,20 @@ class ExperimentFolder:
 
     def write_results(self, results: dict) -> None:
         write_json(self.results, results)
+
+    def read_floors(self) -> dict | None:
+        """``floors.json`` (:func:`flexmtl.analysis.floors.reference_floors` per sweep value
+        and seed), or None when there is none."""
+        return _read_object(self.floors) if self.floors.exists() else None
+
+    def write_floors(self, floors: dict) -> None:
+        write_json(self.floors, floors)
+
+    def finished_runs(self) -> list[tuple[Path, str, TrainingRun]]:
+        """``[(point folder, method, run)]`` of every finished run here, in folder order."""
+        return [(point, method, run) for point in self.points()
+                for method, method_dir in self.method_dirs(point).items()
+                for run in self.seed_runs(method_dir) if run.is_finished()]
 
     @classmethod
     def method_dirs(cls, point: Path) -> dict[str, Path]:
@@ -843,11 +865,13 @@ class PlotNames:
 
 class ReproductionReport:
     """The files of ``flexmtl reproduce``: the report ``doc`` (``REPRODUCTION.md``), its
-    figures and data beside it in ``docs/reproduction/``, and the study run folders
+    figures and data beside it in ``docs/reproduction/`` (``reproduction.json``; per study
+    ``KEY/`` with its figures and ``runs.json``), and the study run folders
     ``OUT/{full,quick}/STUDY`` (each an :class:`ExperimentFolder`)."""
 
     DOC = "REPRODUCTION.md"
     DATA = "reproduction.json"
+    RUNS = "runs.json"
 
     def __init__(self, doc: str | Path = DOC):
         self.doc = Path(doc)
@@ -862,6 +886,10 @@ class ReproductionReport:
 
     def study_figures(self, key: str) -> Path:
         return self.figures / key
+
+    def study_runs(self, key: str) -> Path:
+        """``docs/reproduction/KEY/runs.json``: the study's per-seed values and provenance."""
+        return self.study_figures(key) / self.RUNS
 
     @staticmethod
     def study_folder(out: str | Path, mode: str, key: str) -> ExperimentFolder:

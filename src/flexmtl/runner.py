@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from flexmtl import provenance
 from flexmtl.analysis.stats import format_mean_ci, summarize
 from flexmtl.errors import ConfigError, FolderMismatchError, UnknownNameError
 from flexmtl.experiments import get_experiment
@@ -113,6 +114,7 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
         log(f"  note: {note}")
 
     point_results = []
+    stale: list[tuple[TrainingRun, dict]] = []  # finished runs reused that ran other code
     start = time.perf_counter()
     for value in values:
         point_cfg = dict(cfg) if key is None else {**cfg, key: value}
@@ -126,9 +128,28 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
                 for seed in range(seeds)
             ]
         point_results.append({"value": value, "methods": _aggregate(runs), "data": data_sources})
+        stale += [(folder.run(r["method"], r["seed"], point), r) for rs in runs.values()
+                  for r in rs if provenance.stale_reasons(r.get("provenance"))]
+    if stale:
+        log(_stale_warning(folder, stale))
     results = _results(exp, manifest, point_results, time.perf_counter() - start)
+    results["stale_runs"] = [_relative(run.path, folder.path) for run, _ in stale]
     distributed.on_main(_write_results, folder, results, log, plots)
     return results
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def _stale_warning(folder: ExperimentFolder, stale: list[tuple[TrainingRun, dict]]) -> str:
+    """One line naming the finished runs reused although they ran other code than now."""
+    names = [_relative(run.path, folder.path) for run, _ in stale]
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    why = "; ".join(dict.fromkeys(
+        reason for _, r in stale for reason in provenance.stale_reasons(r.get("provenance"))))
+    return (f"warning: {len(names)} reused finished run(s) ran other code than now ({why}): "
+            f"{shown}; their results are averaged with this code's (--restart to redo them)")
 
 
 def _write_results(out: ExperimentFolder, results: dict, log, plots: bool) -> None:
@@ -254,7 +275,7 @@ def _run_one(exp, method, seed, cfg, run: TrainingRun, progress, data_sources, l
     res = trainer.fit()
     resumed = trainer.resumed_from
     return distributed.on_main(_report, exp, method, seed, cfg, tasks, model, res, resumed,
-                               run, log)
+                               run, log, trainer.device)
 
 
 def _check_finished(exp, method, seed, cfg, run: TrainingRun) -> bool:
@@ -279,8 +300,15 @@ def _check_finished(exp, method, seed, cfg, run: TrainingRun) -> bool:
     return True
 
 
-def _report(exp, method, seed, cfg, tasks, model, res, resumed, run: TrainingRun, log) -> dict:
-    """Write a finished run's ``result.json`` and print its line (rank 0)."""
+def _report(exp, method, seed, cfg, tasks, model, res, resumed, run: TrainingRun, log,
+            device=None) -> dict:
+    """Write a finished run's ``result.json`` and print its line (rank 0). Its
+    ``provenance`` (:func:`flexmtl.provenance.run_provenance`) takes the data digests from
+    the run's ``fingerprint.json`` (computed once, by the trainer)."""
+    fingerprint = run.read_fingerprint()
+    if fingerprint is None:  # not written (no checkpoint was saved): computed here
+        fingerprint = run_fingerprint(exp.train_config(cfg, seed, False), tasks, model)
+    device = device if device is not None else next(model.parameters(), torch.empty(0)).device
     result = {
         "method": method, "seed": seed, "best_step": res.best_step, "steps": res.steps,
         "finetune_step": res.finetune_step,  # when the finetune optimiser took over, or None
@@ -289,6 +317,7 @@ def _report(exp, method, seed, cfg, tasks, model, res, resumed, run: TrainingRun
         # measured on the selected checkpoint, which fit() has loaded into the model
         "analysis": exp.analyze(model, tasks, cfg) if exp.analyze else {},
         "sharing": sharing_summary(model),
+        "provenance": provenance.run_provenance(device, fingerprint),
     }
     run.write_result(result)
     test = res.test if res.test["tasks"] else res.val

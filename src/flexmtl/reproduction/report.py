@@ -6,23 +6,46 @@ finished, so an interrupted reproduction picks up where it stopped. The report i
 whatever has finished: for each study the full run when it is complete, else the quick one.
 A study with no finished run under ``OUT`` (run elsewhere, or its runs deleted) keeps what the
 previous report (``reproduction.json``) said of it, so a partial run loses nothing.
+
+Provenance (:mod:`flexmtl.provenance`): a study whose finished runs ran other code (another
+source hash, torch or numpy; or no provenance: an older flexmtl) is rerun from scratch, unless
+``allow_stale``, which reuses them and marks the study ``stale`` in the report. The report data
+says what it was generated from (``generated_from``); per study it writes
+``docs/reproduction/KEY/runs.json`` (:func:`per_seed_runs`: every per-seed value and its
+provenance), which :func:`check` compares with a rerun from scratch, and
+``entry["floors"]``, the reference floors (:mod:`flexmtl.analysis.floors`) that
+:func:`reproduce` computes once per sweep value and seed into the run folder's
+``floors.json``.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import os
 import platform
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flexmtl import provenance
+from flexmtl.analysis.stats import summarize
 from flexmtl.data import data_status
 from flexmtl.errors import CorruptFileError, FlexMTLError, UnknownNameError
 from flexmtl.experiments import EXPERIMENTS
-from flexmtl.reproduction.studies import STUDIES, Study, StudyRun, all_studies, data_notes
-from flexmtl.run_folder import ReproductionReport, read_json
+from flexmtl.reproduction.studies import (
+    STUDIES,
+    Protocol,
+    Study,
+    StudyRun,
+    all_studies,
+    data_notes,
+    fmt,
+)
+from flexmtl.run_folder import ExperimentFolder, ReproductionReport, read_json, write_json
 
 MODES = ("full", "quick")
 
@@ -68,11 +91,16 @@ def reproduce(
     log: Callable[[str], None] = print,
     runtime: Mapping[str, Any] | None = None,
     restart: bool = False,
+    allow_stale: bool = False,
+    floors: bool = True,
 ) -> dict:
     """Run the selected studies in ``full`` or ``quick`` mode, then write the report.
 
     ``restart``: delete the runs of each selected study (of this mode) first and redo them
-    (:func:`~flexmtl.runner.run_experiment`'s ``restart``); otherwise they resume.
+    (:func:`~flexmtl.runner.run_experiment`'s ``restart``); otherwise they resume, except a
+    study with a finished run of other code (:func:`stale_runs`), which is restarted too
+    unless ``allow_stale`` (then it is reused, and the report says it is stale).
+    ``floors``: compute the reference floors of each study (:func:`write_floors`).
 
     ``runtime``: config keys that say how to run, not what (``device``, ``compile``), added to
     every study's overrides; a run folder resumes across them.
@@ -81,6 +109,7 @@ def reproduce(
     A study that fails is recorded and the others still run; the error is raised at the end.
     """
     from flexmtl.runner import run_experiment
+    from flexmtl.training import distributed
 
     mode = "quick" if quick else "full"
     out = Path(out)
@@ -96,15 +125,31 @@ def reproduce(
             log(f"{study.key} ({study.figure}): not run here: {why or 'no protocol'}")
             continue
         log(f"\n== {study.key}: {study.paper}, {study.figure} ({mode}) ==")
+        folder = ReproductionReport.study_folder(out, mode, study.key)
+        fresh = restart
+        stale = {} if restart else stale_runs(folder)
+        if stale:
+            what = (f"{len(stale)} finished run(s) in {folder.path} ran other code than now "
+                    f"({'; '.join(dict.fromkeys(r for rs in stale.values() for r in rs))})")
+            if allow_stale:
+                log(f"{study.key}: --allow-stale: reusing them although {what}; the report "
+                    "marks the study stale")
+            else:
+                log(f"{study.key}: {what}: rerunning the study from scratch (--allow-stale "
+                    "reuses them)")
+                fresh = True
         try:
             run_experiment(study.experiment, methods=protocol.methods, seeds=protocol.seeds,
-                           out_dir=ReproductionReport.study_folder(out, mode, study.key).path,
+                           out_dir=folder.path,
                            overrides={**protocol.overrides, **(runtime or {})},
                            sweep=protocol.sweep or None, progress=progress, plots=True,
-                           log=log, restart=restart)
+                           log=log, restart=fresh)
         except FlexMTLError as exc:
             failed[study.key] = str(exc)
             log(f"{study.key}: failed: {exc}")
+            continue
+        if floors and distributed.is_main():  # under torchrun: rank 0 alone
+            write_floors(folder, log)
     report = write_report(out, doc, log=log)
     if failed:
         raise FlexMTLError("some studies failed: " + "; ".join(f"{k}: {v}"
@@ -123,6 +168,263 @@ def finished_run(out: Path, study: Study) -> StudyRun | None:
     return None
 
 
+# ---------------------------------------------------------------------- provenance
+
+
+def stale_runs(folder: ExperimentFolder,
+               current: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
+    """The finished runs of ``folder`` that ran other code than ``current`` (default: this
+    process's, :func:`flexmtl.provenance.code_provenance`), by folder-relative path, with why
+    (:func:`flexmtl.provenance.stale_reasons`). A run whose ``result.json`` cannot be read is
+    left to the runner, which names it."""
+    current = provenance.code_provenance() if current is None else current
+    out = {}
+    for _point, _method, run in folder.finished_runs():
+        try:
+            result = run.read_result()
+        except CorruptFileError:
+            continue
+        reasons = provenance.stale_reasons((result or {}).get("provenance"), current)
+        if reasons:
+            out[run.path.relative_to(folder.path).as_posix()] = reasons
+    return out
+
+
+def _manifest_points(manifest: dict) -> list[tuple[Any, dict]]:
+    """``[(sweep value or None, config)]`` of a run folder's manifest."""
+    cfg = dict(manifest["config"])
+    sweep = manifest.get("sweep")
+    if not sweep:
+        return [(None, cfg)]
+    return [(value, {**cfg, sweep["key"]: value}) for value in sweep["values"]]
+
+
+def write_floors(folder: ExperimentFolder, log: Callable[[str], None] = print) -> dict | None:
+    """Compute the reference floors (:func:`flexmtl.analysis.floors.reference_floors`) of
+    every sweep value and seed of a finished study folder, on the tasks the runner built
+    (``exp.build_tasks(cfg, seed)`` after ``seed_everything(seed)``), into its
+    ``floors.json``; those already there are kept. None (said in ``log``) when they cannot be
+    computed here (no manifest, scikit-learn missing)."""
+    from flexmtl.analysis import floors as floors_mod
+    from flexmtl.experiments import get_experiment
+    from flexmtl.training import seed_everything
+
+    manifest = folder.read_manifest()
+    if manifest is None:
+        return None
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        log("reference floors skipped: install scikit-learn (pip install 'flexmtl[data]')")
+        return None
+    exp = get_experiment(manifest["experiment"])
+    old = folder.read_floors() or {}
+    done = {(json.dumps(p.get("value")), str(seed)): tasks
+            for p in old.get("points") or [] for seed, tasks in (p.get("seeds") or {}).items()}
+    points = []
+    for value, cfg in _manifest_points(manifest):
+        seeds = {}
+        for seed in manifest["seeds"]:
+            key = (json.dumps(value), str(seed))
+            if key not in done:
+                seed_everything(seed)
+                done[key] = floors_mod.reference_floors(exp.build_tasks(cfg, seed))
+            seeds[str(seed)] = done[key]
+        points.append({"value": value, "seeds": seeds})
+    data = {"protocol": (f"majority class of the train split; sklearn LogisticRegression("
+                         f"max_iter={floors_mod.MAX_ITER}, random_state={floors_mod.SEED}) on "
+                         f"flattened inputs, train subsampled to at most "
+                         f"{floors_mod.MAX_TRAIN} examples (seed {floors_mod.SEED}); test "
+                         "accuracy (val where a task has no test split); classification "
+                         "tasks only"),
+            "sweep_key": (manifest.get("sweep") or {}).get("key"), "points": points}
+    if data != old:
+        folder.write_floors(data)
+    return data
+
+
+def floors_entry(floors: dict | None) -> list[dict]:
+    """The report's ``floors``: per sweep value, mean ± 95% CI over seeds of the mean over
+    tasks of the majority-class and the logistic-regression accuracy (empty: none)."""
+    from flexmtl.analysis.floors import mean_over_tasks
+
+    out = []
+    for point in (floors or {}).get("points") or []:
+        seeds = point.get("seeds") or {}
+        row: dict[str, Any] = {"key": (floors or {}).get("sweep_key"),
+                               "value": point.get("value"), "seeds": len(seeds)}
+        for key in ("majority", "logistic"):
+            values = [mean_over_tasks(tasks, key) for tasks in seeds.values()]
+            values = [v for v in values if not math.isnan(v)]
+            if values:
+                row[key] = summarize(values)
+        notes = sorted({t["note"] for tasks in seeds.values() for t in tasks.values()
+                        if "note" in t})
+        if notes:
+            row["notes"] = notes
+        if "majority" in row:
+            out.append(row)
+    return out
+
+
+#: the per-seed values of ``runs.json`` that :func:`check` compares
+RUN_VALUES = ("test", "val", "tasks", "analysis", "best_step", "steps")
+
+
+def _split_values(split: Any) -> Any:
+    if not isinstance(split, dict):
+        return split
+    return {k: v for k, v in split.items() if k in ("loss", "accuracy")}
+
+
+def _run_values(result: dict) -> dict[str, Any]:
+    test = result.get("test") or {}
+    return {"test": _split_values(test), "val": _split_values(result.get("val")),
+            "tasks": test.get("tasks"), "analysis": result.get("analysis") or {},
+            "best_step": result.get("best_step"), "steps": result.get("steps")}
+
+
+def per_seed_runs(folder: ExperimentFolder) -> list[dict]:
+    """Every finished run of a study folder: ``{"value", "method", "seed", "values":
+    {test/val loss and accuracy, per-task test metrics, analysis values, best_step, steps},
+    "provenance"}`` (no histories), by sweep value, method and seed."""
+    manifest = folder.read_manifest() or {}
+    sweep = manifest.get("sweep")
+    values = {str(folder.point(sweep["key"], v)): v for v in sweep["values"]} if sweep else {}
+    out = []
+    for point, method, run in folder.finished_runs():
+        if point != folder.path and str(point) not in values:
+            continue  # a sweep value that is not this study's
+        result = run.read_result() or {}
+        out.append({"value": values.get(str(point)), "method": method, "seed": run.seed,
+                    "values": _run_values(result), "provenance": result.get("provenance")})
+    order = list(values.values())  # the sweep's order, not the folders' (n=16 < n=8)
+    return sorted(out, key=lambda r: order.index(r["value"]) if r["value"] in order else -1)
+
+
+def _runs_file(study: Study, run: StudyRun) -> dict:
+    return {"study": study.key, "experiment": study.experiment, "mode": run.mode,
+            "runs": per_seed_runs(ExperimentFolder(run.run_dir))}
+
+
+def _stale_entry(runs: list[dict], current: Mapping[str, Any]) -> dict | None:
+    """``entry["stale"]`` of a study whose runs ran other code than ``current``, or None."""
+    stale = [r for r in runs if provenance.stale_reasons(r.get("provenance"), current)]
+    if not stale:
+        return None
+    ran_on = provenance.distinct(r.get("provenance") for r in stale)
+    reasons = list(dict.fromkeys(x for r in stale
+                                 for x in provenance.stale_reasons(r.get("provenance"), current)))
+    return {"runs": len(stale), "of": len(runs), "ran_on": ran_on, "reasons": reasons,
+            "text": f"stale: run on {' and '.join(ran_on)}, code has changed since"}
+
+
+def generated_from() -> dict[str, Any]:
+    """The report data's ``generated_from``: the commit, dirtiness and source hash of the code
+    writing the report (:func:`flexmtl.provenance.code_provenance`)."""
+    code = provenance.code_provenance()
+    return {k: code[k] for k in ("flexmtl", "commit", "dirty", "source_hash")}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Exact equality of JSON values (NaN equal to NaN)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _differences(path: str, a: Any, b: Any) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [line for k in dict.fromkeys([*a, *b])
+                for line in _differences(f"{path}.{k}", a.get(k, "(none)"),
+                                         b.get(k, "(none)"))]
+    if _same(a, b):
+        return []
+    return [f"{path}: committed {json.dumps(a)}, rerun {json.dumps(b)}"]
+
+
+def compare_runs(committed: Sequence[dict], rerun: Sequence[dict]) -> list[str]:
+    """Every per-seed value that differs between two ``runs.json`` run lists, exactly (one
+    line each), and the runs only one of them holds."""
+    def key(r: dict) -> tuple[str, str, Any]:
+        return (json.dumps(r.get("value")), str(r.get("method")), r.get("seed"))
+
+    def name(k: tuple[str, str, Any]) -> str:
+        value = json.loads(k[0])
+        return (f"{'' if value is None else f'value {value}, '}{k[1]} seed {k[2]}")
+
+    old = {key(r): r for r in committed}
+    new = {key(r): r for r in rerun}
+    lines = []
+    for k in dict.fromkeys([*old, *new]):
+        if k not in new:
+            lines.append(f"{name(k)}: committed, but not rerun by this protocol")
+        elif k not in old:
+            lines.append(f"{name(k)}: rerun, but not in the committed runs")
+        else:
+            lines += [f"{name(k)}: {d}" for d in
+                      _differences("", old[k].get("values"), new[k].get("values"))]
+    return lines
+
+
+def check(key: str, quick: bool = False, doc: str | Path = ReproductionReport.DOC,
+          runtime: Mapping[str, Any] | None = None, progress: bool = True,
+          log: Callable[[str], None] = print, keep: str | Path | None = None) -> list[str]:
+    """Rerun study ``key`` (``quick``: its quick protocol) from scratch into a temporary
+    folder (``keep``: into this one, kept) and compare every per-seed value with the
+    committed ``docs/reproduction/KEY/runs.json`` beside ``doc``, exactly. Returns the
+    mismatches (each said in ``log``); empty when bit-identical."""
+    from flexmtl.runner import run_experiment
+
+    study = STUDIES.get(key)
+    files = ReproductionReport(doc)
+    path = files.study_runs(study.key)
+    if not path.is_file():
+        raise FlexMTLError(f"{path} does not exist: run `flexmtl reproduce --only {key}` "
+                           "first, to write the per-seed values to check")
+    committed = read_json(path)
+    if not isinstance(committed, dict) or not isinstance(committed.get("runs"), list):
+        raise CorruptFileError(path, f"{path} is not a study's per-seed runs (no list of runs)")
+    mode = "quick" if quick else "full"
+    if committed.get("mode") not in (None, mode):
+        raise FlexMTLError(f"{path} holds the runs of the {committed['mode']} protocol; check "
+                           "it " + ("with" if committed["mode"] == "quick" else "without")
+                           + " --quick")
+    source = STUDIES.get(study.runs_with) if study.runs_with else study
+    protocol: Protocol | None = (source.quick or source.full) if quick else source.full
+    if protocol is None:
+        raise FlexMTLError(f"study {key!r} has no protocol to rerun")
+    current = provenance.code_provenance()
+    changed = {provenance.describe(r.get("provenance")) for r in committed["runs"]
+               if provenance.stale_reasons(r.get("provenance"), current)}
+    if changed:
+        log(f"note: the committed runs ran other code ({', '.join(sorted(changed))}) than now "
+            f"({provenance.describe(current)}): differences may come from that")
+    tmp = None if keep is not None else tempfile.mkdtemp(prefix=f"flexmtl-check-{key}-")
+    out = Path(keep) if keep is not None else Path(tmp or ".")
+    try:
+        run_experiment(source.experiment, methods=protocol.methods, seeds=protocol.seeds,
+                       out_dir=out, overrides={**protocol.overrides, **(runtime or {})},
+                       sweep=protocol.sweep or None, progress=progress, plots=False, log=log,
+                       restart=True)
+        mismatches = compare_runs(committed["runs"], per_seed_runs(ExperimentFolder(out)))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    n = len(committed["runs"])
+    if mismatches:
+        log(f"{key}: {len(mismatches)} mismatch(es) with {path}:")
+        for line in mismatches:
+            log(f"  {line}")
+    else:
+        log(f"{key}: all {n} committed run(s) reproduced exactly ({path})")
+    return mismatches
+
+
 def write_report(out: str | Path = "runs/reproduce", doc: str | Path = ReproductionReport.DOC,
                  log: Callable[[str], None] = print) -> dict:
     """Write ``doc`` and its figures (``<doc folder>/docs/reproduction/``) from the finished
@@ -134,6 +436,8 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
     out, doc = Path(out), Path(doc)
     files = ReproductionReport(doc)
     previous = _previous_results(files)
+    current = provenance.code_provenance()
+    runs_files: dict[str, dict] = {}
     entries = []
     for study in all_studies():
         entry: dict[str, Any] = {"key": study.key, "paper": study.paper, "figure": study.figure,
@@ -170,6 +474,14 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True, exist_ok=True)
             figures = [os.path.relpath(p, doc.parent) for p in study.figures(run, dest)]
+        runs = _runs_file(study, run)
+        runs_files[study.key] = runs  # written with the report, into the figures' folder
+        stale = _stale_entry(runs["runs"], current)
+        if stale is not None:
+            entry["stale"] = stale
+        entry.update(
+            floors=floors_entry(ExperimentFolder(run.run_dir).read_floors()),
+            runs_file=os.path.relpath(files.study_runs(study.key), doc.parent))
         entry.update(
             status="run", mode=run.mode, seeds=len(run.results.get("seeds") or []),
             protocol_note=used.note if used else "",
@@ -180,8 +492,10 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
             wall_seconds=run.results.get("wall_seconds"), run_dir=str(run.run_dir))
         entries.append(entry)
     report = {"generated": datetime.date.today().isoformat(), "machine": _machine(),
-              "studies": entries}
+              "generated_from": generated_from(), "studies": entries}
     files.write(render(report), report)
+    for key, runs in runs_files.items():
+        write_json(files.study_runs(key), runs)
     log(f"wrote {doc} and {files.figures}")
     return report
 
@@ -281,9 +595,34 @@ def _entry(e: dict) -> list[str]:
               f"{e['protocol_note'] or 'as the paper'}):", "", *e["ours"], "",
               f"**Data.** {e['data']}", "",
               f"**Verdict: {e['verdict']}.** {e['reason']}.", ""]
+    lines += _provenance_lines(e)  # reference floors and staleness (flexmtl.provenance)
     if e.get("investigation"):
         lines += [f"**Investigation.** {e['investigation']}", ""]
     lines += [f"Run: `{e['run_command']}` (paper protocol: `{e['command']}`)."
               if e["mode"] != "full" else f"Run: `{e['run_command']}`.", ""]
     lines += [f"![{e['figure']}]({path})" for path in e["figures"]]
+    return lines
+
+
+# ------------------------------------------------- provenance rendering (separate helper)
+
+
+def _provenance_lines(e: dict) -> list[str]:
+    """The lines a run study's section gets from its provenance data: the stale mark
+    (``entry["stale"]``) and the reference floors (``entry["floors"]``), one line each."""
+    lines = []
+    if e.get("stale"):
+        lines += [f"**{e['stale']['text'].capitalize()}** ({e['stale']['runs']} of "
+                  f"{e['stale']['of']} runs: {'; '.join(e['stale']['reasons'])}).", ""]
+    floors = e.get("floors") or []
+    if floors:
+        def one(row: dict) -> str:
+            point = ("" if row.get("value") is None else
+                     f"{row.get('key') or 'at'}={row['value']}: ")
+            return (f"{point}majority class {fmt(row.get('majority'), 2)}, logistic regression "
+                    f"{fmt(row.get('logistic'), 2)}")
+        notes = sorted({n for row in floors for n in row.get("notes") or []})
+        lines += ["Reference floors on the same splits: " + "; ".join(one(r) for r in floors)
+                  + " (test accuracy, mean over tasks" + (f"; {'; '.join(notes)}" if notes
+                                                          else "") + ").", ""]
     return lines
