@@ -498,8 +498,8 @@ register_study(Study(
     claims=T1_CLAIMS,
     assess=_assess_table1,
     figures=copy_plots(PlotNames.layer_sweep(0)),
-    remark=("Which layer learns which primitive can differ between runs, so layer 1 here need "
-            "not be the paper's layer 1; the figure shows what ours does."),
+    remark=("Which layer learns which primitive can differ between runs, so our first layer "
+            "need not be the paper's first layer; the figure shows what ours does."),
     data=data_notes,
 ))
 

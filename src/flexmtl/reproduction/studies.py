@@ -348,21 +348,6 @@ def significant(diff: dict) -> bool:
     return not math.isnan(ci) and abs(diff["mean"]) > ci
 
 
-def compare(name_a: str, a: dict, name_b: str, b: dict, lower_is_better: bool,
-            digits: int = 3, scale: float = 1.0) -> tuple[int, str]:
-    """+1 if a is significantly better than b, -1 if significantly worse, 0 otherwise; and
-    a sentence that says so with the paired difference."""
-    diff = paired_difference(a, b)
-    better = diff["mean"] < 0 if lower_is_better else diff["mean"] > 0
-    sig = significant(diff)
-    word = ("better than" if better else "worse than") if sig else (
-        "a trend better than" if better else "a trend worse than")
-    if diff["mean"] == 0:
-        word = "equal to"
-    text = f"{name_a} {word} {name_b} (difference {fmt(diff, digits, scale)})"
-    return (1 if better else -1) if sig else 0, text
-
-
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
