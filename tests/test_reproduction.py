@@ -344,8 +344,9 @@ def test_fig7_and_clusters_and_image_studies_on_fake_results(tmp_path, monkeypat
     a = gm._assess_clusters(_run(clusters, tmp_path))
     # all 10 tasks share one embedding in each cluster (p = 1/1024); one seed gives the ARI
     # no interval: a trend, so partly -- and the stand-in cluster does not enter the verdict
-    assert _statuses(a) == [st.HOLDS, st.HOLDS, st.TREND] and a.verdict == st.PARTLY
-    assert "10 of 10 tasks" in a.claims[0].evidence
+    assert _statuses(a) == [st.HOLDS, st.HOLDS, st.TREND, st.NOT_RUN]
+    assert a.verdict == st.PARTLY and "10 of 10 tasks" in a.claims[0].evidence
+    assert "with CIFAR-100 in place" in a.claims[3].evidence
     clusters["methods"]["gumbel-budget"]["metrics"]["mnist_identical"] = summarize([0.1])
     a = gm._assess_clusters(_run(clusters, tmp_path))
     assert a.verdict == st.NOT_REPRODUCED and "1 of 10 tasks" in a.claims[0].evidence

@@ -511,6 +511,9 @@ CELEBA = Claim("soft ordering is more accurate than parallel ordering (mean of t
                "attributes)", main=True)
 OMNIGLOT_SOFT = Claim("soft ordering has a lower error than single-task, parallel and permuted "
                       "ordering at every number of tasks", main=True)
+OMNIGLOT_TENSOR = Claim("with all tasks, soft ordering beats the tensor-factorisation methods "
+                        "(Fig. 6b)", needs="no command: flexmtl has no tensor-factorisation "
+                                           "baselines")
 
 
 def _assess_celeba(run: StudyRun) -> Assessment:
@@ -534,7 +537,7 @@ def _assess_omniglot_ordering(run: StudyRun) -> Assessment:
                                where=f"{k} tasks")
                   for m, a in acc.items() if m != "soft" and a is not None and soft is not None]
     ours = table(["tasks", *(f"{m}: test accuracy %" for m in ORDERINGS)], rows)
-    return Assessment(ours, [all_claim(OMNIGLOT_SOFT, parts)])
+    return Assessment(ours, [all_claim(OMNIGLOT_SOFT, parts), not_run(OMNIGLOT_TENSOR)])
 
 
 register_study(Study(
@@ -550,7 +553,7 @@ register_study(Study(
                   note="10 seeds; 5000 steps of batch 16 and the 10-50 task counts are "
                        "flexmtl's choice (the paper gives neither)"),
     needs=("omniglot",), gpu=True, fixture_test="tests/test_image_pipelines.py",
-    claims=(OMNIGLOT_SOFT,),
+    claims=(OMNIGLOT_SOFT, OMNIGLOT_TENSOR),
     assess=_assess_omniglot_ordering,
     figures=copy_plots(PlotNames.SWEEP),
 ))

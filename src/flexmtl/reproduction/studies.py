@@ -89,7 +89,8 @@ COUNT_TEST = "exact one-sided binomial test, p0 = {p0:g}, alpha = 0.05"
 @dataclass(frozen=True)
 class Claim:
     """One claim the paper makes about a figure; ``main``: the figure's main claim.
-    ``needs``: when the study's runs cannot judge it, the command that would run it."""
+    ``needs``: when the study's runs cannot judge it, the command that would run it (or why
+    none can)."""
 
     text: str
     main: bool = False
@@ -213,7 +214,7 @@ def all_claim(claim: Claim, parts: Sequence[ClaimResult]) -> ClaimResult:
 
 def not_run(claim: Claim, why: str = "") -> ClaimResult:
     """A claim the study's runs cannot judge (``why``; the claim's ``needs`` says how to)."""
-    how = f"run `{claim.needs}`" if claim.needs else ""
+    how = (f"run `{claim.needs}`" if claim.needs.startswith("flexmtl ") else claim.needs)
     return ClaimResult(claim, NOT_RUN, "; ".join(x for x in (why, how) if x), "-")
 
 
