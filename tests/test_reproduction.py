@@ -341,12 +341,22 @@ def test_fig7_and_clusters_and_image_studies_on_fake_results(tmp_path, monkeypat
     clusters = {"seeds": [0], "data": tasks, "methods": {"gumbel-budget": _entry(
         cluster_ari=[1.0], mnist_identical=[1.0], fashion_identical=[1.0],
         digits8x8_identical=[0.3], active_connections=[50.0])}}
-    a = gm._assess_clusters(_run(clusters, tmp_path))
-    # all 10 tasks share one embedding in each cluster (p = 1/1024); one seed gives the ARI
-    # no interval: a trend, so partly -- and the stand-in cluster does not enter the verdict
-    assert _statuses(a) == [st.HOLDS, st.HOLDS, st.TREND, st.NOT_RUN]
+    folder = tmp_path / "clusters"
+    for seed in range(3):  # each cluster's tasks on their own components
+        seed_dir = folder / "gumbel-budget" / f"seed-{seed}"
+        seed_dir.mkdir(parents=True)
+        (seed_dir / "result.json").write_text(json.dumps({
+            "tasks": [{"name": t} for t in tasks],
+            "sharing": {"embeddings": [[int(j // 4 == i // 10) for j in range(12)]
+                                       for i in range(30)]}}))
+    a = gm._assess_clusters(st.StudyRun(folder, clusters, "full"))
+    # all 10 tasks share one embedding in each cluster (p = 1/1024); the clusters separate in
+    # all 3 seeds; one seed gives the ARI no interval: a trend, so partly -- and the
+    # stand-in cluster does not enter the verdict
+    assert _statuses(a) == [st.HOLDS, st.HOLDS, st.HOLDS, st.TREND, st.NOT_RUN]
     assert a.verdict == st.PARTLY and "10 of 10 tasks" in a.claims[0].evidence
-    assert "with CIFAR-100 in place" in a.claims[3].evidence
+    assert "1.000 ± 0.000 (3 seeds)" in a.claims[2].evidence
+    assert "with CIFAR-100 in place" in a.claims[4].evidence
     clusters["methods"]["gumbel-budget"]["metrics"]["mnist_identical"] = summarize([0.1])
     a = gm._assess_clusters(_run(clusters, tmp_path))
     assert a.verdict == st.NOT_REPRODUCED and "1 of 10 tasks" in a.claims[0].evidence

@@ -31,7 +31,7 @@ from flexmtl.reproduction.studies import (
     table,
     within_claim,
 )
-from flexmtl.run_folder import ExperimentFolder, PlotNames
+from flexmtl.run_folder import ExperimentFolder, PlotNames, TrainingRun
 
 # ---------------------------------------------------------------------- Fig. 1
 
@@ -335,10 +335,33 @@ G5_FASHION = Claim("the Fashion-MNIST tasks all use one embedding: most of them 
 G5_BLOCKS = Claim("the three clusters stay distinct (Fig. 6): an average-linkage clustering of "
                   f"the embeddings matches the true clusters with adjusted Rand index above "
                   f"{ARI_BOUND} (a check of ours, not the paper's)")
+G5_SEPARATE = Claim("the clusters are distinct in the similarity of the embeddings (Fig. 6): "
+                    "tasks of one cluster are more alike than tasks of different clusters "
+                    "(per seed: mean cosine similarity within clusters minus across, above 0)")
 G5_CIFAR = Claim("the CIFAR-100 tasks vary: their cluster's most common embedding is not "
                  "shared by all of them", needs="flexmtl reproduce --only gm-fig5-6  # with "
                  "CIFAR-100 in place (see `flexmtl data`)")
-G5_CLAIMS = (G5_MNIST, G5_FASHION, G5_BLOCKS, G5_CIFAR)
+G5_CLAIMS = (G5_MNIST, G5_FASHION, G5_SEPARATE, G5_BLOCKS, G5_CIFAR)
+
+
+def _separation(run: StudyRun, method: str) -> list[float]:
+    """Per finished seed: mean cosine similarity of the task embeddings within clusters minus
+    across clusters (a task's cluster: its name up to the first '-')."""
+    out = []
+    for seed_dir in seed_dirs(ExperimentFolder(run.run_dir).method_dir(method)):
+        result = TrainingRun(seed_dir).read_result() or {}
+        emb = np.asarray((result.get("sharing") or {}).get("embeddings") or [], dtype=float)
+        names = [t.get("name", "") for t in result.get("tasks") or []]
+        if emb.ndim != 2 or len(names) != len(emb):
+            continue
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        sim = unit @ unit.T
+        group = np.array([n.split("-")[0] for n in names])
+        same = group[:, None] == group[None, :]
+        off = ~np.eye(len(names), dtype=bool)
+        if (same & off).any() and (~same).any():
+            out.append(float(sim[same & off].mean() - sim[~same].mean()))
+    return out
 
 
 def _assess_clusters(run: StudyRun) -> Assessment:
@@ -362,6 +385,10 @@ def _assess_clusters(run: StudyRun) -> Assessment:
         same = sum(round(v * size) for v in share["values"])
         claims.append(count_claim(claim, same, size * len(share["values"]),
                                   "tasks with the most common embedding"))
+    separation = _separation(run, method)
+    claims.append(bound_claim(G5_SEPARATE, "within minus across similarity", separation, 0.0,
+                              above=True) if separation else
+                  not_run(G5_SEPARATE, "no finished run records its embeddings and tasks"))
     claims.append(bound_claim(G5_BLOCKS, "adjusted Rand index", ari["values"], ARI_BOUND,
                               above=True, digits=2))
     cifar = metric_or_none(methods, method, "cifar_identical")
