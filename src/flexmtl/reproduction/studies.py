@@ -2,16 +2,10 @@
 
 A study names the experiment that reproduces it, two protocols (``full``: the paper's, scaled
 down only where its ``note`` says; ``quick``: a stated smaller version for a laptop), the
-published result in words and numbers, and an ``assess`` function that reads our finished
-runs and returns what we measured and a verdict:
-
-* ``reproduced`` -- every claim of the figure holds in our runs (and on the paper's data);
-* ``partly`` -- some claims hold, or all hold but only on stand-in data;
-* ``not reproduced`` -- the paper's main claim does not hold in our runs.
-
-Significance: "A beats B" means the 95% t-interval of the per-seed difference A - B (seeds
-paired: the same seed builds the same data) excludes zero; a same-sign mean difference whose
-interval contains zero is reported as a trend.
+published result in words and numbers, the paper's claims about it (:class:`Claim`, the main
+one marked) and an ``assess`` function that reads our finished runs and judges each claim
+(:class:`ClaimResult`). The verdict is not chosen by a study: :func:`verdict` computes it from
+the judged claims by the one rule :data:`RULE` (also the report's header).
 """
 
 from __future__ import annotations
@@ -65,14 +59,183 @@ def _arg(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+HOLDS, FAILS, TREND, NOT_RUN = "holds", "fails", "trend", "not run"
+NOT_JUDGED = "not judged"
+VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_JUDGED)
+ALPHA = 0.05
+
+#: the one verdict rule, stated once in the report's header
+RULE = (
+    "Each figure's claims are listed, the paper's main claim marked **main**, and each is "
+    "judged on our runs: *holds*, *fails*, *trend* or *not run*. A comparison \"A better than "
+    "B\" holds when the 95% Student-t interval of the per-seed difference A - B (seeds paired: "
+    "the same seed builds the same data) excludes zero in the claimed direction; a difference "
+    "of the claimed sign whose interval contains zero is a *trend*, and a trend does not hold. "
+    "A claim about one measured quantity (\"above 0.9\", \"decreases\") holds when its 95% "
+    "interval over seeds lies on the claimed side of the stated bound; \"about equal\" holds "
+    "when the interval of the difference lies within the stated margin. A claim about a count "
+    "(\"in most seeds\", \"all tasks of a cluster\") is judged by an exact one-sided binomial "
+    "test: it holds when P(X >= k) for X ~ Binomial(n, p0) is below 0.05 (p0 stated with the "
+    "claim). Verdicts: *reproduced* = every claim holds; *partly* = the main claim holds and "
+    "some other claim does not (fails, is a trend, or was not run); *not reproduced* = the "
+    "main claim fails or is only a trend; *not judged* = the main claim was not run. The data "
+    "a study ran on is shown beside its verdict and never changes it."
+)
+
+PAIRED_TEST = "paired 95% t-interval of the per-seed difference"
+COUNT_TEST = "exact one-sided binomial test, p0 = {p0:g}, alpha = 0.05"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim the paper makes about a figure; ``main``: the figure's main claim.
+    ``needs``: when the study's runs cannot judge it, the command that would run it (or why
+    none can)."""
+
+    text: str
+    main: bool = False
+    needs: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim judged on our runs: ``status`` (holds, fails, trend, not run), the
+    ``evidence`` (numbers measured by the runs) and the ``test`` (which rule judged it)."""
+
+    claim: Claim
+    status: str
+    evidence: str
+    test: str
+
+    def as_dict(self) -> dict:
+        return {"text": self.claim.text, "main": self.claim.main, "status": self.status,
+                "evidence": self.evidence, "test": self.test, "needs": self.claim.needs}
+
+
+def verdict(results: Sequence[ClaimResult]) -> str:
+    """The verdict of judged claims, by :data:`RULE`."""
+    mains = [r for r in results if r.claim.main]
+    if not mains:
+        raise FlexMTLError("a study's claims must mark a main claim")
+    if any(r.status == NOT_RUN for r in mains):
+        return NOT_JUDGED
+    if any(r.status != HOLDS for r in mains):
+        return NOT_REPRODUCED
+    return REPRODUCED if all(r.status == HOLDS for r in results) else PARTLY
+
+
+def _direction(diff: dict, lower_is_better: bool) -> str:
+    """holds / trend / fails of a difference whose claimed sign is < 0 (lower_is_better)
+    or > 0."""
+    good = diff["mean"] < 0 if lower_is_better else diff["mean"] > 0
+    if not good:
+        return FAILS
+    return HOLDS if significant(diff) else TREND
+
+
+def paired_claim(claim: Claim, name_a: str, a: dict, name_b: str, b: dict,
+                 lower_is_better: bool, digits: int = 3, scale: float = 1.0,
+                 where: str = "") -> ClaimResult:
+    """``A better than B`` by the paired 95% interval of the per-seed difference."""
+    diff = paired_difference(a, b)
+    status = _direction(diff, lower_is_better)
+    at = f"{where}: " if where else ""
+    evidence = (f"{at}{name_a} {fmt(a, digits, scale)} vs {name_b} {fmt(b, digits, scale)}, "
+                f"difference {fmt(diff, digits, scale)} ({diff['n']} seeds)")
+    return ClaimResult(claim, status, evidence, PAIRED_TEST)
+
+
+def bound_claim(claim: Claim, name: str, values: Sequence[float], bound: float, above: bool,
+                digits: int = 3, scale: float = 1.0) -> ClaimResult:
+    """One measured quantity (per seed) on the claimed side of ``bound``: holds when its 95%
+    interval lies there, a trend when only its mean does."""
+    s = summarize(list(values))
+    ci = s["ci95"]
+    edge = s["mean"] - ci if above else s["mean"] + ci
+    mean_ok = s["mean"] > bound if above else s["mean"] < bound
+    edge_ok = not math.isnan(ci) and (edge > bound if above else edge < bound)
+    status = HOLDS if edge_ok else TREND if mean_ok else FAILS
+    evidence = f"{name} {fmt(s, digits, scale)} ({s['n']} seeds)"
+    side = "above" if above else "below"
+    return ClaimResult(claim, status, evidence,
+                       f"95% t-interval over seeds {side} {bound * scale:g}")
+
+
+def within_claim(claim: Claim, name: str, values: Sequence[float], target: float,
+                 margin: float, digits: int = 3, scale: float = 1.0) -> ClaimResult:
+    """One measured quantity about equal to ``target``: its 95% interval over seeds lies
+    within ``target`` +- ``margin``."""
+    s = summarize(list(values))
+    ci = s["ci95"]
+    inside = not math.isnan(ci) and abs(s["mean"] - target) + ci < margin
+    return ClaimResult(claim, HOLDS if inside else FAILS, f"{name} {fmt(s, digits, scale)} "
+                       f"({s['n']} seeds)", f"95% t-interval over seeds within "
+                       f"{target * scale:g} ± {margin * scale:g}")
+
+
+def margin_claim(claim: Claim, name_a: str, a: dict, name_b: str, b: dict, margin: float,
+                 digits: int = 3, scale: float = 1.0) -> ClaimResult:
+    """``A about equal to B``: the paired interval of A - B lies within +-``margin``."""
+    diff = paired_difference(a, b)
+    ci = diff["ci95"]
+    inside = not math.isnan(ci) and abs(diff["mean"]) + ci < margin
+    evidence = (f"{name_a} {fmt(a, digits, scale)} vs {name_b} {fmt(b, digits, scale)}, "
+                f"difference {fmt(diff, digits, scale)} ({diff['n']} seeds)")
+    return ClaimResult(claim, HOLDS if inside else FAILS, evidence,
+                       f"{PAIRED_TEST} within ±{margin * scale:g}")
+
+
+def binomial_tail(k: int, n: int, p0: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p0), exactly."""
+    return sum(math.comb(n, i) * p0 ** i * (1 - p0) ** (n - i) for i in range(k, n + 1))
+
+
+def count_claim(claim: Claim, k: int, n: int, what: str, p0: float = 0.5,
+                alpha: float = ALPHA) -> ClaimResult:
+    """``in most of n`` (more than a share ``p0``): exact one-sided binomial test."""
+    p = binomial_tail(k, n, p0) if n else 1.0
+    status = HOLDS if n and p < alpha else TREND if n and k > p0 * n else FAILS
+    return ClaimResult(claim, status, f"{k} of {n} {what} (one-sided p = {p:.3g})",
+                       COUNT_TEST.format(p0=p0))
+
+
+def all_claim(claim: Claim, parts: Sequence[ClaimResult]) -> ClaimResult:
+    """A claim that must hold at every point (size, task count, method): holds when every
+    part holds; fails when any part fails; a trend otherwise."""
+    if not parts:
+        return not_run(claim, "the runs have no point to judge it on")
+    statuses = {r.status for r in parts}
+    status = FAILS if FAILS in statuses else HOLDS if statuses == {HOLDS} else TREND
+    held = sum(r.status == HOLDS for r in parts)
+    evidence = f"holds at {held} of {len(parts)}: " + "; ".join(
+        f"{r.evidence} [{r.status}]" for r in parts)
+    return ClaimResult(claim, status, evidence, parts[0].test + ", at every point")
+
+
+def not_run(claim: Claim, why: str = "") -> ClaimResult:
+    """A claim the study's runs cannot judge (``why``; the claim's ``needs`` says how to)."""
+    how = (f"run `{claim.needs}`" if claim.needs.startswith("flexmtl ") else claim.needs)
+    return ClaimResult(claim, NOT_RUN, "; ".join(x for x in (why, how) if x), "-")
+
+
 @dataclass
 class Assessment:
-    """What our runs show: a markdown table (or lines), the verdict and why, and numbers."""
+    """What our runs show: a markdown table (or lines), the judged claims and numbers. The
+    verdict and its reason follow from ``claims`` (:func:`verdict`); an assessment without
+    claims (a test's fake study) must give both."""
 
     ours: list[str]
-    verdict: str
-    reason: str
+    claims: list[ClaimResult] = field(default_factory=list)
     numbers: dict = field(default_factory=dict)
+    verdict: str = ""
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.claims:
+            self.verdict = verdict(self.claims)
+            self.reason = "; ".join(f"{r.claim.text}: {r.status}" for r in self.claims)
+        elif not self.verdict:
+            raise FlexMTLError("an assessment needs judged claims")
 
 
 @dataclass(frozen=True)
@@ -91,8 +254,11 @@ class Study:
     ``runs_with``: the key of another study whose runs this one analyses (e.g. Fig. 4b-d
     reads the two-task soft-ordering runs of Fig. 4a); such a study has no protocol of its own.
     ``needs``: data sources (``flexmtl data`` names) that must be present for it to run.
-    ``investigation``: what we found when looking into a disagreement (written by us, from
-    measurements; it is shown with the verdict).
+    ``claims``: the paper's claims about the figure, the main one marked; ``assess`` judges
+    each of them, in this order. ``remark``: words shown with the verdict; it must not quote
+    a number (every number of the report is measured by ``flexmtl reproduce``).
+    ``ablation_of``: the key of the study whose disagreement this one investigates, with its
+    own protocol and runs.
     """
 
     key: str
@@ -108,7 +274,9 @@ class Study:
     runs_with: str | None = None
     needs: tuple[str, ...] = ()
     gpu: bool = False
-    investigation: str = ""
+    claims: tuple[Claim, ...] = ()
+    remark: str = ""
+    ablation_of: str = ""
     data: Callable[[StudyRun], str] | None = None
     fixture_test: str = ""  # the test that runs the pipeline on fixture files, for absent data
 
@@ -181,21 +349,6 @@ def significant(diff: dict) -> bool:
     return not math.isnan(ci) and abs(diff["mean"]) > ci
 
 
-def compare(name_a: str, a: dict, name_b: str, b: dict, lower_is_better: bool,
-            digits: int = 3, scale: float = 1.0) -> tuple[int, str]:
-    """+1 if a is significantly better than b, -1 if significantly worse, 0 otherwise; and
-    a sentence that says so with the paired difference."""
-    diff = paired_difference(a, b)
-    better = diff["mean"] < 0 if lower_is_better else diff["mean"] > 0
-    sig = significant(diff)
-    word = ("better than" if better else "worse than") if sig else (
-        "a trend better than" if better else "a trend worse than")
-    if diff["mean"] == 0:
-        word = "equal to"
-    text = f"{name_a} {word} {name_b} (difference {fmt(diff, digits, scale)})"
-    return (1 if better else -1) if sig else 0, text
-
-
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -237,17 +390,18 @@ def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
     return figures
 
 
+def sharing_summaries(run: StudyRun, method: str) -> list[dict]:
+    """What each finished seed of ``method`` learned about sharing (``result.json``'s
+    ``sharing``: for an allocation core its probabilities, embeddings and layer sizes)."""
+    folder = ExperimentFolder(run.run_dir).method_dir(method)
+    out = []
+    for seed_dir in seed_dirs(folder):
+        sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing")
+        if isinstance(sharing, dict):
+            out.append(sharing)
+    return out
+
+
 def seed_dirs(folder: Path) -> list[Path]:
     """The finished runs (``seed-S`` folders) of a method folder, by seed."""
     return [run.path for run in ExperimentFolder.seed_runs(folder) if run.is_finished()]
-
-
-def verdict_of(claims: Sequence[bool]) -> str:
-    if all(claims):
-        return REPRODUCED
-    return PARTLY if any(claims) else NOT_REPRODUCED
-
-
-def capped(verdict: str, exact_data: bool) -> str:
-    """A full reproduction needs the paper's data: on stand-ins it is at most ``partly``."""
-    return PARTLY if verdict == REPRODUCED and not exact_data else verdict
