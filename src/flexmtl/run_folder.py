@@ -210,8 +210,9 @@ def preserve(path: Path, keep: Path) -> None:
 
 def _corrupt(path: Path, exc: Exception) -> CorruptFileError:
     folder = path.parent
-    restart = (f"rerun with --restart (Python: Trainer(..., resume='restart')) to redo the run "
-               f"in {folder}, or delete the folder")
+    restart = (f"delete the folder {folder} and rerun to redo that run alone (Python: "
+               "Trainer(..., resume='restart'); flexmtl run --restart would redo every run of "
+               "the experiment)")
     remedies = {
         TrainingRun.FINGERPRINT: restart,
         TrainingRun.LAST_PREV: restart,
@@ -223,6 +224,10 @@ def _corrupt(path: Path, exc: Exception) -> CorruptFileError:
         TrainingRun.RESULT: "delete it and rerun to redo that run (it resumes from its "
                             f"{TrainingRun.LAST} when there is one)",
         TrainingRun.LAST: "delete it and rerun to restart that run from its first step",
+        TrainingRun.TRAIN_LOG: "delete it and rerun: training resumes, the log restarts there",
+        TrainingRun.EVAL_LOG: "delete it and rerun: training resumes, the log restarts there",
+        ReproductionReport.DATA: f"restore it (git checkout -- {path}) and rerun: the "
+                                 "report keeps the results of studies not rerun from it",
         TrainingRun.BEST: restart,
     }
     remedy = remedies.get(path.name, "delete it and rerun to write it again")
@@ -272,8 +277,11 @@ def truncate_csv(path: Path, last_step: int) -> None:
     the file atomically."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _corrupt(path, exc) from exc
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:]
@@ -534,6 +542,26 @@ class TrainingRun:
         """``result.json``, or None when the run has not finished."""
         return _read_object(self.result) if self.result.exists() else None
 
+    #: what a finished run's ``result.json`` holds at least (the runner summarises these)
+    RESULT_KEYS = ("method", "seed", "best_step", "steps", "seconds", "val", "test", "tasks")
+    SPLIT_KEYS = ("loss", "accuracy", "tasks")
+
+    def read_finished(self) -> dict | None:
+        """``result.json`` checked to be a finished run's as the runner wrote it (None: not
+        finished); one that lacks a key raises :class:`~flexmtl.errors.CorruptFileError`."""
+        result = self.read_result()
+        if result is None:
+            return None
+        missing = [k for k in self.RESULT_KEYS if k not in result]
+        missing += [f"{split}.{k}" for split in ("val", "test")
+                    if isinstance(result.get(split), dict)
+                    for k in self.SPLIT_KEYS if k not in result[split]]
+        missing += [split for split in ("val", "test")
+                    if split in result and not isinstance(result[split], dict)]
+        if missing:
+            raise _corrupt(self.result, ValueError(f"it lacks {', '.join(missing)}"))
+        return result
+
     def write_result(self, result: dict) -> None:
         write_json(self.result, result)
 
@@ -582,22 +610,43 @@ class TrainingRun:
         :class:`~flexmtl.errors.CorruptFileError` naming the file."""
         if self.result.exists():
             self.read_result()
-        if not self.last.exists():
+        if not self.last.exists() and not self.last_prev.exists():
             return None
         try:
-            state = self.read_last()
+            if not self.last.exists():  # deleted by hand, or lost: the one before it is there
+                raise _corrupt(self.last, FileNotFoundError("missing"))
+            state = self._checked_last(self.read_last())
         except CorruptFileError as exc:
             fallback = self._loadable(self.last_prev)
+            try:
+                fallback = None if fallback is None else self._checked_last(fallback)
+            except CorruptFileError:
+                fallback = None
             if fallback is None:
                 raise
-            (log or _stderr)(f"{self.last} is truncated or corrupt; resuming from "
-                             f"{self.last_prev} (step {fallback.get('step')}) instead")
+            what = "is missing" if not self.last.exists() else "is truncated or corrupt"
+            (log or _stderr)(f"{self.last} {what}; resuming from {self.last_prev} (step "
+                             f"{fallback['step']}) instead")
             os.replace(self.last_prev, self.last)
             state = fallback
             del exc
-        if not isinstance(state, dict) or "step" not in state or "best_step" not in state:
-            raise _corrupt(self.last, ValueError("not a flexmtl checkpoint"))
         self._check_best(int(state["best_step"]))
+        return state
+
+    #: what ``last.pt`` holds at least, and the type of each
+    LAST_KEYS = {"step": int, "best_step": int, "model": dict, "optimizer": dict,
+                 "sampler": dict, "history": list, "config": dict}
+
+    def _checked_last(self, state: Any) -> dict:
+        """``state`` if it is a flexmtl checkpoint (:data:`LAST_KEYS`), else
+        :class:`~flexmtl.errors.CorruptFileError` naming ``last.pt``."""
+        if not isinstance(state, dict):
+            raise _corrupt(self.last, ValueError("not a flexmtl checkpoint"))
+        wrong = [k for k, kind in self.LAST_KEYS.items()
+                 if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool)]
+        if wrong:
+            raise _corrupt(self.last, ValueError(
+                f"not a flexmtl checkpoint: {', '.join(wrong)} missing or of the wrong type"))
         return state
 
     def _check_best(self, best_step: int) -> None:
@@ -741,16 +790,20 @@ class ExperimentFolder:
         plots and every ``[KEY=VALUE/]METHOD/seed-S`` folder; other files stay. Returns
         what was deleted."""
         gone = [p for p in (self.manifest, self.results, self.floors) if p.exists()]
+        if self.plots.is_dir():
+            gone += [p for p in sorted(self.plots.iterdir())
+                     if p.is_file() and PlotNames.is_ours(p.name)]
         for path in gone:
             path.unlink()
-        if self.plots.is_dir():
-            shutil.rmtree(self.plots)
-            gone.append(self.plots)
+        _remove_if_empty(self.plots)
         for point in self.points():
             for method_dir in self.method_dirs(point).values():
                 for run in self.seed_runs(method_dir):
-                    shutil.rmtree(run.path)
-                    gone.append(run.path)
+                    if run.seed is None:  # not a folder flexmtl names
+                        continue
+                    gone += run.delete_files()
+                    (run.path / FolderLock.NAME).unlink(missing_ok=True)  # we hold OUT's
+                    _remove_if_empty(run.path)
                 _remove_if_empty(method_dir)
             if point != self.path:
                 _remove_if_empty(point)
@@ -858,6 +911,17 @@ class PlotNames:
     def layer_sweep(layer: int) -> str:
         """Soft ordering Table 1 for layer ``layer`` (0-based; the name counts from 1)."""
         return f"layer_sweep_layer{layer + 1}.png"
+
+    #: every name above (``METHOD`` any method name)
+    _OURS = re.compile(r"(learning_curves|sweep|soft_order(_.+)?|scale_trajectories(_.+)?|"
+                       r"allocation_.+|similarity_.+|allocation_trajectories_.+|"
+                       r"layer_sweep_layer[0-9]+)\.png")
+
+    @classmethod
+    def is_ours(cls, name: str) -> bool:
+        """Whether ``name`` is one of the figures flexmtl writes (``--restart`` deletes those
+        and leaves other files in ``plots/``)."""
+        return cls._OURS.fullmatch(name) is not None
 
 
 # ---------------------------------------------------------------------- reproduction

@@ -249,7 +249,7 @@ def _check_runs(runs: Sequence[TrainingRun]) -> None:
     :class:`~flexmtl.errors.CorruptFileError` naming it."""
     for run in runs:
         if run.is_finished():
-            run.read_result()
+            run.read_finished()
         else:
             run.read_resumable()
             if run.last.exists():
@@ -257,7 +257,7 @@ def _check_runs(runs: Sequence[TrainingRun]) -> None:
 
 
 def _run_one(exp, method, seed, cfg, run: TrainingRun, progress, data_sources, log) -> dict:
-    result = distributed.on_main(run.read_result)
+    result = distributed.on_main(run.read_finished)
     if result is not None:
         checked = distributed.on_main(_check_finished, exp, method, seed, cfg, run)
         for t in result.get("tasks") or []:  # a rerun's results still name the data
@@ -340,25 +340,41 @@ def _aggregate(runs: dict[str, list[dict]]) -> dict:
     out = {}
     for method, results in runs.items():
         metrics = {}
+        seeds = [r["seed"] for r in results]
         for split in ("test", "val"):
             for key in ("loss", "accuracy"):
-                vals = [r[split][key] for r in results]
-                if all(isinstance(v, (int, float)) and not math.isnan(v) for v in vals):
-                    metrics[f"{split}_{key}"] = summarize(vals)
+                summary = _summary([r[split][key] for r in results], seeds)
+                if summary is not None:
+                    metrics[f"{split}_{key}"] = summary
         metrics["train_seconds"] = summarize([r["seconds"] for r in results])
         for key in results[0].get("analysis", {}):
             metrics[key] = summarize([r["analysis"][key] for r in results])
         per_task: dict[str, dict] = {}
         for name in results[0]["test"]["tasks"]:
-            per_task[name] = {
-                f"test_{key}": summarize([r["test"]["tasks"][name][key] for r in results])
-                for key in ("loss", "accuracy")
-                if not any(math.isnan(r["test"]["tasks"][name][key]) for r in results)
-            }
+            per_task[name] = {}
+            for key in ("loss", "accuracy"):
+                summary = _summary([r["test"]["tasks"][name][key] for r in results], seeds)
+                if summary is not None:
+                    per_task[name][f"test_{key}"] = summary
         out[method] = {"metrics": metrics, "per_task": per_task,
                        "seeds": [r["seed"] for r in results],
                        "best_steps": [r["best_step"] for r in results]}
     return out
+
+
+def _summary(values: list, seeds: list[int]) -> dict | None:
+    """Mean and 95% CI of one metric over seeds; None where no seed has it (e.g. the
+    accuracy of regression tasks, NaN by definition). A metric NaN in only some seeds (a
+    damaged or diverged model) is never dropped: its summary is NaN and ``nan_seeds`` names
+    them."""
+    bad = [s for s, v in zip(seeds, values)
+           if not isinstance(v, (int, float)) or math.isnan(v)]
+    if len(bad) == len(values):
+        return None
+    if bad:
+        return {**summarize([v if isinstance(v, (int, float)) else math.nan
+                             for v in values]), "nan_seeds": bad}
+    return summarize(values)
 
 
 def _results(exp, manifest, points, seconds) -> dict:
@@ -404,7 +420,9 @@ def format_table(results: dict) -> str:
         lines.append(header)
         for method, entry in methods.items():
             m = entry["metrics"]
-            cells = [format_mean_ci(m[k]) if k in m else "-" for k, _ in columns]
+            cells = [("-" if k not in m else
+                      f"NaN in seed(s) {','.join(map(str, m[k]['nan_seeds']))}"
+                      if m[k].get("nan_seeds") else format_mean_ci(m[k])) for k, _ in columns]
             lines.append(f"{method:>14}" + "".join(f"  {c:>22}" for c in cells))
     n = len(results["seeds"])
     lines.append(f"(mean ± 95% CI over {n} seed(s))" if n > 1 else "(one seed: no interval)")

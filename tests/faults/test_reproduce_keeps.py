@@ -222,6 +222,20 @@ def test_a_corrupt_previous_report_stops_before_writing(capsys):
     assert Path("REPRODUCTION.md").read_text() == doc
 
 
+def test_a_report_whose_data_is_gone_is_not_overwritten(capsys):
+    # the data deleted (as the message for a corrupt one once said): a report written now
+    # would lose the results of every study not rerun
+    _first_report()
+    ReproductionReport().data.unlink()
+    doc = Path("REPRODUCTION.md").read_text()
+    assert main(["reproduce", "--report-only", "--out", "elsewhere"]) == 2
+    err = capsys.readouterr().err
+    assert f"its data {ReproductionReport().data} is missing" in err and "git checkout" in err
+    assert Path("REPRODUCTION.md").read_text() == doc
+    Path("REPRODUCTION.md").unlink()  # the other way out: a new report
+    assert main(["reproduce", "--report-only", "--out", "elsewhere"]) == 0
+
+
 def test_previous_data_that_is_not_a_report():
     _first_report()
     ReproductionReport().data.write_text("[1, 2]")

@@ -627,3 +627,130 @@ def test_temporaries_of_a_lock_whose_process_died_are_removed(tmp_path):
     os.utime(old, (0, 0))
     assert sorted(remove_torn_writes(tmp_path)) == sorted([gone, old])
     assert {p.name for p in tmp_path.iterdir()} == {mine.name, recent.name, notes.name}
+
+
+# ---------------------------------------------------------------------- review findings
+
+def test_a_damaged_run_file_names_the_run_not_restart_of_everything(tmp_path):
+    train(tmp_path)
+    _garbage(tmp_path / "best.pt")
+    (tmp_path / "best.prev.pt").unlink(missing_ok=True)
+    error = refused(CorruptFileError, re.escape(str(tmp_path / "best.pt")), tmp_path,
+                    cfg=config(steps=6))
+    assert f"delete the folder {tmp_path} and rerun to redo that run alone" in str(error)
+
+
+def test_restart_deletes_only_what_flexmtl_wrote(tmp_path, capsys):
+    assert main(["run", *TINY, "--out", "o"]) == 0
+    seed = Path("o/parallel/seed-0")
+    (seed / "my_analysis.txt").write_text("mine")
+    (Path("o/parallel/seed-extra")).mkdir()
+    (Path("o/parallel/seed-extra/x.txt")).write_text("mine")
+    Path("o/plots").mkdir(exist_ok=True)
+    (Path("o/plots/learning_curves.png")).write_bytes(b"ours")
+    (Path("o/plots/my_figure.png")).write_bytes(b"mine")
+    assert main(["run", *TINY, "--out", "o", "--restart"]) == 0
+    assert (seed / "my_analysis.txt").read_text() == "mine"
+    assert Path("o/parallel/seed-extra/x.txt").read_text() == "mine"
+    assert Path("o/plots/my_figure.png").read_bytes() == b"mine"
+    assert json.loads((seed / "result.json").read_text())["resumed_from"] == 0
+
+
+@pytest.mark.parametrize("content, lacks", [
+    ({}, "method"), ({"method": "parallel", "seed": 0, "best_step": 2, "steps": 2,
+                      "seconds": 1.0, "val": {"loss": 1.0}, "test": [], "tasks": []},
+                     "val.accuracy")])
+def test_runner_a_finished_result_lacking_keys_is_named(tmp_path, monkeypatch, content, lacks):
+    out = tmp_path / "o"
+    run_experiment("random-tasks", out_dir=out, **RUN_KW)
+    result = ExperimentFolder(out).run("parallel", 0).result
+    result.write_text(json.dumps(content))
+    _no_training(monkeypatch)
+    with pytest.raises(CorruptFileError, match=re.escape(str(result)) + f".*lacks .*{lacks}"):
+        run_experiment("random-tasks", out_dir=out, **RUN_KW)
+
+
+@pytest.mark.parametrize("state, says", [
+    ({"step": 5, "best_step": -1}, "model"),
+    ({"step": "5", "best_step": 2, "model": {}, "optimizer": {}, "sampler": {}, "history": [],
+      "config": {}}, "step")])
+def test_a_checkpoint_of_the_wrong_content_is_named(tmp_path, state, says):
+    stopped = tmp_path / "run"
+
+    def stop(trainer, step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, callbacks=[stop])
+    (stopped / "last.prev.pt").unlink(missing_ok=True)
+    torch.save(state, stopped / "last.pt")
+    refused(CorruptFileError, re.escape(str(stopped / "last.pt")) + f".*{says}", stopped)
+
+
+def test_a_missing_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    reference, _, _ = train(tmp_path / "ref", cfg=config(steps=6))
+    out = tmp_path / "run"
+
+    def stop(trainer, step):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(out, cfg=config(steps=6), callbacks=[stop])
+    (out / "last.pt").unlink()
+    capsys.readouterr()
+    result, trainer, steps = train(out, cfg=config(steps=6))
+    assert trainer.resumed_from == 2 and result.test == reference.test
+    assert f"{out / 'last.pt'} is missing; resuming from" in capsys.readouterr().err
+
+
+def test_a_fingerprint_without_checkpoint_is_still_checked(tmp_path):
+    # last.pt gone, last.prev.pt gone: the folder's fingerprint still says what ran there,
+    # so other settings are refused before the folder's files are deleted
+    train(tmp_path)
+    (tmp_path / "last.pt").unlink()
+    refused(FolderMismatchError, r"config\.lr: 0\.01 -> 0\.5", tmp_path,
+            cfg=config(lr=0.5))
+    assert (tmp_path / "best.pt").exists()
+
+
+def test_a_log_of_garbage_is_named(tmp_path):
+    stopped = tmp_path / "run"
+
+    def stop(trainer, step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, callbacks=[stop])
+    (stopped / "train_log.csv").write_bytes(b"\xff\xfe\x00garbage\x81")
+    refused(CorruptFileError, re.escape(str(stopped / "train_log.csv")) + ".*delete it",
+            stopped)
+
+
+def test_tasks_of_one_input_group_must_have_the_same_inputs():
+    tasks = make_tasks()
+    a, b = tasks
+    shared = [Task(t.name, t.kind, t.train, t.val, t.test, input_group="g") for t in (a, b)]
+    with pytest.raises(ConfigError, match=r"'a' and 'b' share input group 'g' but their "
+                                          r"train inputs differ"):
+        Trainer(make_model(shared), shared, config())
+    same = [Task(t.name, t.kind, (a.train.x, t.train.y), (a.val.x, t.val.y),
+                 (a.test.x, t.test.y), input_group="g") for t in (a, b)]
+    Trainer(make_model(same), same, config())  # accepted
+
+
+def test_a_metric_nan_in_some_seeds_is_flagged_not_dropped():
+    from flexmtl.runner import _aggregate, format_table
+
+    def result(seed, loss):
+        split = {"loss": loss, "accuracy": 0.5, "tasks": {"a": {"loss": loss, "accuracy": 0.5}}}
+        return {"seed": seed, "best_step": 1, "seconds": 1.0, "test": split, "val": split}
+
+    agg = _aggregate({"soft": [result(0, 1.0), result(1, float("nan")), result(2, 2.0)]})
+    loss = agg["soft"]["metrics"]["test_loss"]
+    assert loss["nan_seeds"] == [1] and np.isnan(loss["mean"])
+    assert agg["soft"]["per_task"]["a"]["test_loss"]["nan_seeds"] == [1]
+    table = format_table({"experiment": "x", "seeds": [0, 1, 2], "methods": agg})
+    assert "NaN in seed(s) 1" in table

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -513,12 +514,20 @@ def _previous_results(files: ReproductionReport) -> dict[str, dict]:
     """The studies with results in the report already written (``reproduction.json``), by
     key; each knows when and where it was generated (``kept``)."""
     if not files.data.exists():
+        if files.doc.exists() and re.search(r"\*\*Verdict: ", files.doc.read_text(
+                encoding="utf-8", errors="replace")):
+            # the report's results would be lost for every study not rerun now
+            raise CorruptFileError(files.data, (
+                f"{files.doc} reports results but its data {files.data} is missing, so the "
+                "studies not rerun now would lose theirs; restore it (git checkout -- "
+                f"{files.data}), or delete {files.doc} to write a new report"))
         return {}
     old = read_json(files.data)
     studies = old.get("studies") if isinstance(old, dict) else None
     if not isinstance(studies, list):
         raise CorruptFileError(files.data, f"{files.data} is not a report's data (no list of "
-                               "studies); delete it to write the report afresh")
+                               f"studies); restore it (git checkout -- {files.data}), or "
+                               f"delete it and {files.doc} to write a new report")
     origin = {"generated": old.get("generated"), "machine": old.get("machine")}
     return {e["key"]: {**e, "kept": e.get("kept") or origin} for e in studies
             if isinstance(e, dict) and e.get("status") == "run" and "key" in e}

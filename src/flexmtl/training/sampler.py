@@ -113,4 +113,24 @@ def input_groups(tasks: Sequence[Task]) -> list[list[int]]:
                 raise ConfigError(f"tasks {names} share input group "
                                   f"{tasks[members[0]].input_group!r} but their {split} splits "
                                   f"differ in size ({sorted(sizes, key=str)})")
+            first = getattr(tasks[members[0]], split)
+            for t in members[1:]:
+                other = getattr(tasks[t], split)
+                if first is not None and other is not None \
+                        and not _same_inputs(first.x, other.x):
+                    raise ConfigError(
+                        f"tasks {tasks[members[0]].name!r} and {tasks[t].name!r} share input "
+                        f"group {tasks[t].input_group!r} but their {split} inputs differ (a "
+                        "group's tasks are trained and evaluated on one copy of the inputs); "
+                        "give them the same inputs, or no input_group")
     return list(groups.values())
+
+
+def _same_inputs(a, b) -> bool:
+    """Whether two splits' inputs are the same examples: equal tensors; lazy inputs (read
+    from files) of one class and shape -- reading them to compare would read the data set."""
+    if a is b:
+        return True
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    return type(a) is type(b) and tuple(a.shape) == tuple(b.shape)

@@ -216,8 +216,8 @@ class Trainer(Checkpointing):
             if folder.delete_files():
                 print(f"restarting {folder.path}: its earlier run was deleted", file=sys.stderr)
         else:
-            if folder.last.exists():
-                self._check_fingerprint()
+            if folder.last.exists() or folder.last_prev.exists() or folder.fingerprint.exists():
+                self._check_fingerprint()  # before anything of that run is resumed or deleted
             state = folder.read_resumable()
             if state is None and self.resume == "must":
                 raise ConfigError(f"resume='must', but {folder.path} holds no {folder.LAST} "
