@@ -57,6 +57,13 @@ def with_value(a: np.ndarray, value, index=(1,)) -> np.ndarray:
     return out
 
 
+def huge64(a: np.ndarray, value: float, index) -> np.ndarray:
+    """``a`` as float64 with ``value`` (finite, beyond float32's range) at ``index``."""
+    out = a.astype(np.float64)
+    out[index] = value
+    return out
+
+
 def task(name="a", kind="multiclass", train=None, val=None, test=None, **kw) -> Task:
     ys = {"multiclass": (CLASSES, CLASSES4), "binary": (BITS, BITS4),
           "regression": (X[:, 0], X4[:, 0])}[kind]
@@ -104,7 +111,21 @@ TASK_CASES = [
      DataError, ["train split", "NaN"]),
     ("multiclass NaN label opt-out", lambda: task(train=(X, with_value(CLASSES, math.nan)),
                                                   allow_nonfinite=True),
-     DataError, ["train split", "NaN"]),
+     DataError, ["train split", "NaN", "even with allow_nonfinite=True", "drop those"]),
+    ("multiclass label 1e20", lambda: task(train=(X, with_value(CLASSES, 1e20))),
+     DataError, ["task 'a'", "train split", "label value 1e+20", "example 1"]),
+    ("multiclass label -1e20 val", lambda: task(val=(X4, with_value(CLASSES4, -1e20))),
+     DataError, ["val split", "label value -1e+20"]),
+    ("inputs beyond float32", lambda: task(train=(huge64(X, 1e300, (2, 1)), CLASSES)),
+     DataError, ["task 'a'", "train split", "inputs", "1e+300", "example 2",
+                 "too large for float32", "rescale the inputs"]),
+    ("inputs beyond float32 opt-out", lambda: task(
+        train=(huge64(X, -1e300, (2, 1)), CLASSES),
+        allow_nonfinite=True),
+     DataError, ["train split", "too large for float32"]),
+    ("targets beyond float32", lambda: task("r", "regression",
+                                            test=(X4, huge64(X4[:, 0], 1e300, (1,)))),
+     DataError, ["task 'r'", "test split", "targets", "too large for float32", "example 1"]),
     ("1-D inputs", lambda: task("r", "regression", train=(X[:, 0], X[:, 1])),
      ShapeError, ["task 'r'", "train split", "(8,)", "reshape(-1, 1)"]),
     ("1-D inputs val", lambda: task("r", "regression", val=(X4[:, 0], X4[:, 1])),
@@ -149,6 +170,8 @@ TASK_CASES = [
      ["task 'a'", "num_outputs", "-2"]),
     ("num_outputs 2.5", lambda: task(num_outputs=2.5), ConfigError,
      ["task 'a'", "num_outputs", "2.5"]),
+    ("num_outputs True", lambda: task(num_outputs=True), ConfigError,
+     ["task 'a'", "num_outputs", "True"]),
     ("binary num_outputs 3", lambda: task("b", "binary", num_outputs=3), ConfigError,
      ["task 'b'", "num_outputs", "multiclass"]),
     ("empty name", lambda: task(""), ConfigError, ["name", "non-empty"]),
@@ -212,6 +235,11 @@ def test_integral_float_and_bool_labels_are_accepted():
     assert b.train.y.dtype == torch.float32 and b.train.y.tolist() == BITS.tolist()
     o = task(train=(X, np.array(list(CLASSES), dtype=object)))
     assert o.train.y.tolist() == CLASSES.tolist()
+
+
+def test_numpy_integer_num_outputs_is_accepted():
+    t = task(num_outputs=np.int64(3))
+    assert t.num_outputs == 3 and type(t.num_outputs) is int
 
 
 def test_allow_nonfinite_keeps_nan_and_inf():
