@@ -9,6 +9,8 @@ and CLI). And what must keep working: soft binary targets, integral float labels
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from flexmtl import (
     Task,
     TrainConfig,
     Trainer,
+    UnknownNameError,
     build_model,
     make_core,
 )
@@ -337,6 +340,16 @@ TRAINER_CASES = [
     ("not a Task", lambda: _trainer(three_tasks()[:1], [(X, CLASSES)]),
      ConfigError, ["tasks[0]", "tuple", "not a flexmtl Task"]),
     ("no tasks", lambda: Trainer(torch.nn.Linear(1, 1), [], QUIET), ConfigError, ["no tasks"]),
+    ("config mapping unknown key", lambda: _trainer([task()], [task()], {"step": 5}),
+     UnknownNameError, ["TrainConfig key 'step'", "Did you mean 'steps'"]),
+    ("config mapping bad value", lambda: _trainer([task()], [task()], {"steps": True}),
+     ConfigError, ["steps must be a whole number", "True"]),
+    ("config not a TrainConfig", lambda: _trainer([task()], [task()], [("steps", 5)]),
+     ConfigError, ["config must be a TrainConfig or a mapping", "list"]),
+    ("out_dir empty", lambda: Trainer(model_for([task()]), [task()], QUIET, out_dir=""),
+     ConfigError, ["out_dir=''", "empty", "current folder"]),
+    ("out_dir blank", lambda: Trainer(model_for([task()]), [task()], QUIET, out_dir=" "),
+     ConfigError, ["out_dir=' '", "empty"]),
     ("val_accuracy for regression", lambda: _trainer(
         [task("r", "regression"), task("s", "regression")],
         [task("r", "regression"), task("s", "regression")],
@@ -360,6 +373,35 @@ def test_trainer_refuses_tasks_and_settings_that_do_not_fit(make, error, fragmen
         make()
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_trainer_takes_a_mapping_of_train_config_fields():
+    trainer = _trainer([task()], [task()], {"steps": 1, "batch_size": 4, "progress": False})
+    assert trainer.config == TrainConfig(steps=1, batch_size=4, progress=False)
+    assert trainer.fit().steps == 1
+
+
+@pytest.mark.parametrize("out, message", [
+    ("f", "out_dir f is a file; pass a folder"),
+    ("f/sub", "out_dir f/sub lies below the file f; pass a folder"),
+])
+def test_trainer_out_dir_that_is_a_file_is_refused_before_anything_is_written(out, message):
+    Path("f").write_text("my notes")
+    trainer = Trainer(model_for([task()]), [task()], QUIET, out_dir=out)  # no I/O yet
+    with pytest.raises(ConfigError) as info:
+        trainer.fit()
+    assert str(info.value) == message
+    assert Path("f").read_text() == "my notes" and sorted(os.listdir()) == ["f"]
+
+
+def test_evaluate_refuses_an_unknown_split_naming_it():
+    trainer = _trainer([task()], [task()])
+    with pytest.raises(UnknownNameError) as info:
+        trainer.evaluate("trian")
+    assert "unknown split 'trian'" in str(info.value)
+    assert "Did you mean 'train'" in str(info.value)
+    assert not trainer._ready  # refused before setup
+    assert set(trainer.evaluate("train")["tasks"]) == {"a"}
 
 
 def test_matching_tasks_and_unnamed_models_pass():
