@@ -462,6 +462,13 @@ CLI_CASES = [
      "select_on='val_accuracy' needs a classification task"),
     (["synthetic-transfer", "n_train=8", "n_val=0", "n_test=4"],
      "task 'task0': val split: the split is empty"),
+    (["random-tasks", "n=8", "m=4", "steps=30"], "steps given twice (steps=30 and --steps 1)"),
+    (["random-tasks", "n=8", "m=4", "device=cpu", "--device", "cpu"],
+     "device given twice (device=cpu and --device cpu)"),
+    (["random-tasks", "n=8", "m=4", "compile=false", "--compile"],
+     "compile given twice (compile=false and --compile)"),
+    (["random-tasks", "n=8", "m=4", "--methods", ""], "--methods '' holds no method name"),
+    (["random-tasks", "n=8", "m=4", "--methods", "soft,"], "--methods 'soft,' holds no"),
 ]
 
 
@@ -476,6 +483,56 @@ def test_cli_bad_inputs_end_in_one_line_and_status_2(args, fragment, capsys):
     assert "Traceback" not in captured.err + captured.out
     assert captured.err.startswith("flexmtl: error: ") and captured.err.count("\n") == 1
     assert fragment in captured.err, captured.err
+
+
+def test_cli_empty_out_is_refused(capsys):
+    argv = ["run", "random-tasks", "n=8", "m=4", "--steps", "1", "--seeds", "1", "--no-sweep",
+            "--no-progress", "--no-plots", "--out", ""]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flexmtl: error: out_dir (--out) '' is empty") and \
+        err.count("\n") == 1, err
+    assert os.listdir() == []  # nothing written into the current folder
+
+
+def test_cli_sweep_and_no_sweep_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "random-tasks", "--sweep", "n=8,16", "--no-sweep", "--out", "o"])
+    assert info.value.code == 2
+    assert "argument --no-sweep: not allowed with argument --sweep" in capsys.readouterr().err
+    assert os.listdir() == []
+
+
+RUN_ARGUMENT_CASES = [
+    ({"methods": 5}, ["methods must be method names", "5"]),
+    ({"methods": ["parallel", 3]}, ["methods must be method names", "3"]),
+    ({"methods": []}, ["methods [] holds no name"]),
+    ({"methods": "soft,,parallel"}, ["holds no name or an empty one", "''"]),
+    ({"seeds": True}, ["seeds must be a whole number", "True"]),
+    ({"seeds": 1.5}, ["seeds must be a whole number", "1.5"]),
+    ({"seeds": 0}, ["seeds must be a whole number >= 1", "0"]),
+    ({"out_dir": ""}, ["out_dir (--out) '' is empty", "runs/random-tasks"]),
+    ({"overrides": {"n": 8, "m": 4, "steps": 3}}, ["steps given twice", "steps=3", "steps=1"]),
+]
+
+
+@pytest.mark.parametrize("arguments, fragments", RUN_ARGUMENT_CASES,
+                         ids=[repr(c[0]) for c in RUN_ARGUMENT_CASES])
+def test_run_experiment_refuses_bad_arguments(arguments, fragments):
+    kwargs = {"overrides": {"n": 8, "m": 4}, "seeds": 1, "steps": 1, "sweep": False,
+              "progress": False, "plots": False, "log": lambda s: None, **arguments}
+    with pytest.raises(ConfigError) as info:
+        run_experiment("random-tasks", **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    assert os.listdir() == []  # refused before any folder is made
+
+
+def test_run_experiment_takes_a_comma_separated_methods_string():
+    results = run_experiment("random-tasks", methods="parallel, single", seeds=1, steps=1,
+                             overrides={"n": 8, "m": 4}, sweep=False, out_dir="o",
+                             progress=False, plots=False, log=lambda s: None)
+    assert list(results["methods"]) == ["parallel", "single"]
 
 
 def test_run_experiment_refuses_duplicate_tasks_and_zero_width():
