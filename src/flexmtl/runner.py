@@ -74,10 +74,12 @@ def run_experiment(
     exp = get_experiment(name)
     methods = exp.check_methods(_method_names(methods) or exp.default_methods
                                 or exp.method_names())
-    if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral) or seeds < 1:
-        raise ConfigError(f"seeds must be a whole number >= 1 (how many seeds to run), got "
+    if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral):
+        raise ConfigError(f"seeds must be a whole number (how many seeds to run), got "
                           f"{seeds!r}")
     seeds = int(seeds)
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
     if isinstance(out_dir, (str, bytes)) and not out_dir.strip():
         raise ConfigError(f"out_dir (--out) {out_dir!r} is empty (it would write into the "
                           f"current folder); name a folder, or leave it out for runs/{name}")

@@ -510,7 +510,7 @@ RUN_ARGUMENT_CASES = [
     ({"methods": "soft,,parallel"}, ["holds no name or an empty one", "''"]),
     ({"seeds": True}, ["seeds must be a whole number", "True"]),
     ({"seeds": 1.5}, ["seeds must be a whole number", "1.5"]),
-    ({"seeds": 0}, ["seeds must be a whole number >= 1", "0"]),
+    ({"seeds": 0}, ["seeds must be >= 1, got 0"]),
     ({"out_dir": ""}, ["out_dir (--out) '' is empty", "runs/random-tasks"]),
     ({"overrides": {"n": 8, "m": 4, "steps": 3}}, ["steps given twice", "steps=3", "steps=1"]),
 ]
