@@ -4,7 +4,8 @@ the library.
 ``torchrun --nproc_per_node=N -m flexmtl run ...`` runs an experiment data-parallel.
 
 Exit status (:data:`EXIT_STATUS`): every failure ends with one line on stderr,
-``flexmtl: error: ...``, never a traceback.
+``flexmtl: error: ...``, never a traceback. SIGTERM, like Ctrl-C, stops a command with its
+run folder released (``run.lock`` removed); rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +33,7 @@ EXIT_STATUS = {
     2: "bad input or a flexmtl error: usage, config, data, a diverged or failed run, a run "
        "folder that holds something else, is locked by another process or has a corrupt file",
     130: "interrupted (rerun the same command to resume)",
+    143: "stopped by SIGTERM (rerun the same command to resume)",
     141: "the reader of the output went away (`flexmtl data | head`); nothing is printed",
 }
 
@@ -58,9 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                           "(instead of resuming; also when the folder holds another "
                           "configuration's runs)")
     run.add_argument("--config", help="JSON or YAML file of config keys")
-    run.add_argument("--sweep", metavar="KEY=V1,V2,...",
-                     help="sweep one config key (default: the experiment's own sweep, if any)")
-    run.add_argument("--no-sweep", action="store_true", help="run only the configured point")
+    sweeps = run.add_mutually_exclusive_group()
+    sweeps.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                        help="sweep one config key (default: the experiment's own sweep, if "
+                             "any)")
+    sweeps.add_argument("--no-sweep", action="store_true",
+                        help="run only the configured point")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--no-plots", action="store_true", help="skip plotting at the end")
     run.add_argument("--device", type=_device, metavar="{cpu,cuda,cuda:N,auto}",
@@ -195,14 +202,29 @@ def _cmd_run(args: argparse.Namespace) -> None:
         if not sep or not values:
             raise FlexMTLError(f"--sweep expects KEY=V1,V2,..., got {args.sweep!r}")
         sweep = (key, values.split(","))
+    if args.methods is not None and not all(m.strip() for m in args.methods.split(",")):
+        raise ConfigError(f"--methods {args.methods!r} holds no method name or an empty one; "
+                          "give comma-separated names (see `flexmtl list`), or leave it out "
+                          "for the experiment's default methods")
     overrides = list(args.overrides)
+    given = {}  # key -> the key=value override that sets it
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if sep:
+            given[key.strip()] = item.strip()
+    for key, flag, value in (("steps", "--steps", args.steps), ("device", "--device",
+                                                                 args.device),
+                             ("compile", "--compile", args.compile or None)):
+        if value is not None and key in given:
+            option = flag if isinstance(value, bool) else f"{flag} {value}"
+            raise ConfigError(f"{key} given twice ({given[key]} and {option}); give it once")
     if args.device:
         overrides.append(f"device={args.device}")
     if args.compile:
         overrides.append("compile=true")
     run_experiment(
         args.experiment,
-        methods=args.methods.split(",") if args.methods else None,
+        methods=[m.strip() for m in args.methods.split(",")] if args.methods else None,
         seeds=args.seeds,
         steps=args.steps,
         out_dir=args.out,
@@ -277,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     from flexmtl.training import distributed
 
+    previous = _catch_sigterm()
     rc = 0
     try:
         if args.command == "list":
@@ -308,9 +331,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nflexmtl: interrupted; rerun the same command to resume from the last "
               "checkpoint", file=sys.stderr)
         return 130
+    except Terminated:
+        print("flexmtl: stopped by SIGTERM; rerun the same command to resume", file=sys.stderr)
+        return 143
     finally:
         distributed.cleanup()  # after an error: leave without waiting for the other ranks
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return rc
+
+
+class Terminated(BaseException):
+    """Raised by SIGTERM while :func:`main` runs, so that ``finally`` blocks run as for
+    Ctrl-C: the run folder's lock is released, logs are closed, a torn write is cleaned
+    up. A ``BaseException``, like ``KeyboardInterrupt``, so that ``except Exception`` does
+    not swallow it."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated
+
+
+def _catch_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
+    """Make SIGTERM raise :class:`Terminated` (in the main thread only, where Python runs
+    signal handlers); the handler it replaces, or None where none was installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    return signal.SIG_DFL if previous is None else previous
 
 
 def _rank() -> str:

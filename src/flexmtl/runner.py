@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -71,12 +72,23 @@ def run_experiment(
     finished runs are kept and unfinished ones resume.
     """
     exp = get_experiment(name)
-    methods = exp.check_methods(methods or exp.default_methods or exp.method_names())
+    methods = exp.check_methods(_method_names(methods) or exp.default_methods
+                                or exp.method_names())
+    if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral):
+        raise ConfigError(f"seeds must be a whole number (how many seeds to run), got "
+                          f"{seeds!r}")
+    seeds = int(seeds)
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    if isinstance(out_dir, (str, bytes)) and not out_dir.strip():
+        raise ConfigError(f"out_dir (--out) {out_dir!r} is empty (it would write into the "
+                          f"current folder); name a folder, or leave it out for runs/{name}")
     cfg = exp.resolve_config(config_file, overrides)
     if steps is not None:
         updates = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        if "steps" in updates:
+            raise ConfigError(f"steps given twice (overrides steps={updates['steps']} and "
+                              f"steps={steps}); give it once")
         cfg = exp.resolve_config(config_file, {**updates, "steps": steps})
     points = _sweep_points(exp, cfg, sweep)
     exp.train_config(cfg, 0, False).validate()  # bad training settings: before any folder
@@ -104,6 +116,23 @@ def run_experiment(
                            progress, plots, log)
     finally:
         lock.release()
+
+
+def _method_names(methods: object) -> list[str] | None:
+    """``run_experiment``'s ``methods``: None (the experiment's default), a sequence of
+    names or one comma-separated string (``"soft,parallel"``)."""
+    if methods is None:
+        return None
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",")]
+    if not isinstance(methods, Sequence) or not all(isinstance(m, str) for m in methods):
+        raise ConfigError(f"methods must be method names (a list, or one comma-separated "
+                          f"string such as 'soft,parallel'), got {methods!r}")
+    if not methods or not all(methods):
+        raise ConfigError(f"methods {list(methods)!r} holds no name or an empty one; give "
+                          "method names (see `flexmtl list`), or None for the experiment's "
+                          "default methods")
+    return list(methods)
 
 
 def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, progress,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -104,7 +105,7 @@ def as_split(data, kind: str, *, task: str = "", split: str = "",
             raise ShapeError(f"{where} lazy inputs have shape {tuple(x.shape)}; they must be "
                              "[N, *input_shape]")
     else:
-        x = _numeric(x, where, "inputs").float()
+        x = _as_float32(_numeric(x, where, "inputs"), where, "inputs")
         if x.ndim < 2:
             raise ShapeError(
                 f"{where} inputs have shape {tuple(x.shape)}, but must be [N, features] (or "
@@ -145,6 +146,23 @@ def _numeric(a, where: str, what: str) -> torch.Tensor:
     return torch.as_tensor(arr)
 
 
+def _as_float32(t: torch.Tensor, where: str, what: str) -> torch.Tensor:
+    """``t`` as float32; finite float64 values beyond float32's range (which the conversion
+    would make infinite) are refused, opt-out of the finiteness check or not."""
+    out = t.float()
+    if t.dtype == torch.float64:
+        over = torch.isinf(out) & torch.isfinite(t)
+        if bool(over.any()):
+            rows = over.reshape(len(t), -1).any(dim=1) if t.ndim else over
+            first = int(rows.nonzero()[0, 0]) if t.ndim else 0
+            value = float(t[over][0])
+            raise DataError(
+                f"{where} {what} hold {int(over.sum())} value(s) too large for float32 "
+                f"(beyond ±3.4e38; e.g. {value:g} in example {first}); rescale the "
+                f"{what}")
+    return out
+
+
 def _check_finite(t: torch.Tensor, where: str, what: str) -> None:
     if not t.is_floating_point():
         return
@@ -156,6 +174,16 @@ def _check_finite(t: torch.Tensor, where: str, what: str) -> None:
             f"{where} {what} hold {int(bad.sum())} NaN or infinite value(s) in "
             f"{int(rows.sum())} example(s) (the first is example {first}); drop or impute "
             "them, or pass allow_nonfinite=True to the Task to keep them")
+
+
+def _check_class_labels_finite(y: torch.Tensor, where: str) -> None:
+    bad = ~torch.isfinite(y)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise DataError(
+            f"{where} class labels hold {int(bad.sum())} NaN or infinite value(s) (the first "
+            f"is example {first}); a class label cannot be NaN or infinite, even with "
+            "allow_nonfinite=True: drop those examples")
 
 
 def _targets(y: torch.Tensor, kind: str, where: str, soft_targets: bool,
@@ -176,7 +204,16 @@ def _targets(y: torch.Tensor, kind: str, where: str, soft_targets: bool,
                 "index per example, shape [N] (for one-hot or probability rows use "
                 "y.argmax(1))")
         if y.is_floating_point():
-            _check_finite(y, where, "class labels")  # NaN cannot be a class, opt-out or not
+            _check_class_labels_finite(y, where)  # NaN cannot be a class, opt-out or not
+            # beyond int64 (or float32's exact integers): .long() would give nonsense
+            huge = y.abs() >= 2.0 ** 63
+            if bool(huge.any()):
+                first = int(huge.nonzero()[0, 0])
+                raise DataError(
+                    f"{where} multiclass labels must be class indices 0..k-1, but "
+                    f"{int(huge.sum())} are too large to be one (e.g. the label value "
+                    f"{float(y[first]):g} in example {first}); encode them as integers "
+                    "0..k-1, or use kind='regression' for numeric targets")
             fractional = y != torch.round(y)
             if bool(fractional.any()):
                 first = int(fractional.nonzero()[0, 0])
@@ -186,7 +223,7 @@ def _targets(y: torch.Tensor, kind: str, where: str, soft_targets: bool,
                     f"{first}); round or encode them as integers 0..k-1, or use kind="
                     "'regression' for numeric targets")
         return y.long()
-    y = y.float()
+    y = _as_float32(y, where, "targets")
     if not allow_nonfinite:
         _check_finite(y, where, "targets")
     if kind == "binary":
@@ -289,10 +326,12 @@ class Task:
         if self.soft_targets and self.kind != "binary":
             raise ConfigError(f"task {self.name!r}: soft_targets is for binary tasks, not "
                               f"{self.kind!r} ones")
-        if (isinstance(self.num_outputs, bool) or not isinstance(self.num_outputs, int)
+        if (isinstance(self.num_outputs, bool)
+                or not isinstance(self.num_outputs, numbers.Integral)
                 or self.num_outputs < 0):
             raise ConfigError(f"task {self.name!r}: num_outputs must be a whole number >= 1 "
                               f"(or 0 to infer it), got {self.num_outputs!r}")
+        self.num_outputs = int(self.num_outputs)  # e.g. numpy's int64
         if self.kind == "binary" and self.num_outputs not in (0, 1):
             raise ConfigError(f"task {self.name!r}: a binary task has num_outputs=1, got "
                               f"{self.num_outputs}; use kind='multiclass' for more classes")

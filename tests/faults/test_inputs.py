@@ -9,6 +9,8 @@ and CLI). And what must keep working: soft binary targets, integral float labels
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from flexmtl import (
     Task,
     TrainConfig,
     Trainer,
+    UnknownNameError,
     build_model,
     make_core,
 )
@@ -53,6 +56,13 @@ def _isolate(tmp_path, monkeypatch):
 
 def with_value(a: np.ndarray, value, index=(1,)) -> np.ndarray:
     out = np.array(a, dtype=np.float32 if isinstance(value, float) else a.dtype)
+    out[index] = value
+    return out
+
+
+def huge64(a: np.ndarray, value: float, index) -> np.ndarray:
+    """``a`` as float64 with ``value`` (finite, beyond float32's range) at ``index``."""
+    out = a.astype(np.float64)
     out[index] = value
     return out
 
@@ -104,7 +114,21 @@ TASK_CASES = [
      DataError, ["train split", "NaN"]),
     ("multiclass NaN label opt-out", lambda: task(train=(X, with_value(CLASSES, math.nan)),
                                                   allow_nonfinite=True),
-     DataError, ["train split", "NaN"]),
+     DataError, ["train split", "NaN", "even with allow_nonfinite=True", "drop those"]),
+    ("multiclass label 1e20", lambda: task(train=(X, with_value(CLASSES, 1e20))),
+     DataError, ["task 'a'", "train split", "label value 1e+20", "example 1"]),
+    ("multiclass label -1e20 val", lambda: task(val=(X4, with_value(CLASSES4, -1e20))),
+     DataError, ["val split", "label value -1e+20"]),
+    ("inputs beyond float32", lambda: task(train=(huge64(X, 1e300, (2, 1)), CLASSES)),
+     DataError, ["task 'a'", "train split", "inputs", "1e+300", "example 2",
+                 "too large for float32", "rescale the inputs"]),
+    ("inputs beyond float32 opt-out", lambda: task(
+        train=(huge64(X, -1e300, (2, 1)), CLASSES),
+        allow_nonfinite=True),
+     DataError, ["train split", "too large for float32"]),
+    ("targets beyond float32", lambda: task("r", "regression",
+                                            test=(X4, huge64(X4[:, 0], 1e300, (1,)))),
+     DataError, ["task 'r'", "test split", "targets", "too large for float32", "example 1"]),
     ("1-D inputs", lambda: task("r", "regression", train=(X[:, 0], X[:, 1])),
      ShapeError, ["task 'r'", "train split", "(8,)", "reshape(-1, 1)"]),
     ("1-D inputs val", lambda: task("r", "regression", val=(X4[:, 0], X4[:, 1])),
@@ -149,6 +173,8 @@ TASK_CASES = [
      ["task 'a'", "num_outputs", "-2"]),
     ("num_outputs 2.5", lambda: task(num_outputs=2.5), ConfigError,
      ["task 'a'", "num_outputs", "2.5"]),
+    ("num_outputs True", lambda: task(num_outputs=True), ConfigError,
+     ["task 'a'", "num_outputs", "True"]),
     ("binary num_outputs 3", lambda: task("b", "binary", num_outputs=3), ConfigError,
      ["task 'b'", "num_outputs", "multiclass"]),
     ("empty name", lambda: task(""), ConfigError, ["name", "non-empty"]),
@@ -212,6 +238,11 @@ def test_integral_float_and_bool_labels_are_accepted():
     assert b.train.y.dtype == torch.float32 and b.train.y.tolist() == BITS.tolist()
     o = task(train=(X, np.array(list(CLASSES), dtype=object)))
     assert o.train.y.tolist() == CLASSES.tolist()
+
+
+def test_numpy_integer_num_outputs_is_accepted():
+    t = task(num_outputs=np.int64(3))
+    assert t.num_outputs == 3 and type(t.num_outputs) is int
 
 
 def test_allow_nonfinite_keeps_nan_and_inf():
@@ -309,6 +340,16 @@ TRAINER_CASES = [
     ("not a Task", lambda: _trainer(three_tasks()[:1], [(X, CLASSES)]),
      ConfigError, ["tasks[0]", "tuple", "not a flexmtl Task"]),
     ("no tasks", lambda: Trainer(torch.nn.Linear(1, 1), [], QUIET), ConfigError, ["no tasks"]),
+    ("config mapping unknown key", lambda: _trainer([task()], [task()], {"step": 5}),
+     UnknownNameError, ["TrainConfig key 'step'", "Did you mean 'steps'"]),
+    ("config mapping bad value", lambda: _trainer([task()], [task()], {"steps": True}),
+     ConfigError, ["steps must be a whole number", "True"]),
+    ("config not a TrainConfig", lambda: _trainer([task()], [task()], [("steps", 5)]),
+     ConfigError, ["config must be a TrainConfig or a mapping", "list"]),
+    ("out_dir empty", lambda: Trainer(model_for([task()]), [task()], QUIET, out_dir=""),
+     ConfigError, ["out_dir=''", "empty", "current folder"]),
+    ("out_dir blank", lambda: Trainer(model_for([task()]), [task()], QUIET, out_dir=" "),
+     ConfigError, ["out_dir=' '", "empty"]),
     ("val_accuracy for regression", lambda: _trainer(
         [task("r", "regression"), task("s", "regression")],
         [task("r", "regression"), task("s", "regression")],
@@ -332,6 +373,35 @@ def test_trainer_refuses_tasks_and_settings_that_do_not_fit(make, error, fragmen
         make()
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_trainer_takes_a_mapping_of_train_config_fields():
+    trainer = _trainer([task()], [task()], {"steps": 1, "batch_size": 4, "progress": False})
+    assert trainer.config == TrainConfig(steps=1, batch_size=4, progress=False)
+    assert trainer.fit().steps == 1
+
+
+@pytest.mark.parametrize("out, message", [
+    ("f", "out_dir f is a file; pass a folder"),
+    ("f/sub", "out_dir f/sub lies below the file f; pass a folder"),
+])
+def test_trainer_out_dir_that_is_a_file_is_refused_before_anything_is_written(out, message):
+    Path("f").write_text("my notes")
+    trainer = Trainer(model_for([task()]), [task()], QUIET, out_dir=out)  # no I/O yet
+    with pytest.raises(ConfigError) as info:
+        trainer.fit()
+    assert str(info.value) == message
+    assert Path("f").read_text() == "my notes" and sorted(os.listdir()) == ["f"]
+
+
+def test_evaluate_refuses_an_unknown_split_naming_it():
+    trainer = _trainer([task()], [task()])
+    with pytest.raises(UnknownNameError) as info:
+        trainer.evaluate("trian")
+    assert "unknown split 'trian'" in str(info.value)
+    assert "Did you mean 'train'" in str(info.value)
+    assert not trainer._ready  # refused before setup
+    assert set(trainer.evaluate("train")["tasks"]) == {"a"}
 
 
 def test_matching_tasks_and_unnamed_models_pass():
@@ -392,6 +462,13 @@ CLI_CASES = [
      "select_on='val_accuracy' needs a classification task"),
     (["synthetic-transfer", "n_train=8", "n_val=0", "n_test=4"],
      "task 'task0': val split: the split is empty"),
+    (["random-tasks", "n=8", "m=4", "steps=30"], "steps given twice (steps=30 and --steps 1)"),
+    (["random-tasks", "n=8", "m=4", "device=cpu", "--device", "cpu"],
+     "device given twice (device=cpu and --device cpu)"),
+    (["random-tasks", "n=8", "m=4", "compile=false", "--compile"],
+     "compile given twice (compile=false and --compile)"),
+    (["random-tasks", "n=8", "m=4", "--methods", ""], "--methods '' holds no method name"),
+    (["random-tasks", "n=8", "m=4", "--methods", "soft,"], "--methods 'soft,' holds no"),
 ]
 
 
@@ -406,6 +483,56 @@ def test_cli_bad_inputs_end_in_one_line_and_status_2(args, fragment, capsys):
     assert "Traceback" not in captured.err + captured.out
     assert captured.err.startswith("flexmtl: error: ") and captured.err.count("\n") == 1
     assert fragment in captured.err, captured.err
+
+
+def test_cli_empty_out_is_refused(capsys):
+    argv = ["run", "random-tasks", "n=8", "m=4", "--steps", "1", "--seeds", "1", "--no-sweep",
+            "--no-progress", "--no-plots", "--out", ""]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flexmtl: error: out_dir (--out) '' is empty") and \
+        err.count("\n") == 1, err
+    assert os.listdir() == []  # nothing written into the current folder
+
+
+def test_cli_sweep_and_no_sweep_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "random-tasks", "--sweep", "n=8,16", "--no-sweep", "--out", "o"])
+    assert info.value.code == 2
+    assert "argument --no-sweep: not allowed with argument --sweep" in capsys.readouterr().err
+    assert os.listdir() == []
+
+
+RUN_ARGUMENT_CASES = [
+    ({"methods": 5}, ["methods must be method names", "5"]),
+    ({"methods": ["parallel", 3]}, ["methods must be method names", "3"]),
+    ({"methods": []}, ["methods [] holds no name"]),
+    ({"methods": "soft,,parallel"}, ["holds no name or an empty one", "''"]),
+    ({"seeds": True}, ["seeds must be a whole number", "True"]),
+    ({"seeds": 1.5}, ["seeds must be a whole number", "1.5"]),
+    ({"seeds": 0}, ["seeds must be >= 1, got 0"]),
+    ({"out_dir": ""}, ["out_dir (--out) '' is empty", "runs/random-tasks"]),
+    ({"overrides": {"n": 8, "m": 4, "steps": 3}}, ["steps given twice", "steps=3", "steps=1"]),
+]
+
+
+@pytest.mark.parametrize("arguments, fragments", RUN_ARGUMENT_CASES,
+                         ids=[repr(c[0]) for c in RUN_ARGUMENT_CASES])
+def test_run_experiment_refuses_bad_arguments(arguments, fragments):
+    kwargs = {"overrides": {"n": 8, "m": 4}, "seeds": 1, "steps": 1, "sweep": False,
+              "progress": False, "plots": False, "log": lambda s: None, **arguments}
+    with pytest.raises(ConfigError) as info:
+        run_experiment("random-tasks", **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    assert os.listdir() == []  # refused before any folder is made
+
+
+def test_run_experiment_takes_a_comma_separated_methods_string():
+    results = run_experiment("random-tasks", methods="parallel, single", seeds=1, steps=1,
+                             overrides={"n": 8, "m": 4}, sweep=False, out_dir="o",
+                             progress=False, plots=False, log=lambda s: None)
+    assert list(results["methods"]) == ["parallel", "single"]
 
 
 def test_run_experiment_refuses_duplicate_tasks_and_zero_width():

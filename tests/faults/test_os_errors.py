@@ -1,7 +1,7 @@
 """Disk and OS errors, malformed config files and a closed stdout: each ends with one line
 ``flexmtl: error: ...`` naming the culprit and a documented exit status (1 a disk or OS
-error, 2 bad input, 141 a reader that went away), never a traceback, and what was already
-written stays intact.
+error, 2 bad input, 141 a reader that went away, 143 SIGTERM), never a traceback, and what
+was already written stays intact.
 
 A full disk is simulated by making ``os.fsync``, ``os.replace`` or a write raise ENOSPC; a
 read-only folder by ``os.open`` raising EACCES (a real ``chmod`` does not stop root).
@@ -13,8 +13,10 @@ import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -266,10 +268,66 @@ def test_os_error_messages():
 
 
 def test_exit_statuses_are_documented(capsys):
-    assert set(EXIT_STATUS) == {0, 1, 2, 130, 141}
+    assert set(EXIT_STATUS) == {0, 1, 2, 130, 141, 143}
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "exit status: 0 done; 1 a disk or OS error" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 done; 1 a disk or OS error" in text
+    assert "143 stopped by SIGTERM (rerun the same command to resume)" in text
+
+
+# ---------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_releases_the_folder_and_the_rerun_resumes(capsys, monkeypatch):
+    """SIGTERM as Ctrl-C: finally blocks run (no run.lock is left), one line, exit 143; the
+    handler main() installed is gone afterwards, and the rerun resumes from last.pt."""
+    import flexmtl.runner
+    from flexmtl.training import Trainer
+
+    def terminate(trainer, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    class TerminatedTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, callbacks=[terminate], **kwargs)
+
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["run", *TINY, "eval_every=2", "--out", "o"]
+    monkeypatch.setattr(flexmtl.runner, "Trainer", TerminatedTrainer)
+    assert main(args) == 143
+    assert _error(capsys) == ("flexmtl: stopped by SIGTERM; rerun the same command to "
+                              "resume\n")
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not list(Path("o").rglob("run.lock"))
+    run = Path("o/parallel/seed-0")
+    assert (run / "last.pt").exists() and not (run / "result.json").exists()
+    monkeypatch.setattr(flexmtl.runner, "Trainer", Trainer)
+    assert main(args) == 0
+    assert json.loads((run / "result.json").read_text())["resumed_from"] == 2
+
+
+def test_sigterm_in_a_real_process_exits_143_without_a_lock(tmp_path):
+    out = tmp_path / "o"
+    args = [a if a != "4" else "100000" for a in TINY]  # long enough to be killed
+    proc = subprocess.Popen([sys.executable, "-m", "flexmtl", "run", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=_python_env())
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.rglob("seed-0/run.lock")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == ("flexmtl: stopped by SIGTERM; rerun the same command to "
+                                    "resume")
+    assert "Traceback" not in err
+    assert not list(out.rglob("run.lock"))
 
 
 # ---------------------------------------------------------------------- config files

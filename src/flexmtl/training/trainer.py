@@ -27,15 +27,21 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-from flexmtl.errors import ConfigError, FlexMTLError, FolderMismatchError, TrainingDiverged
+from flexmtl.errors import (
+    ConfigError,
+    FlexMTLError,
+    FolderMismatchError,
+    TrainingDiverged,
+    UnknownNameError,
+)
 from flexmtl.fusion import is_fused
 from flexmtl.fusion.losses import task_losses
 from flexmtl.run_folder import CsvLog, FolderLock, remove_torn_writes
@@ -53,6 +59,8 @@ from flexmtl.training.schedules import SCHEDULES
 
 Resume = Literal["auto", "must", "restart"]
 RESUME: tuple[Resume, ...] = get_args(Resume)
+#: the splits :meth:`Trainer.evaluate` evaluates
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -84,8 +92,11 @@ class Trainer(Checkpointing):
     Args:
         model: module called as ``model(x, task_index)``.
         tasks: the tasks, in the model's task order.
-        config: a :class:`TrainConfig`.
-        out_dir: run folder for logs and checkpoints; None keeps everything in memory.
+        config: a :class:`TrainConfig`, or a mapping of its fields (``{"steps": 500}``;
+            an unknown key raises :class:`~flexmtl.errors.UnknownNameError`); None: the
+            defaults.
+        out_dir: run folder for logs and checkpoints; None keeps everything in memory. An
+            empty path, or one naming a file, is refused (:class:`ConfigError`).
         resume: what to do with a run already in ``out_dir`` (decided in :meth:`setup`,
             before any step):
 
@@ -113,13 +124,13 @@ class Trainer(Checkpointing):
         self,
         model: nn.Module,
         tasks: Sequence[Task],
-        config: TrainConfig | None = None,
+        config: TrainConfig | Mapping[str, Any] | None = None,
         out_dir: str | Path | None = None,
         resume: Resume = "auto",
         callbacks: Sequence[Callable[[Trainer, int], None]] = (),
     ):
         # checks only: no I/O and no global state until setup()
-        self.config = config or TrainConfig()
+        self.config = _train_config(config)
         self.config.validate()
         if not tasks:
             raise ConfigError("no tasks to train")
@@ -131,6 +142,9 @@ class Trainer(Checkpointing):
         self.device = distributed.resolve_device(cfg.device)
         self.model = model
         self.tasks = list(tasks)
+        if isinstance(out_dir, (str, bytes)) and not out_dir.strip():
+            raise ConfigError(f"out_dir={out_dir!r} is empty (it would write into the current "
+                              "folder); name a folder, or pass None to keep the run in memory")
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume = _resume_policy(resume, self.out_dir)
         self.callbacks = list(callbacks)
@@ -189,6 +203,7 @@ class Trainer(Checkpointing):
             distributed.seed_rank(cfg.seed)
         if self.out_dir is not None:
             try:
+                distributed.on_main(_check_out_dir, self.out_dir)
                 state = distributed.on_main(self._open_folder)
                 if state is not None:
                     self._resume(state)
@@ -363,6 +378,8 @@ class Trainer(Checkpointing):
         """Mean loss and accuracy of every task on ``split`` (``train``/``val``/``test``):
         ``{"tasks": {name: {"loss", "accuracy"}}, "loss": sum of task losses, "accuracy":
         mean task accuracy}`` (:func:`~flexmtl.training.evaluation.evaluate_tasks`)."""
+        if split not in SPLITS:
+            raise UnknownNameError("split", str(split), SPLITS)
         self.setup()
         return evaluate_tasks(self.model, self.tasks, self.input_groups, split,
                               self.config.eval_batch_size, self.device)
@@ -517,6 +534,30 @@ def check_tasks(model: nn.Module, tasks: Sequence[Task], config: TrainConfig) ->
         raise ConfigError(
             f"select_on='val_accuracy' needs a classification task, but the tasks "
             f"({', '.join(names)}) are all regression; use select_on='val_loss' or 'last'")
+
+
+def _train_config(config: object) -> TrainConfig:
+    """The :class:`Trainer`'s ``config`` argument as a :class:`TrainConfig` (no I/O)."""
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        known = [f.name for f in fields(TrainConfig)]
+        for key in config:
+            if key not in known:
+                raise UnknownNameError("TrainConfig key", str(key), known)
+        return TrainConfig(**config)
+    raise ConfigError(f"config must be a TrainConfig or a mapping of its fields (e.g. "
+                      f"{{'steps': 500}}), got a {type(config).__name__}")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that is a file or lies below one (before anything is created)."""
+    blocker = next((p for p in (out_dir, *out_dir.parents) if p.is_file()), None)
+    if blocker is not None:
+        where = "is a file" if blocker == out_dir else f"lies below the file {blocker}"
+        raise ConfigError(f"out_dir {out_dir} {where}; pass a folder")
 
 
 def _resume_policy(resume: object, out_dir: Path | None) -> Resume:
