@@ -35,6 +35,9 @@ SCRIPT = textwrap.dedent("""
 
     out, phase, signum, nth = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     seen = {{"n": 0}}
+    # Ctrl-C as in a terminal: a shell starts background jobs with SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler (the suite may run in one)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def due():
         seen["n"] += 1
