@@ -45,13 +45,7 @@ BITS4 = np.array([0, 1, 0, 1])
 QUIET = TrainConfig(steps=1, batch_size=4, eval_every=1, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _isolate(tmp_path, monkeypatch):
-    """Run in tmp_path and restore torch's thread count (the experiments set it to 1)."""
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/faults/conftest.py
 
 
 def with_value(a: np.ndarray, value, index=(1,)) -> np.ndarray:

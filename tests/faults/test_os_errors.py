@@ -34,13 +34,7 @@ TINY = ["random-tasks", "n=8", "m=4", "--steps", "4", "--seeds", "1", "--methods
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-@pytest.fixture(autouse=True)
-def _isolate(tmp_path, monkeypatch):
-    """Run in tmp_path and restore torch's thread count (the experiments set it to 1)."""
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/faults/conftest.py
 
 
 def _error(capsys) -> str:

@@ -43,13 +43,7 @@ RUN_KW = dict(methods=["parallel"], seeds=1, steps=2, overrides={"n": 8, "m": 4}
               sweep=None, progress=False, plots=False, log=lambda _: None)
 
 
-@pytest.fixture(autouse=True)
-def _isolate(tmp_path, monkeypatch):
-    """Run in tmp_path and restore torch's thread count (the experiments set it to 1)."""
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/faults/conftest.py
 
 
 def _env() -> dict[str, str]:
@@ -87,6 +81,16 @@ class Steps:
 
     def __call__(self, trainer, step):
         self.steps.append(step)
+
+
+def stop_at(step):
+    """A callback that interrupts training (as Ctrl-C does) after step ``step``."""
+
+    def stop(trainer, now):
+        if now == step:
+            raise KeyboardInterrupt
+
+    return stop
 
 
 def train(out, tasks=None, model=None, cfg=None, callbacks=(), **kwargs):
@@ -418,13 +422,8 @@ def test_a_damaged_file_is_found_before_training_and_named(tmp_path, name, damag
 def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     reference, _, _ = train(tmp_path / "ref", cfg=config(steps=6))
     out = tmp_path / "run"
-
-    def stop(trainer, step):
-        if step == 5:  # after the checkpoints of steps 2 and 4
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(out, cfg=config(steps=6), callbacks=[stop])
+    with pytest.raises(KeyboardInterrupt):  # after the checkpoints of steps 2 and 4
+        train(out, cfg=config(steps=6), callbacks=[stop_at(5)])
     assert load_checkpoint(out / "last.prev.pt")["step"] == 2
     _truncate(out / "last.pt")
     capsys.readouterr()
@@ -445,14 +444,9 @@ def test_a_best_model_newer_than_the_checkpoint_gives_way_to_the_kept_one(tmp_pa
     cfg = config(steps=8, eval_every=eval_every, checkpoint_every=4, select_on="last")
     reference, _, _ = train(tmp_path / "ref", cfg=cfg)
     out = tmp_path / "run"
-
-    def stop(trainer, step):
-        if step == 7:
-            raise KeyboardInterrupt
-
     tasks = make_tasks()
     with pytest.raises(KeyboardInterrupt):
-        Trainer(make_model(tasks), tasks, cfg, out_dir=out, callbacks=[stop]).fit()
+        Trainer(make_model(tasks), tasks, cfg, out_dir=out, callbacks=[stop_at(7)]).fit()
     assert load_checkpoint(out / "best.pt")["step"] == (6 if eval_every == 2 else 7)
     assert load_checkpoint(out / "best.prev.pt")["step"] == 4
     tasks = make_tasks()
@@ -465,14 +459,9 @@ def test_a_best_model_newer_than_the_checkpoint_gives_way_to_the_kept_one(tmp_pa
 
 def test_the_fallback_copies_go_when_training_ends(tmp_path):
     stopped = tmp_path / "stopped"
-
-    def stop(trainer, step):
-        if step == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         train(stopped, cfg=config(steps=6, eval_every=1, checkpoint_every=2,
-                                  select_on="last"), callbacks=[stop])
+                                  select_on="last"), callbacks=[stop_at(5)])
     assert (stopped / "last.prev.pt").exists() and (stopped / "best.prev.pt").exists()
     train(tmp_path / "done")
     names = {p.name for p in (tmp_path / "done").iterdir()}
@@ -676,13 +665,8 @@ def test_runner_a_finished_result_lacking_keys_is_named(tmp_path, monkeypatch, c
       "config": {}}, "step")])
 def test_a_checkpoint_of_the_wrong_content_is_named(tmp_path, state, says):
     stopped = tmp_path / "run"
-
-    def stop(trainer, step):
-        if step == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(stopped, callbacks=[stop])
+        train(stopped, callbacks=[stop_at(3)])
     (stopped / "last.prev.pt").unlink(missing_ok=True)
     torch.save(state, stopped / "last.pt")
     refused(CorruptFileError, re.escape(str(stopped / "last.pt")) + f".*{says}", stopped)
@@ -691,13 +675,8 @@ def test_a_checkpoint_of_the_wrong_content_is_named(tmp_path, state, says):
 def test_a_missing_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     reference, _, _ = train(tmp_path / "ref", cfg=config(steps=6))
     out = tmp_path / "run"
-
-    def stop(trainer, step):
-        if step == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(out, cfg=config(steps=6), callbacks=[stop])
+        train(out, cfg=config(steps=6), callbacks=[stop_at(5)])
     (out / "last.pt").unlink()
     capsys.readouterr()
     result, trainer, steps = train(out, cfg=config(steps=6))
@@ -717,13 +696,8 @@ def test_a_fingerprint_without_checkpoint_is_still_checked(tmp_path):
 
 def test_a_log_of_garbage_is_named(tmp_path):
     stopped = tmp_path / "run"
-
-    def stop(trainer, step):
-        if step == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(stopped, callbacks=[stop])
+        train(stopped, callbacks=[stop_at(3)])
     (stopped / "train_log.csv").write_bytes(b"\xff\xfe\x00garbage\x81")
     refused(CorruptFileError, re.escape(str(stopped / "train_log.csv")) + ".*delete it",
             stopped)
