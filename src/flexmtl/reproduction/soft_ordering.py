@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import math
 import re
 from pathlib import Path
 
@@ -12,13 +11,9 @@ import numpy as np
 
 from flexmtl.analysis.stats import summarize
 from flexmtl.reproduction.studies import (
-    FAILS,
-    HOLDS,
-    PAIRED_TEST,
     SOFT_ORDERING,
     Assessment,
     Claim,
-    ClaimResult,
     Protocol,
     Study,
     StudyRun,
@@ -30,9 +25,9 @@ from flexmtl.reproduction.studies import (
     fmt,
     metric,
     metric_or_none,
+    noninferior_claim,
     not_run,
     paired_claim,
-    paired_difference,
     points,
     register_study,
     seed_dirs,
@@ -77,15 +72,9 @@ def _assess_fig2(run: StudyRun, claims: tuple[Claim, ...] = ()) -> Assessment:
             for n in ns:
                 if n % 2 or n // 2 not in acc:
                     continue
-                perm, half = acc[n]["permuted"], acc[n // 2]["parallel"]
-                diff = paired_difference(perm, half)
-                low = diff["mean"] - diff["ci95"]
-                ok = not math.isnan(low) and low > -HALF_MARGIN
-                parts.append(ClaimResult(
-                    claim, HOLDS if ok else FAILS,
-                    f"n={n}: permuted {fmt(perm)} vs parallel at n/2 {fmt(half)}, difference "
-                    f"{fmt(diff)} ({diff['n']} seeds)",
-                    f"{PAIRED_TEST} above -{HALF_MARGIN}"))
+                parts.append(noninferior_claim(
+                    claim, "permuted", acc[n]["permuted"], "parallel at n/2",
+                    acc[n // 2]["parallel"], HALF_MARGIN, where=f"n={n}"))
             results.append(all_claim(claim, parts))
     return Assessment(ours, results,
                       {"accuracy": {str(n): {m: acc[n][m]["mean"] for m in acc[n]} for n in ns}})
@@ -158,14 +147,9 @@ def _assess_fig2_single(run: StudyRun) -> Assessment:
                  [[str(n), *(fmt(acc[n][m]) for m in methods)] for n in ns])
     parts = []
     for n in ns:
-        perm, single = acc[n]["permuted"], acc[n]["single"]
-        diff = paired_difference(perm, single)
-        low = diff["mean"] - diff["ci95"]
-        ok = not math.isnan(low) and low > -HALF_MARGIN
-        parts.append(ClaimResult(
-            FIG2_SINGLE, HOLDS if ok else FAILS,
-            f"n={n}: permuted {fmt(perm)} vs single-task {fmt(single)}, difference "
-            f"{fmt(diff)} ({diff['n']} seeds)", f"{PAIRED_TEST} above -{HALF_MARGIN}"))
+        parts.append(noninferior_claim(FIG2_SINGLE, "permuted", acc[n]["permuted"],
+                                       "single-task", acc[n]["single"], HALF_MARGIN,
+                                       where=f"n={n}"))
     parallel = all_claim(FIG2_SINGLE_PARALLEL, [
         paired_claim(FIG2_SINGLE_PARALLEL, "single-task", acc[n]["single"], "parallel",
                      acc[n]["parallel"], lower_is_better=False, where=f"n={n}")

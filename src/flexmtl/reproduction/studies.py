@@ -145,6 +145,20 @@ def paired_claim(claim: Claim, name_a: str, a: dict, name_b: str, b: dict,
     return ClaimResult(claim, status, evidence, PAIRED_TEST)
 
 
+def noninferior_claim(claim: Claim, name_a: str, a: dict, name_b: str, b: dict, margin: float,
+                      where: str = "") -> ClaimResult:
+    """``A as good as B``: holds when the lower end of the paired 95% interval of the per-seed
+    difference A - B lies above ``-margin``; otherwise it fails (no trend: the claim is that
+    A loses at most ``margin``)."""
+    diff = paired_difference(a, b)
+    low = diff["mean"] - diff["ci95"]
+    ok = not math.isnan(low) and low > -margin
+    at = f"{where}: " if where else ""
+    return ClaimResult(claim, HOLDS if ok else FAILS,
+                       f"{at}{name_a} {fmt(a)} vs {name_b} {fmt(b)}, difference {fmt(diff)} "
+                       f"({diff['n']} seeds)", f"{PAIRED_TEST} above -{margin}")
+
+
 def bound_claim(claim: Claim, name: str, values: Sequence[float], bound: float, above: bool,
                 digits: int = 3, scale: float = 1.0) -> ClaimResult:
     """One measured quantity (per seed) on the claimed side of ``bound``: holds when its 95%
