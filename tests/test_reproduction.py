@@ -7,12 +7,14 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flexmtl.analysis.stats import summarize
 from flexmtl.cli import main
 from flexmtl.errors import FlexMTLError, UnknownNameError
 from flexmtl.reproduction import report as report_mod
+from flexmtl.reproduction import soft_ordering as so
 from flexmtl.reproduction import studies as st
 from flexmtl.reproduction.gumbel_matrix import _assess_fig1, _assess_table1
 from flexmtl.reproduction.soft_ordering import (
@@ -456,7 +458,6 @@ def test_four_mnists_patterns_p_init_logit_lr_and_eval_mode(tmp_path, monkeypatc
 
 
 def test_fig2_single_joint_update_and_fig6b(tmp_path, monkeypatch):
-    from flexmtl.reproduction import soft_ordering as so
 
     acc = {"single": [0.9, 0.91, 0.92], "parallel": [0.7, 0.71, 0.72],
            "permuted": [0.9, 0.905, 0.92]}
@@ -493,3 +494,46 @@ def test_fig2_single_joint_update_and_fig6b(tmp_path, monkeypatch):
                                                  soft=[0.8, 0.81, 0.82]) for f in (0.2, 0.1)})
     a = so._assess_omniglot_sizes(_run(fig6b, tmp_path))
     assert _statuses(a) == [st.HOLDS, st.NOT_RUN] and a.verdict == st.PARTLY
+
+
+def test_all_zero_allocations_early_share(monkeypatch, tmp_path):
+    """The share of expected all-zero samples in the first quarter of the steps: the area
+    under the all-zero probability (linear between snapshots) over [0, T/4] over [0, T]."""
+    from flexmtl.reproduction import gumbel_matrix as gm
+
+    def run_with(probabilities):  # one allocation row of 2 connections, one layer
+        snaps = [(step, np.full((1, 2), p)) for step, p in probabilities]
+        monkeypatch.setattr(gm, "snapshots", lambda seed_dir: snaps)
+        return gm._early_zero_share(tmp_path, [2])
+
+    # a constant probability spreads the samples evenly over the steps: a quarter is early
+    assert run_with([(0, 0.5), (100, 0.5), (200, 0.5), (400, 0.5)]) == pytest.approx(0.25)
+    # all-zero probability (1 - p)^2 = 1/4 then 0 from step 100 on: the area is a triangle
+    # of [0, 100] in [0, 400], all of it inside the first quarter
+    assert run_with([(0, 0.5), (100, 1.0), (400, 1.0)]) == pytest.approx(1.0)
+    # all-zero probability 1, 1/2, 0 at steps 0, 200, 400 (a line): the first 100 steps
+    # hold 1 - (3/4)^2 of the triangle
+    half = 1 - 0.5 ** 0.5
+    assert run_with([(0, 0.0), (200, half), (400, 1.0)]) == pytest.approx(7 / 16)
+    assert run_with([(0, 1.0), (200, 1.0), (400, 1.0)]) is None  # never all-zero
+    assert run_with([(0, 0.5), (400, 0.5)]) is None  # too few snapshots to place the samples
+
+
+def test_table1_per_layer_claim_reads_every_layer(tmp_path):
+    """so-table1's 'other layers are similar' judges each layer alone on the checkpoints; the
+    mean over layers of their depth trends is the run's pooled depth trend."""
+    pytest.importorskip("mlxtend")
+    from flexmtl.runner import run_experiment
+
+    results = run_experiment(
+        "layer-vis", seeds=2, steps=20, out_dir=tmp_path, progress=False, log=lambda s: 0,
+        overrides={"num_tasks": 3, "eval_every": 10})
+    run = st.StudyRun(tmp_path, results, "full")
+    layers, why = so._layer_metrics(run)
+    assert why == "" and len(layers) == 4
+    pooled = results["methods"]["soft"]["metrics"]["depth_trend"]["values"]
+    for seed in range(2):
+        assert np.mean([m["trend"][seed] for m in layers]) == pytest.approx(pooled[seed])
+    judged = so._judge_layers(run)
+    assert judged.status in (st.HOLDS, st.TREND, st.FAILS)
+    assert judged.evidence.count("layer ") >= 8 and "layer 4" in judged.evidence

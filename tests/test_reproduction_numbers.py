@@ -98,6 +98,9 @@ def _render(tmp_path: Path, monkeypatch, sentinel: int, seeds: int,
     monkeypatch.setattr(gm, "snapshots", snapshots)
     monkeypatch.setattr(gm, "_gumbel_runs", lambda run: gm_paths)
     monkeypatch.setattr(gm, "sharing_summaries", sharing)
+    monkeypatch.setattr(so, "_layer_metrics", lambda run: ([
+        {k: rng.uniform(-1, 1, seeds).tolist() for k in ("same", "other", "trend")}
+        for _ in range(4)], ""))
 
     out = tmp_path / f"runs-{sentinel}"
     studies = [dataclasses.replace(s, figures=None) for s in st.all_studies()]
@@ -171,6 +174,11 @@ def test_every_number_of_the_report_comes_from_the_runs(tmp_path, monkeypatch, o
     assert all(e["verdict"] in st.VERDICTS for e in run)
     declared = _declared(report_a) | _declared(report_b) | _declared(report_c)
     assert unmeasured(a, [b, c], declared) == []
+    # a study reading another's runs shares its per-seed file, never a copy
+    entries = {e["key"]: e for e in report_a["studies"]}
+    readers = [e for e in run if st.STUDIES.get(e["key"]).runs_with]
+    assert readers and all(e["runs_file"] == entries[st.STUDIES.get(e["key"]).runs_with]
+                           ["runs_file"] for e in readers)
     # the summary has one line per claim
     summary = a.split("## Summary")[1].split("\n## ")[0]
     claims = sum(len(e["claims"]) for e in report_a["studies"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from flexmtl.analysis.stats import summarize
@@ -9,6 +11,7 @@ from flexmtl.reproduction.studies import (
     GUMBEL_MATRIX,
     Assessment,
     Claim,
+    ClaimResult,
     Protocol,
     Study,
     StudyRun,
@@ -492,17 +495,46 @@ G8_CONVERGE = Claim(f"the allocation probabilities converge to 0 or 1: at the en
 G8_ZERO = Claim("an all-zero allocation (no component of a layer for a task) is sampled very "
                 f"rarely: below {RARE:.0%} per (task, layer) at the end, on average (the bound "
                 "is ours)")
-G8_CLAIMS = (G8_CONVERGE, G8_ZERO)
+EARLY = 0.25  # "the beginning of training": this share of the steps (ours)
+G8_EARLY = Claim("all-zero allocations happen mostly at the beginning of training: over half of "
+                 f"the expected all-zero samples fall in the first {EARLY:.0%} of the steps "
+                 "(the window is ours)")
+G8_CLAIMS = (G8_CONVERGE, G8_ZERO, G8_EARLY)
 
 
 def _all_zero(sharing: dict) -> float:
     """Mean over (task, routed layer) of the probability that every connection of the layer
     is sampled off."""
-    probs = np.asarray(sharing["probabilities"], dtype=float)
-    sizes = sharing.get("layer_sizes") or [probs.shape[1]]
-    edges = np.cumsum([0, *sizes])
+    return _zero_probability(np.asarray(sharing["probabilities"], dtype=float),
+                             sharing.get("layer_sizes"))
+
+
+def _zero_probability(probs: np.ndarray, sizes: list[int] | None) -> float:
+    edges = np.cumsum([0, *(sizes or [probs.shape[1]])])
     return float(np.mean([np.prod(1 - probs[:, a:b], axis=1)
                           for a, b in zip(edges[:-1], edges[1:])]))
+
+
+def _early_zero_share(seed_dir: Path, sizes: list[int] | None) -> float | None:
+    """Share of a run's expected number of all-zero samples (the all-zero probability
+    integrated over the steps, linear between the recorded snapshots) that falls in the first
+    :data:`EARLY` of its steps; None when too few snapshots or none is ever likely."""
+    snaps = snapshots(seed_dir)
+    if len(snaps) < 3:
+        return None
+    steps = np.array([step for step, _ in snaps], dtype=float)
+    zero = np.array([_zero_probability(p, sizes) for _, p in snaps])
+    cut = steps[0] + EARLY * (steps[-1] - steps[0])
+    head = np.concatenate([steps[steps < cut], [cut]])
+    total = _area(steps, zero)
+    if total <= 0:
+        return None
+    return _area(head, np.interp(head, steps, zero)) / total
+
+
+def _area(x: np.ndarray, y: np.ndarray) -> float:
+    """The trapezoid rule (numpy's is named differently before and after numpy 2)."""
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
 
 
 def _assess_fig8(run: StudyRun) -> Assessment:
@@ -524,8 +556,22 @@ def _assess_fig8(run: StudyRun) -> Assessment:
         bound_claim(G8_CONVERGE, "share settled at the end", settled, CONVERGED, above=True),
         bound_claim(G8_ZERO, "probability of an all-zero allocation", zero, RARE, above=False,
                     digits=4) if zero else not_run(G8_ZERO, "no run records its probabilities"),
+        _judge_early(run, seeds),
     ]
     return Assessment(ours, claims, {"settled": end["mean"]})
+
+
+def _judge_early(run: StudyRun, seeds: list[Path]) -> ClaimResult:
+    shares = []
+    for seed_dir in seeds:
+        sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing") or {}
+        share = _early_zero_share(seed_dir, sharing.get("layer_sizes"))
+        if share is not None:
+            shares.append(share)
+    if len(shares) < 2:
+        return not_run(G8_EARLY, "fewer than two runs record their probabilities over training")
+    return bound_claim(G8_EARLY, f"share of all-zero samples in the first {EARLY:.0%} of the "
+                       "steps", shares, 0.5, above=True)
 
 
 register_study(Study(

@@ -306,8 +306,8 @@ def per_seed_runs(folder: ExperimentFolder) -> list[dict]:
     return sorted(out, key=lambda r: order.index(r["value"]) if r["value"] in order else -1)
 
 
-def _runs_file(study: Study, run: StudyRun) -> dict:
-    return {"study": study.key, "experiment": study.experiment, "mode": run.mode,
+def _runs_file(key: str, experiment: str, run: StudyRun) -> dict:
+    return {"study": key, "experiment": experiment, "mode": run.mode,
             "runs": per_seed_runs(ExperimentFolder(run.run_dir))}
 
 
@@ -386,7 +386,7 @@ def check(key: str, quick: bool = False, doc: str | Path = ReproductionReport.DO
 
     study = STUDIES.get(key)
     files = ReproductionReport(doc)
-    path = files.study_runs(study.key)
+    path = files.study_runs(study.runs_with or study.key)
     if not path.is_file():
         raise FlexMTLError(f"{path} does not exist: run `flexmtl reproduce --only {key}` "
                            "first, to write the per-seed values to check")
@@ -483,14 +483,15 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True, exist_ok=True)
             figures = [os.path.relpath(p, doc.parent) for p in study.figures(run, dest)]
-        runs = _runs_file(study, run)
-        runs_files[study.key] = runs  # written with the report, into the figures' folder
+        owner = study.runs_with or study.key  # a study reading another's runs shares its file
+        runs = _runs_file(owner, study.experiment, run)
+        runs_files[owner] = runs  # written with the report, into the figures' folder
         stale = _stale_entry(runs["runs"], current)
         if stale is not None:
             entry["stale"] = stale
         entry.update(
             floors=floors_entry(ExperimentFolder(run.run_dir).read_floors()),
-            runs_file=os.path.relpath(files.study_runs(study.key), doc.parent))
+            runs_file=os.path.relpath(files.study_runs(owner), doc.parent))
         entry.update(
             status="run", mode=run.mode, seeds=len(run.results.get("seeds") or []),
             protocol_note=used.note if used else "",

@@ -8,12 +8,14 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from flexmtl.analysis.stats import summarize
 from flexmtl.reproduction.studies import (
     SOFT_ORDERING,
     Assessment,
     Claim,
+    ClaimResult,
     Protocol,
     Study,
     StudyRun,
@@ -593,12 +595,73 @@ T1_LEFT = Claim("the first layer expands the left side of the 4: it adds more of
                 "brightness left of the digit's centre than the digit's own ink has")
 T1_OTHERS = Claim("results for the other layers are similar (Table 1's caption): each layer on "
                   "its own, not only the first, has a similar effect in every (task, depth) "
-                  "context and an effect that decreases with depth",
-                  needs="no command: the layer-vis analysis records the similarity and the depth "
-                        "trend pooled over all layers, and the left-side share for the first "
-                        "layer only; judging it needs the Table 1 metrics per layer "
-                        "(effect_metrics with layer=l for each l) in the experiment's analysis")
+                  "context (its change images correlate more across contexts than with the "
+                  "other layers' change images) and an effect that decreases with depth")
 T1_CLAIMS = (T1_SIMILAR, T1_DEPTH, T1_LAST, T1_LEFT, T1_OTHERS)
+
+
+def _layer_metrics(run: StudyRun) -> tuple[list[dict[str, list[float]]], str]:
+    """Per layer (in order), per finished seed: the Table 1 numbers of that layer alone --
+    ``same`` (its change images across (task, depth) contexts), ``other`` (its change images
+    against each other layer's, averaged over the other layers) and ``trend`` (rank
+    correlation of depth and its effect size) -- measured on the selected checkpoint, the
+    model rebuilt by the experiment; ``([], why)`` when no run can be read."""
+    from flexmtl.analysis.layer_vis import effect_metrics, layer_switches
+    from flexmtl.experiments import get_experiment
+    from flexmtl.models import MultiTaskModel
+
+    folder = ExperimentFolder(run.run_dir)
+    manifest = folder.read_manifest() or {}
+    experiment = get_experiment(manifest.get("experiment", "layer-vis"))
+    cfg = manifest.get("config")
+    seeds = [TrainingRun(d) for d in seed_dirs(folder.method_dir("soft"))]
+    seeds = [r for r in seeds if r.best.exists()]
+    if cfg is None or not seeds:
+        return [], "no finished run with a checkpoint"
+    layers: list[dict[str, list[float]]] = []
+    tasks = None
+    for seed_run in seeds:
+        result = seed_run.read_result() or {}
+        seed = int(result.get("seed", 0))
+        trained_on = [t.get("note") for t in result.get("tasks", [])]
+        if tasks is None or trained_on != [t.note for t in tasks]:  # the same images: reuse
+            tasks = experiment.build_tasks(cfg, seed)
+        if trained_on != [t.note for t in tasks]:
+            return [], f"{seed_run.path} was trained on other images than the data found now"
+        model = experiment.build_model("soft", tasks, cfg, seed)
+        model.load_state_dict(seed_run.load_best_model())
+        shape = tuple(tasks[0].info["image_shape"])
+        x = tasks[0].train.x
+        assert isinstance(model, MultiTaskModel) and isinstance(x, torch.Tensor)  # pixels
+        switches = layer_switches(model, x)  # [T, L, D, 2, N]
+        targets = torch.stack([t.train.y for t in tasks])
+        count = switches.shape[1]
+        if not layers:
+            layers = [{"same": [], "other": [], "trend": []} for _ in range(count)]
+        for layer in range(count):
+            alone = effect_metrics(switches[:, [layer]], targets, shape)
+            others = [effect_metrics(switches[:, [layer, m]], targets, shape)
+                      ["other_layer_similarity"] for m in range(count) if m != layer]
+            layers[layer]["same"].append(alone["primitive_similarity"])
+            layers[layer]["other"].append(float(np.mean(others)))
+            layers[layer]["trend"].append(alone["depth_trend"])
+    return layers, ""
+
+
+def _judge_layers(run: StudyRun) -> ClaimResult:
+    """:data:`T1_OTHERS`: every layer's similarity beats its similarity to the other layers
+    (paired interval) and its depth trend lies below 0 (interval), each layer judged alone."""
+    layers, why = _layer_metrics(run)
+    if not layers:
+        return not_run(T1_OTHERS, why)
+    parts = []
+    for i, m in enumerate(layers, start=1):
+        parts.append(paired_claim(T1_OTHERS, f"layer {i} same-layer similarity",
+                                  summarize(m["same"]), "its similarity to other layers",
+                                  summarize(m["other"]), lower_is_better=False))
+        parts.append(bound_claim(T1_OTHERS, f"layer {i} rank correlation of depth and effect",
+                                 m["trend"], 0.0, above=False))
+    return all_claim(T1_OTHERS, parts)
 
 
 def _assess_table1(run: StudyRun) -> Assessment:
@@ -630,7 +693,7 @@ def _assess_table1(run: StudyRun) -> Assessment:
                     above=False, digits=4) if last_shape else not_run(T1_LAST, "no shape change"),
         paired_claim(T1_LEFT, "layer 1's left share", left, "the ink's", digit, False, 2)
         if left and digit else not_run(T1_LEFT, "no left-share measurement"),
-        not_run(T1_OTHERS, "the runs hold no per-layer numbers"),
+        _judge_layers(run),
     ]
     return Assessment(ours, claims,
                       {"depth_trend": trend["mean"], "primitive_similarity": same["mean"],
