@@ -486,6 +486,8 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
         owner = study.runs_with or study.key  # a study reading another's runs shares its file
         runs = _runs_file(owner, study.experiment, run)
         runs_files[owner] = runs  # written with the report, into the figures' folder
+        if owner != study.key:  # a copy an older flexmtl wrote
+            files.study_runs(study.key).unlink(missing_ok=True)
         stale = _stale_entry(runs["runs"], current)
         if stale is not None:
             entry["stale"] = stale
