@@ -179,7 +179,7 @@ class _Pool(Protocol):
 
     def busy(self) -> int: ...  # calls in flight
 
-    def submit(self, call: Call) -> None: ...
+    def submit(self, call: Call) -> bool: ...  # False: no worker could take it after all
 
     def wait(self) -> list[tuple[Call, Outcome]]: ...  # at least one finished call
 
@@ -205,7 +205,9 @@ def run_calls(calls: Sequence[Call], on_done: Callable[[Call, Any], None],
     try:
         while queue or pool.busy():
             while queue and pool.room() and not failures:
-                pool.submit(queue.popleft())
+                if not pool.submit(queue[0]):
+                    continue
+                queue.popleft()
             if not pool.busy():
                 break
             for call, (ok, value) in pool.wait():
@@ -227,6 +229,10 @@ def run_calls(calls: Sequence[Call], on_done: Callable[[Call, Any], None],
         raise RunFailedError(call.label, failure.error_type, failure.message,
                              failure.traceback, failure.expected, failure.error, others,
                              not_started=len(queue))
+    if queue:
+        raise FlexMTLError(f"every worker process ended (stopped by a signal?) before "
+                           f"{len(queue)} run(s) could start; rerun the same command to "
+                           "resume")
 
 
 # ---------------------------------------------------------------------- local pool
@@ -238,9 +244,16 @@ class WorkerStopped(BaseException):
 
 
 def _on_stop_signal(signum: int, frame: object) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the cleanup itself is not interrupted
-        signal.signal(sig, signal.SIG_IGN)
+    # a second signal must not interrupt the cleanup: a handler that does nothing (not
+    # SIG_IGN, which makes a signal already on its way raise OSError mid-cleanup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is _on_stop_signal:
+            signal.signal(sig, _after_stop_signal)
     raise WorkerStopped
+
+
+def _after_stop_signal(signum: int, frame: object) -> None:
+    """SIGTERM and SIGINT once the worker is stopping: nothing more to do."""
 
 
 def _stop_when_orphaned(parent: int) -> None:
@@ -257,15 +270,30 @@ def _stop_when_orphaned(parent: int) -> None:
 
 def serve(conn: multiprocessing.connection.Connection, parent: int) -> None:
     """A local worker process: :func:`execute` each call the parent sends, one at a time,
-    and send back its outcome, until the parent sends None or closes the pipe."""
+    and send back its outcome, until the parent sends None or closes the pipe. SIGTERM and
+    SIGINT (unless ignored, as in a background job) stop it: a call it was running is
+    answered with a :class:`Failure` saying so."""
     signal.signal(signal.SIGTERM, _on_stop_signal)
-    signal.signal(signal.SIGINT, _on_stop_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_stop_signal)
     _stop_when_orphaned(parent)
+    busy = False
     try:
         conn.send(READY)
         while (call := conn.recv()) is not None:
-            conn.send(execute(call))
-    except (WorkerStopped, EOFError, BrokenPipeError):
+            busy = True
+            outcome = execute(call)
+            busy = False
+            conn.send(outcome)
+    except WorkerStopped:
+        if busy:
+            message = (f"its worker process {os.getpid()} was stopped by a signal; rerun the "
+                       "same command to resume it")
+            try:
+                conn.send((False, Failure("WorkerStopped", message, message, True)))
+            except OSError:  # the parent is gone
+                pass
+    except (EOFError, BrokenPipeError):  # the parent is gone
         pass
 
 
@@ -320,15 +348,25 @@ class _LocalPool:
             raise
 
     def room(self) -> bool:
-        return any(w.alive and w.call is None for w in self._workers)
+        return any(self._idle(w) for w in self._workers)
+
+    def _idle(self, worker: _Worker) -> bool:
+        if worker.alive and not worker.process.is_alive():  # ended while idle
+            worker.alive = False
+        return worker.alive and worker.call is None
 
     def busy(self) -> int:
         return sum(w.call is not None for w in self._workers)
 
-    def submit(self, call: Call) -> None:
-        worker = next(w for w in self._workers if w.alive and w.call is None)
-        worker.conn.send(call)
+    def submit(self, call: Call) -> bool:
+        worker = next(w for w in self._workers if self._idle(w))
+        try:
+            worker.conn.send(call)
+        except (BrokenPipeError, ConnectionResetError):  # it ended just now
+            worker.alive = False
+            return False
         worker.call = call
+        return True
 
     def wait(self) -> list[tuple[Call, Outcome]]:
         busy = [w for w in self._workers if w.call is not None]
@@ -355,10 +393,13 @@ class _LocalPool:
         worker.process.join(timeout=STOP_GRACE_SECONDS)
         worker.alive = False
         code = worker.process.exitcode
-        how = (f"killed by signal {-code}" if code is not None and code < 0
-               else f"exit status {code}")
-        message = (f"its worker process {worker.process.pid} died ({how}); e.g. out of "
-                   "memory. Rerun the same command to resume it")
+        how = f"exit status {code}"
+        if code is not None and code < 0:
+            how = f"killed by {signal.Signals(-code).name}"
+            if -code == signal.SIGKILL:
+                how += ", e.g. for want of memory"
+        message = (f"its worker process {worker.process.pid} ended ({how}) before the run "
+                   "finished; rerun the same command to resume it")
         return False, Failure("WorkerDied", message, message, True)
 
     def stop(self) -> None:
@@ -413,9 +454,10 @@ class _RayPool:
     def busy(self) -> int:
         return len(self._flight)
 
-    def submit(self, call: Call) -> None:
+    def submit(self, call: Call) -> bool:
         task = self._remote.options(num_gpus=1) if call.gpu else self._remote
         self._flight[task.remote(call)] = call
+        return True
 
     def wait(self) -> list[tuple[Call, Outcome]]:
         ready, _ = self._ray.wait(list(self._flight), num_returns=1)
