@@ -237,6 +237,7 @@ def test_default_jobs(monkeypatch):
     monkeypatch.setenv(JOBS_VARIABLE, "3")
     assert worker_count(None, 10) == 3 and worker_count(None, 2) == 2
     assert worker_count(4, 10) == 4 and worker_count(4, 1) == 1
+    check_executor("local", None, None, torchrun=True)  # the default: serial under torchrun
     monkeypatch.delenv(JOBS_VARIABLE)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert worker_count(None, 1000) == cores

@@ -129,7 +129,7 @@ def check_executor(executor: object, jobs: object, address: object,
     if jobs is not None and jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     if jobs is None:
-        jobs = default_jobs()
+        default_jobs()  # a bad $FLEXMTL_JOBS is refused here, too
     if address is not None and executor != "ray":
         raise ConfigError(f"address {address!r} is the Ray cluster to connect to; it needs "
                           "executor='ray' (--executor ray)")

@@ -422,7 +422,7 @@ def check(key: str, quick: bool = False, doc: str | Path = ReproductionReport.DO
         run_experiment(source.experiment, methods=protocol.methods, seeds=protocol.seeds,
                        out_dir=out, overrides={**protocol.overrides, **(runtime or {})},
                        sweep=protocol.sweep or None, progress=progress, plots=False, log=log,
-                       restart=True)
+                       restart=True, jobs=1)  # one run after the other, in this process
         mismatches = compare_runs(committed["runs"], per_seed_runs(ExperimentFolder(out)))
     finally:
         if tmp is not None:
