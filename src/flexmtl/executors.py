@@ -10,7 +10,9 @@ seed, config and run folder), named by a label for messages:
   data-parallel). It never comes here.
 * ``local`` with ``jobs=N``: N worker processes of the ``spawn`` start method (not
   ``fork``: torch holds threads), each training whole runs single-threaded
-  (``torch.set_num_threads(1)`` unless the run's config sets ``threads``).
+  (``torch.set_num_threads(1)`` unless the run's config sets ``threads``). Each worker
+  imports the calling script, as ``spawn`` does: a script needs its
+  ``if __name__ == "__main__":`` guard (a worker that fails to start says so).
 * ``ray``: Ray tasks of one CPU each (and one GPU for a run on ``cuda``), on a running
   cluster (``address``, e.g. ``HOST:6379`` of a ``ray start --head``) or as ``ray.init()``
   finds one (``RAY_ADDRESS``, a cluster started on this machine, else a new local
@@ -194,8 +196,8 @@ def run_calls(calls: Sequence[Call], on_done: Callable[[Call, Any], None],
     """Run ``calls`` on ``executor``, ``jobs`` at a time, calling ``on_done(call, result)``
     here as each ends (in the order they end). A failed call is logged at once; when the
     running ones have finished, :class:`RunFailedError` names it (and any other).
-    ``jobs`` None: the usable cores (``local``) or the cluster's CPUs (``ray``); never more
-    than there are calls."""
+    ``jobs`` None: :func:`default_jobs`, else the usable cores (``local``) or the cluster's
+    CPUs (``ray``); never more than there are calls."""
     if not calls:
         return
     pool = (_LocalPool(worker_count(jobs, len(calls))) if executor == "local"
@@ -443,7 +445,7 @@ class _RayPool:
         if self._owns:
             ray.init(address=address, include_dashboard=False, log_to_driver=True)
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        self._jobs = max(1, min(jobs if jobs is not None else cpus, calls))
+        self._jobs = max(1, min(jobs or default_jobs() or cpus, calls))
         self._remote = ray.remote(execute).options(num_cpus=1, max_retries=0)
         self._flight: dict[Any, Call] = {}
         log(f"  Ray cluster of {cpus} CPU(s): {self._jobs} run(s) at a time")
