@@ -1,7 +1,8 @@
 """Command line: ``flexmtl list | run | plot | reproduce | data``; thin: parses, then calls
 the library.
 
-``torchrun --nproc_per_node=N -m flexmtl run ...`` runs an experiment data-parallel.
+``torchrun --nproc_per_node=N -m flexmtl run ...`` runs an experiment data-parallel;
+``flexmtl run --jobs N`` trains N runs of it at once (``--executor ray``: on a Ray cluster).
 
 Exit status (:data:`EXIT_STATUS`): every failure ends with one line on stderr,
 ``flexmtl: error: ...``, never a traceback. SIGTERM, like Ctrl-C, stops a command with its
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flexmtl.errors import ConfigError, FlexMTLError
+from flexmtl.errors import ConfigError, FlexMTLError, RunFailedError
 from flexmtl.run_folder import ReproductionReport
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                           "the GPU of its LOCAL_RANK")
     run.add_argument("--compile", action="store_true",
                      help="apply torch.compile to the training forward")
+    _add_executor_options(run)
 
     plot = sub.add_parser("plot", help="redraw the plots of a run folder")
     plot.add_argument("run_dir")
@@ -109,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(exit 1 on a mismatch); --quick: its quick protocol")
     rep.add_argument("--list", action="store_true", help="list the studies and exit")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_executor_options(rep)
 
     data = sub.add_parser("data", help="data sources: where each is looked for, download them")
     data.set_defaults(data_command="list", root=None)
@@ -129,6 +132,35 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--root", help="data root (default: $FLEXMTL_DATA, else "
                                         "~/.flexmtl/data)")
     return p
+
+
+def _add_executor_options(command: argparse.ArgumentParser) -> None:
+    """``--jobs``, ``--executor`` and ``--address``: where a study's runs train
+    (:mod:`flexmtl.executors`)."""
+    command.add_argument("--jobs", type=int, metavar="N",
+                         help="train N runs at once, each in a worker process (default: "
+                              "$FLEXMTL_JOBS, else every usable CPU core; with --executor "
+                              "ray the cluster's CPUs); 1: one after the other in this "
+                              "process")
+    command.add_argument("--executor", metavar="{local,ray}",
+                         help="local: worker processes on this machine (the default); ray: "
+                              "Ray tasks, on the cluster at --address (needs "
+                              "pip install 'flexmtl[ray]')")
+    command.add_argument("--address", metavar="HOST:PORT",
+                         help="with --executor ray: the running Ray cluster to use (`ray "
+                              "start --head` prints it); its nodes must share the run "
+                              "folder's file system. Default: as ray.init() finds one, else "
+                              "a local instance")
+
+
+def _executor_options(args: argparse.Namespace) -> dict:
+    """The executor keywords of ``run_experiment`` given on the command line."""
+    return {"jobs": args.jobs, "executor": args.executor or "local", "address": args.address}
+
+
+def _given_executor_flags(args: argparse.Namespace) -> list[str]:
+    return [flag for flag, value in (("--jobs", args.jobs), ("--executor", args.executor),
+                                     ("--address", args.address)) if value is not None]
 
 
 def _device(name: str) -> str:
@@ -234,6 +266,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         plots=not args.no_plots,
         restart=args.restart,
+        **_executor_options(args),
     )
 
 
@@ -267,24 +300,26 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                   + (f"; not runnable here: {why}" if why else ""))
         return 0
     if args.report_only:
-        if args.only or args.quick or args.restart or args.check:
+        if args.only or args.quick or args.restart or args.check or _given_executor_flags(args):
             raise FlexMTLError("--report-only rewrites the whole report from every finished "
-                               "run; it takes neither --only, --quick, --restart nor --check")
+                               "run without training; it takes neither --only, --quick, "
+                               "--restart, --check, --jobs, --executor nor --address")
         write_report(args.out, args.doc)
         return 0
     runtime = {"device": args.device} if args.device else {}
     if args.compile:
         runtime["compile"] = True
     if args.check:
-        if args.only or args.restart or args.allow_stale:
-            raise FlexMTLError("--check reruns one study into a temporary folder; it takes "
-                               "neither --only, --restart nor --allow-stale")
+        if args.only or args.restart or args.allow_stale or _given_executor_flags(args):
+            raise FlexMTLError("--check reruns one study into a temporary folder, one run "
+                               "after the other; it takes neither --only, --restart, "
+                               "--allow-stale, --jobs, --executor nor --address")
         mismatches = check(args.check, quick=args.quick, doc=args.doc, runtime=runtime,
                            progress=not args.no_progress)
         return 1 if mismatches else 0
     reproduce(args.only, quick=args.quick, out=args.out, doc=args.doc,
               progress=not args.no_progress, runtime=runtime, restart=args.restart,
-              allow_stale=args.allow_stale)
+              allow_stale=args.allow_stale, **_executor_options(args))
     return 0
 
 
@@ -317,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # shutdown, where gloo's teardown can race and abort the process
         distributed.cleanup(wait=True)
     except FlexMTLError as exc:
+        if isinstance(exc, RunFailedError) and not exc.expected:  # a bug: show where
+            print(exc.traceback, file=sys.stderr, end="")
         print(f"flexmtl: error{_rank()}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -67,3 +67,37 @@ class FolderMismatchError(ConfigError):
 class FolderLockedError(FlexMTLError, RuntimeError):
     """A run folder that another live process is writing (its ``run.lock`` names the
     process and host); a lock left by a process that died on this machine is taken over."""
+
+
+class RunFailedError(FlexMTLError, RuntimeError):
+    """A run of a study that raised in a worker process (``jobs`` > 1, or Ray). The message
+    names the run (method, seed, sweep value) and its error; ``traceback`` holds the
+    worker's traceback text, ``error`` the original exception where it could be sent back
+    (also the ``__cause__``), and ``expected`` says whether that was a flexmtl or OS error
+    (one line says it all) rather than a bug (the traceback shows where)."""
+
+    def __init__(self, run: str, error_type: str, message: str, traceback: str,
+                 expected: bool, error: BaseException | None = None,
+                 others: Sequence[str] = (), not_started: int = 0):
+        what = message if expected else f"{error_type}: {message}"
+        msg = f"run {run} failed: {what}"
+        if others:
+            msg += f"; {len(others)} other run(s) failed too: {', '.join(others)}"
+        if not_started:
+            msg += f"; {not_started} run(s) were not started (rerun the command to resume)"
+        super().__init__(msg)
+        self.run, self.error_type, self.traceback = run, error_type, traceback
+        self.expected, self.error, self.others = expected, error, list(others)
+        # a Python traceback of this error shows the worker's, as concurrent.futures does
+        remote = WorkerTraceback(traceback)
+        if error is not None:
+            error.__cause__ = remote
+        self.__cause__ = error if error is not None else remote
+
+
+class WorkerTraceback(Exception):
+    """The traceback text of an exception raised in a worker process (the ``__cause__``
+    of a :class:`RunFailedError`'s error), printed as it was there."""
+
+    def __str__(self) -> str:
+        return "\n\n" + str(self.args[0])

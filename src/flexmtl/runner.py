@@ -16,6 +16,11 @@ deletes them first; every file a run resumes from is checked before anything tra
 The command holds ``OUT/run.lock`` (:class:`~flexmtl.run_folder.FolderLock`) from start to
 end, so that a second command on the same folder is refused.
 
+The unfinished runs train in this process, one after the other, or on an executor
+(:mod:`flexmtl.executors`: ``jobs`` worker processes, or a Ray cluster), each by
+:func:`train_run`; finished runs are reused here either way, and the results are gathered
+and summarised in the same order, so they do not depend on where the runs trained.
+
 Under ``torchrun`` every process runs the same loop and trains each run data-parallel;
 rank 0 alone reads and writes the run folder and prints, and every rank returns the
 same results.
@@ -23,6 +28,7 @@ same results.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import numbers
@@ -36,7 +42,8 @@ import torch
 from flexmtl import provenance
 from flexmtl.analysis.stats import format_mean_ci, summarize
 from flexmtl.errors import ConfigError, FolderMismatchError, UnknownNameError
-from flexmtl.experiments import get_experiment
+from flexmtl.executors import Call, Executor, check_executor, run_calls, worker_count
+from flexmtl.experiments import EXPERIMENTS, get_experiment
 from flexmtl.experiments.base import Experiment, check_config, coerce, parse_overrides
 from flexmtl.run_folder import ExperimentFolder, FolderLock, TrainingRun, remove_torn_writes
 from flexmtl.sharing import find_cores
@@ -63,6 +70,9 @@ def run_experiment(
     plots: bool = True,
     log: Callable[[str], None] = print,
     restart: bool = False,
+    jobs: int | None = None,
+    executor: Executor = "local",
+    address: str | None = None,
 ) -> dict:
     """Run ``methods`` of experiment ``name`` for ``seeds`` seeds; return the results dict.
 
@@ -70,6 +80,17 @@ def run_experiment(
     single configured point, or ``(key, values)`` sweeps ``key``. ``restart``: first delete
     what flexmtl wrote in the run folder (manifest, results, plots, every run); otherwise
     finished runs are kept and unfinished ones resume.
+
+    Where the unfinished runs train (:mod:`flexmtl.executors`): ``executor="local"`` with
+    ``jobs=1`` in this process, one after the other (as under ``torchrun``, where every
+    process runs them together); with ``jobs=N`` in N worker processes, one run each at a
+    time, single-threaded unless the config sets ``threads``. ``jobs`` None: ``$FLEXMTL_JOBS``
+    where set, else the usable CPU cores. ``executor="ray"``: as Ray tasks, ``jobs`` at a time (default: the cluster's
+    CPUs), on the cluster at ``address`` (``HOST:PORT``; None: as ``ray.init()`` finds
+    one, else a local instance); its nodes must share the run folder's file system. Never
+    more runs at once than are left; the results are the same wherever runs train. A run
+    that fails in a worker raises :class:`~flexmtl.errors.RunFailedError` naming it, once
+    the runs still training have finished.
     """
     exp = get_experiment(name)
     methods = exp.check_methods(_method_names(methods) or exp.default_methods
@@ -80,6 +101,7 @@ def run_experiment(
     seeds = int(seeds)
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    check_executor(executor, jobs, address, torchrun=distributed.launched_world_size() > 1)
     if isinstance(out_dir, (str, bytes)) and not out_dir.strip():
         raise ConfigError(f"out_dir (--out) {out_dir!r} is empty (it would write into the "
                           f"current folder); name a folder, or leave it out for runs/{name}")
@@ -113,7 +135,7 @@ def run_experiment(
         distributed.on_main(_write_or_check_manifest, folder, manifest)
         distributed.on_main(_check_runs, planned)
         return _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values,
-                           progress, plots, log)
+                           progress, plots, log, (executor, jobs, address))
     finally:
         lock.release()
 
@@ -136,26 +158,36 @@ def _method_names(methods: object) -> list[str] | None:
 
 
 def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, progress,
-                plots, log) -> dict:
+                plots, log, where: tuple[Executor, int | None, str | None]) -> dict:
     log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder "
         f"{folder.path}")
     for note in exp.notes:
         log(f"  note: {note}")
 
+    start = time.perf_counter()
+    # every run of the study, in the order of the results: (sweep point index, method, seed)
+    plan = [(i, method, seed) for i in range(len(values)) for method in methods
+            for seed in range(seeds)]
+    points = [(None, dict(cfg)) if key is None else ((key, value), {**cfg, key: value})
+              for value in values]
+    if _in_process(where, folder, points, plan):
+        by_run = {(i, method, seed): _run_one(exp, method, seed, points[i][1],
+                                               folder.run(method, seed, points[i][0]),
+                                               progress, log)
+                   for i, method, seed in plan}
+    else:
+        by_run = _run_elsewhere(exp, folder, points, plan, where, progress, log)
+
     point_results = []
     stale: list[tuple[TrainingRun, dict]] = []  # finished runs reused that ran other code
-    start = time.perf_counter()
-    for value in values:
-        point_cfg = dict(cfg) if key is None else {**cfg, key: value}
-        point = None if key is None else (key, value)
+    for i, value in enumerate(values):
+        point = points[i][0]
+        runs = {method: [by_run[i, method, seed] for seed in range(seeds)]
+                for method in methods}
         data_sources: dict[str, str] = {}  # per point: e.g. a swept n changes the data
-        runs = {}
-        for method in methods:
-            runs[method] = [
-                _run_one(exp, method, seed, point_cfg, folder.run(method, seed, point),
-                         progress, data_sources, log)
-                for seed in range(seeds)
-            ]
+        for result in (r for rs in runs.values() for r in rs):
+            for t in result.get("tasks") or []:
+                data_sources.setdefault(t["name"], t.get("note", ""))
         point_results.append({"value": value, "methods": _aggregate(runs), "data": data_sources})
         stale += [(folder.run(r["method"], r["seed"], point), r) for rs in runs.values()
                   for r in rs if provenance.stale_reasons(r.get("provenance"))]
@@ -165,6 +197,78 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
     results["stale_runs"] = [_relative(run.path, folder.path) for run, _ in stale]
     distributed.on_main(_write_results, folder, results, log, plots)
     return results
+
+
+def _in_process(where, folder: ExperimentFolder, points, plan) -> bool:
+    """Whether the unfinished runs train in this process, one after the other: the
+    ``local`` executor with one job (also when one run is left, and always under
+    ``torchrun``)."""
+    executor, jobs, _ = where
+    if executor != "local":
+        return False
+    if distributed.world_size() > 1:
+        return True
+    left = sum(not folder.run(method, seed, points[i][0]).is_finished()
+               for i, method, seed in plan)
+    return worker_count(jobs, left) == 1
+
+
+def _run_elsewhere(exp, folder, points, plan, where, progress, log) -> dict:
+    """Reuse the finished runs here and hand the others to the executor (``where``), with a
+    bar of the study's finished runs; their results by ``(point index, method, seed)``."""
+    from tqdm.auto import tqdm
+
+    results = {}
+    calls: dict[str, tuple[int, str, int]] = {}  # the label of each run to train
+    for i, method, seed in plan:
+        point, cfg = points[i]
+        run = folder.run(method, seed, point)
+        result = _reuse(exp, method, seed, cfg, run, log)
+        if result is not None:
+            results[i, method, seed] = result
+        else:
+            calls[_label(method, seed, point)] = (i, method, seed)
+    bar = tqdm(total=len(plan), initial=len(results), disable=not progress, unit="run",
+               desc=f"{exp.name} runs", dynamic_ncols=True)
+
+    def say(message: str) -> None:  # above the bar
+        with tqdm.external_write_mode():
+            log(message)
+
+    def done(call: Call, result: dict) -> None:
+        i, method, seed = calls[call.label]
+        results[i, method, seed] = result
+        say(_finished_line(method, seed, result, points[i][0]))
+        bar.update(1)
+
+    executor, jobs, address = where
+    if executor == "local":
+        say(f"  {len(calls)} run(s) to train, {worker_count(jobs, len(calls))} at a time in "
+            "worker processes")
+    todo = [_train_call(exp, method, seed, points[i], folder, label)
+            for label, (i, method, seed) in calls.items()]
+    try:
+        run_calls(todo, done, executor, jobs, address, say)
+    finally:
+        bar.close()
+    return results
+
+
+def _label(method: str, seed: int, point: tuple[str, Any] | None) -> str:
+    """A run as messages name it: ``soft seed 1`` or ``soft seed 1 (n=50)``."""
+    return f"{method} seed {seed}" + ("" if point is None else f" ({point[0]}={point[1]})")
+
+
+def _train_call(exp, method, seed, point_and_cfg, folder, label) -> Call:
+    """The :class:`~flexmtl.executors.Call` of :func:`train_run` for one run: the
+    experiment by name, the run folder as an absolute path (a worker may start elsewhere)."""
+    point, cfg = point_and_cfg
+    run = folder.run(method, seed, point)
+    return Call(label, train_run,
+                dict(experiment=exp.name, method=method, seed=seed, config=cfg,
+                     run_dir=str(run.path.resolve()), progress=False,
+                     module=getattr(exp.build_tasks, "__module__", None)),
+                gpu=str(cfg["device"]).startswith("cuda"))
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -285,26 +389,61 @@ def _check_runs(runs: Sequence[TrainingRun]) -> None:
                 run.read_fingerprint()
 
 
-def _run_one(exp, method, seed, cfg, run: TrainingRun, progress, data_sources, log) -> dict:
+def _run_one(exp, method, seed, cfg, run: TrainingRun, progress, log) -> dict:
+    """One run in this process: reused when finished, else trained (:func:`train_run`)."""
+    result = _reuse(exp, method, seed, cfg, run, log)
+    if result is None:
+        result = train_run(exp.name, method, seed, cfg, run.path, progress)
+        log(_finished_line(method, seed, result))
+    return result
+
+
+def _reuse(exp, method, seed, cfg, run: TrainingRun, log) -> dict | None:
+    """A finished run's ``result.json`` (checked against this command: :func:`_check_finished`)
+    with its line printed; None when the run has still to train."""
     result = distributed.on_main(run.read_finished)
-    if result is not None:
-        checked = distributed.on_main(_check_finished, exp, method, seed, cfg, run)
-        for t in result.get("tasks") or []:  # a rerun's results still name the data
-            data_sources.setdefault(t["name"], t.get("note", ""))
-        log(f"  {method:>9} seed {seed}: done before (test loss {result['test']['loss']:.4f})"
-            + ("" if checked else f"; no {run.FINGERPRINT}, so its data were not checked"))
-        return result
+    if result is None:
+        return None
+    checked = distributed.on_main(_check_finished, exp, method, seed, cfg, run)
+    log(f"  {method:>9} seed {seed}: done before (test loss {result['test']['loss']:.4f})"
+        + ("" if checked else f"; no {run.FINGERPRINT}, so its data were not checked"))
+    return result
+
+
+def train_run(experiment: str, method: str, seed: int, config: Mapping[str, Any],
+              run_dir: str | Path, progress: bool = False, module: str | None = None) -> dict:
+    """Train one run of a study -- ``method`` of ``experiment`` with ``seed`` and the config of
+    its sweep point -- in ``run_dir`` (resuming from its ``last.pt``), write its
+    ``result.json`` (rank 0) and return it.
+
+    What every executor runs, here or in a worker process: top-level, with picklable
+    arguments. The experiment is looked up by name in the registry; a name that is not
+    registered (in a new worker process) is looked for again after importing ``module``,
+    the module that defines the experiment's functions (one that registers it at import).
+    """
+    exp = _registered(experiment, module)
+    cfg = dict(config)
+    run = TrainingRun(Path(run_dir))
     seed_everything(seed)
     tasks = exp.build_tasks(cfg, seed)
-    for t in tasks:
-        data_sources.setdefault(t.name, t.note)
     seed_everything(seed)
     model = exp.build_model(method, tasks, cfg, seed)
     trainer = Trainer(model, tasks, exp.train_config(cfg, seed, progress), out_dir=run.path)
     res = trainer.fit()
-    resumed = trainer.resumed_from
-    return distributed.on_main(_report, exp, method, seed, cfg, tasks, model, res, resumed,
-                               run, log, trainer.device)
+    return distributed.on_main(_write_result, exp, method, seed, cfg, tasks, model, res,
+                               trainer.resumed_from, run, trainer.device)
+
+
+def _registered(name: str, module: str | None) -> Experiment:
+    """The experiment registered as ``name``, importing ``module`` first when it is not."""
+    if name not in EXPERIMENTS and module is not None:
+        importlib.import_module(module)
+    if name not in EXPERIMENTS:
+        raise ConfigError(
+            f"experiment {name!r} is not registered in this worker process; register it when "
+            f"the module that defines it ({module}) is imported, or train in the calling "
+            "process (jobs=1)")
+    return get_experiment(name)
 
 
 def _check_finished(exp, method, seed, cfg, run: TrainingRun) -> bool:
@@ -329,11 +468,11 @@ def _check_finished(exp, method, seed, cfg, run: TrainingRun) -> bool:
     return True
 
 
-def _report(exp, method, seed, cfg, tasks, model, res, resumed, run: TrainingRun, log,
-            device=None) -> dict:
-    """Write a finished run's ``result.json`` and print its line (rank 0). Its
-    ``provenance`` (:func:`flexmtl.provenance.run_provenance`) takes the data digests from
-    the run's ``fingerprint.json`` (computed once, by the trainer)."""
+def _write_result(exp, method, seed, cfg, tasks, model, res, resumed, run: TrainingRun,
+                  device=None) -> dict:
+    """Write a finished run's ``result.json`` (rank 0) and return it. Its ``provenance``
+    (:func:`flexmtl.provenance.run_provenance`) takes the data digests from the run's
+    ``fingerprint.json`` (computed once, by the trainer)."""
     fingerprint = run.read_fingerprint()
     if fingerprint is None:  # not written (no checkpoint was saved): computed here
         fingerprint = run_fingerprint(exp.train_config(cfg, seed, False), tasks, model)
@@ -349,11 +488,18 @@ def _report(exp, method, seed, cfg, tasks, model, res, resumed, run: TrainingRun
         "provenance": provenance.run_provenance(device, fingerprint),
     }
     run.write_result(result)
-    test = res.test if res.test["tasks"] else res.val
-    accuracy = "" if math.isnan(test["accuracy"]) else f" accuracy {test['accuracy']:.4f}"
-    log(f"  {method:>9} seed {seed}: test loss {test['loss']:.4f}{accuracy} "
-        f"(best step {res.best_step}, {res.seconds:.1f}s)")
     return result
+
+
+def _finished_line(method: str, seed: int, result: dict,
+                   point: tuple[str, Any] | None = None) -> str:
+    """The line printed when a run has trained: its test loss and accuracy (validation
+    ones where it has no test split), best step and training time."""
+    test = result["test"] if result["test"]["tasks"] else result["val"]
+    accuracy = "" if math.isnan(test["accuracy"]) else f" accuracy {test['accuracy']:.4f}"
+    at = "" if point is None else f" ({point[0]}={point[1]})"
+    return (f"  {method:>9} seed {seed}{at}: test loss {test['loss']:.4f}{accuracy} "
+            f"(best step {result['best_step']}, {result['seconds']:.1f}s)")
 
 
 @torch.no_grad()

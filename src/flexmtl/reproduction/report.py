@@ -36,6 +36,7 @@ from flexmtl import provenance
 from flexmtl.analysis.stats import summarize
 from flexmtl.data import data_status
 from flexmtl.errors import CorruptFileError, FlexMTLError, UnknownNameError
+from flexmtl.executors import Executor, check_executor
 from flexmtl.experiments import EXPERIMENTS
 from flexmtl.reproduction.studies import (
     NOT_RUN,
@@ -97,6 +98,9 @@ def reproduce(
     restart: bool = False,
     allow_stale: bool = False,
     floors: bool = True,
+    jobs: int | None = None,
+    executor: Executor = "local",
+    address: str | None = None,
 ) -> dict:
     """Run the selected studies in ``full`` or ``quick`` mode, then write the report.
 
@@ -107,7 +111,8 @@ def reproduce(
     ``floors``: compute the reference floors of each study (:func:`write_floors`).
 
     ``runtime``: config keys that say how to run, not what (``device``, ``compile``), added to
-    every study's overrides; a run folder resumes across them.
+    every study's overrides; a run folder resumes across them. ``jobs``, ``executor`` and
+    ``address``: where each study's runs train (:func:`~flexmtl.runner.run_experiment`).
 
     Returns the report's data (also written next to the figures as ``reproduction.json``).
     A study that fails is recorded and the others still run; the error is raised at the end.
@@ -115,6 +120,8 @@ def reproduce(
     from flexmtl.runner import run_experiment
     from flexmtl.training import distributed
 
+    check_executor(executor, jobs, address,  # not a failure of every study, one by one
+                   torchrun=distributed.launched_world_size() > 1)
     mode = "quick" if quick else "full"
     out = Path(out)
     studies = select(only)
@@ -147,7 +154,8 @@ def reproduce(
                            out_dir=folder.path,
                            overrides={**protocol.overrides, **(runtime or {})},
                            sweep=protocol.sweep or None, progress=progress, plots=True,
-                           log=log, restart=fresh)
+                           log=log, restart=fresh, jobs=jobs, executor=executor,
+                           address=address)
         except FlexMTLError as exc:
             failed[study.key] = str(exc)
             log(f"{study.key}: failed: {exc}")
@@ -414,7 +422,7 @@ def check(key: str, quick: bool = False, doc: str | Path = ReproductionReport.DO
         run_experiment(source.experiment, methods=protocol.methods, seeds=protocol.seeds,
                        out_dir=out, overrides={**protocol.overrides, **(runtime or {})},
                        sweep=protocol.sweep or None, progress=progress, plots=False, log=log,
-                       restart=True)
+                       restart=True, jobs=1)  # one run after the other, in this process
         mismatches = compare_runs(committed["runs"], per_seed_runs(ExperimentFolder(out)))
     finally:
         if tmp is not None:
