@@ -87,7 +87,8 @@ class Trainer(Checkpointing):
     The constructor only checks its arguments: nothing is read, written or set globally
     until :meth:`setup` (which :meth:`fit`, :meth:`train_step` and :meth:`evaluate` call).
     Seams for tools and benchmarks: :meth:`train_step` (one step of the schedule),
-    :meth:`draw_batch`, :meth:`training_losses`, :meth:`losses_of`, :meth:`update`.
+    :meth:`draw_batch`, :meth:`training_losses`, :meth:`losses_of`, :meth:`update`,
+    :meth:`step_flops` (the size of a step).
 
     Args:
         model: module called as ``model(x, task_index)``.
@@ -166,6 +167,7 @@ class Trainer(Checkpointing):
         self._best_in_memory: dict | None = None
         self.seconds_before = 0.0  # training time of earlier segments of a resumed run
         self._segment_start = time.perf_counter()
+        self.threads = 0  # torch's intra-op threads of this run, set by setup()
         self.world_size = 1
         self.is_main = True
         self.shared_stream: distributed.SharedStream | None = None
@@ -177,15 +179,13 @@ class Trainer(Checkpointing):
 
     def setup(self) -> None:
         """Everything training needs beyond the constructor's checks, once (:meth:`fit`,
-        :meth:`train_step` and :meth:`evaluate` call it): thread count, the process group
-        under ``torchrun``, the model and data on the device, the optimiser, and the run
-        folder -- lock it, check its files, and resume from its ``last.pt`` or start over
-        (``resume``)."""
+        :meth:`train_step` and :meth:`evaluate` call it): the process group under
+        ``torchrun``, the model and data on the device, the optimiser, the thread count,
+        and the run folder -- lock it, check its files, and resume from its ``last.pt`` or
+        start over (``resume``)."""
         if self._ready:
             return
         cfg = self.config
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         distributed.setup(self.device)
         self.world_size = distributed.world_size()
         self.is_main = distributed.is_main()
@@ -198,6 +198,7 @@ class Trainer(Checkpointing):
         self.model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.train_data = [self._to_device(t.train) for t in self.tasks]
+        self._set_threads()
         if self.world_size > 1:
             self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
             distributed.seed_rank(cfg.seed)
@@ -217,6 +218,42 @@ class Trainer(Checkpointing):
         if cfg.compile:
             self.training_forward = torch.compile(self.training_forward)
         self._ready = True
+
+    def _set_threads(self) -> None:
+        """torch's intra-op threads: ``config.threads`` (0: torch's)."""
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.threads = torch.get_num_threads()
+
+    def step_flops(self) -> int:
+        """Matmul and convolution FLOPs (``torch.utils.flop_counter``) of one training
+        forward of every task, each on a batch of its first ``batch_size`` training examples:
+        the size of a step."""
+        self.setup()
+        return self._count_step_flops()
+
+    def _count_step_flops(self) -> int:
+        """:meth:`step_flops` (after the data is on the device). Nothing of the run changes:
+        no gradient is kept, and the model's mode and buffers (e.g. step counters, batch-norm
+        statistics) and the CPU random state are restored."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        xs = []
+        for data in self.train_data:
+            idx = torch.arange(min(self.config.batch_size, len(data)), device=self.device)
+            xs.append(data.x.index_select(0, idx) if torch.is_tensor(data.x) else data.x[idx])
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        was_training = self.model.training
+        self.model.train()
+        try:
+            with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+                TrainingForward(self.model)(xs, list(range(len(self.tasks))))
+        finally:
+            self.model.train(was_training)
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+        return counter.get_total_flops()
 
     def _open_folder(self) -> dict | None:
         """Rank 0: lock ``out_dir``, check its files and apply the ``resume`` policy; the
