@@ -552,10 +552,12 @@ def main(argv=None):
     previous = json.loads(recorded.read_text()) if recorded.exists() else {}
     # a mode replaces its own tables: the step benchmark keeps only the crossover's (and
     # with --merge its other rows and main job), the crossover keeps everything else
+    # ("machine": that of the step benchmark; the other tables name their own platform)
     steps = not args.threads_crossover
-    report = {"machine": machine(args.device),
-              **{k: v for k, v in previous.items()
-                 if k != "machine" and (not steps or k == "threads_crossover")}}
+    report = {k: v for k, v in previous.items()
+              if not steps or k == "threads_crossover"}
+    if steps or "machine" not in report:
+        report["machine"] = machine(args.device)
     if args.threads_crossover:
         levels = [float(level) for level in args.busy.split(",")]
         rows = threads_crossover(names, levels, args.steps, args.quiet_wait)
@@ -564,8 +566,9 @@ def main(argv=None):
             rows = [r for r in previous.get("threads_crossover", {}).get("rows", [])
                     if (r["busy_cores"], r["config"]) not in rerun] + rows
         rows.sort(key=lambda r: (r["busy_cores"], r["step_forward_flops"]))
-        report["threads_crossover"] = {"cores": usable_cores(), "steps": args.steps,
-                                       "rows": rows, "crossover": crossover_points(rows)}
+        report["threads_crossover"] = {"platform": platform.platform(), "cores": usable_cores(),
+                                       "steps": args.steps, "rows": rows,
+                                       "crossover": crossover_points(rows)}
     else:
         report = {**report, **step_report(args, names, previous)}
     report = {key: report[key] for key in REPORT_KEYS if key in report}
@@ -709,19 +712,20 @@ def _steps_markdown(report) -> list[str]:
 def _crossover_markdown(crossover) -> list[str]:
     n = crossover["cores"]
     lines = ["", "## Threads crossover", "",
-             f"`python benchmarks/bench.py --threads-crossover`: whole training steps on one "
-             f"thread and on all {n} cores, alternating in 6 blocks in one process (a fresh "
-             f"one per row; {crossover['steps']} timed steps each, the first 3 of every "
-             "block untimed); the speed-up of the cores is the median of the blocks' paired "
-             "ratios, in brackets their range. Beside it, busy loops keep that many cores "
-             "busy (0.5: a loop spinning half of every 10 ms). Step size: the matmul and "
-             "convolution FLOPs of one training forward of every task (`Trainer.step_flops`, "
-             "what `flexmtl.training.threads.auto_threads` judges). Other load: the 1-minute "
-             "load average less the process's own share (`other_load`, what the rule reads) "
-             "before and after the timing; it lags, and counts the previous row's process "
-             "for a while. Runnable elsewhere: the threads outside the process running or "
-             "waiting for a core at each switch of thread count (median and maximum; the "
-             "busy loops included): the other work the timing met.", "",
+             f"`python benchmarks/bench.py --threads-crossover` on {crossover['platform']}: "
+             f"whole training steps on one thread and on all {n} cores, alternating in 6 "
+             f"blocks in one process (a fresh one per row; {crossover['steps']} timed steps "
+             "each, the first 3 of every block untimed); the speed-up of the cores is the "
+             "median of the blocks' paired ratios, in brackets their range. Beside it, busy "
+             "loops keep that many cores busy (0.5: a loop spinning half of every 10 ms). "
+             "Step size: the matmul and convolution FLOPs of one training forward of every "
+             "task (`Trainer.step_flops`, what `flexmtl.training.threads.auto_threads` "
+             "judges). Other load: the 1-minute load average less the process's own share "
+             "(`other_load`, what the rule reads) before and after the timing; it lags, and "
+             "counts the previous row's process for a while. Runnable elsewhere: the threads "
+             "outside the process running or waiting for a core at each switch of thread "
+             "count (median and maximum; the busy loops included): the other work the timing "
+             "met.", "",
              f"| busy cores | config | step forward MFLOP | 1 thread steps/s | {n} threads "
              f"steps/s | speed-up of {n} threads | other load | runnable elsewhere | "
              "measured |", "|---|---|---|---|---|---|---|---|---|"]
