@@ -24,12 +24,24 @@ implementation training alone (the resident set size of a fresh process, or the 
 peak); and the 1-minute load average when the configuration started (other processes on a
 shared machine slow both implementations, not always alike).
 
+Two more modes time other things, with tables of their own in the same results file:
+
+* ``--threads-crossover`` -- whole training steps on one thread and on all cores,
+  alternating in one process, beside busy loops that keep 0, 0.5, 1, ... cores busy: the
+  measurement behind ``TrainConfig.threads=0`` (:mod:`flexmtl.training.threads`);
+* ``--study`` -- whole studies as users run them (``run_experiment``: the README's main job,
+  Fig. 4a at the quick protocol, four-mnists), run by each variant in turn (``serial``;
+  ``pool``, once ``run_experiment`` takes ``jobs``; a new variant is one entry of
+  ``STUDY_VARIANTS``), checking that every variant's runs give the same test metrics.
+
 Usage::
 
     python benchmarks/bench.py                 # all configurations, results in benchmarks/results/
     python benchmarks/bench.py --only mnist-pairs-10 --threads 1
     python benchmarks/bench.py --main-job      # also time the README's main job (flexmtl run uci)
     python benchmarks/bench.py --only four-mnists --repeats 3 --merge   # update some rows
+    python benchmarks/bench.py --threads-crossover --steps 36 --busy 0,0.5,1,2 --quiet-wait 900
+    python benchmarks/bench.py --study uci --study-scale 10   # steps / 10: a quicker look
 
 Results are written as ``benchmarks/results/<machine>.json`` and ``.md``.
 """
@@ -390,7 +402,7 @@ BUSY_LOOP = ("import sys, time\nshare = float(sys.argv[1])\nwhile True:\n"
 
 def crossover_one(name, steps) -> dict:
     """Whole training steps of configuration ``name`` on all usable cores and on one thread,
-    alternating in blocks in this process; with the trainer's step FLOPs (what
+    alternating in blocks in this process; with the FLOPs of the trainer's step (what
     ``auto_threads`` judges), the load of other processes before and after (what it reads),
     and the threads runnable elsewhere at every switch (what the timing met)."""
     cores = usable_cores()
@@ -398,7 +410,8 @@ def crossover_one(name, steps) -> dict:
         raise SystemExit("the threads crossover needs a machine with two or more cores")
     model, tasks, kwargs = build(name, "cpu")
     trainer = _trainer(model, tasks, kwargs, "cpu")
-    flops = trainer.step_flops()
+    trainer.train_step()  # the first step: its FLOPs counted
+    flops = trainer.step_flops
     load = other_load()
     elsewhere = []
 
@@ -409,7 +422,7 @@ def crossover_one(name, steps) -> dict:
     seconds = time_interleaved({cores: trainer.train_step, 1: trainer.train_step}, switch,
                                "cpu", steps, 3, blocks=6)
     elsewhere.append(runnable_elsewhere())
-    return {"config": name, "step_forward_flops": flops, "cores": cores,
+    return {"config": name, "step_flops": flops, "cores": cores,
             "cores_steps_per_s": 1 / seconds[cores], "one_thread_steps_per_s": 1 / seconds[1],
             "speedup": seconds["speedup"], "block_speedups": seconds["block_speedups"],
             "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -464,7 +477,7 @@ def threads_crossover(names, levels, steps, quiet_wait=0.0, log=print) -> list[d
                 if r is None:
                     continue
                 rows.append({"busy_cores": level, **r})
-                log(f"busy {level:g}  {name:>16}: {r['step_forward_flops'] / 1e6:9.1f} MFLOP  "
+                log(f"busy {level:g}  {name:>16}: {r['step_flops'] / 1e6:9.1f} MFLOP  "
                     f"1 thread {r['one_thread_steps_per_s']:7.1f}/s  {r['cores']} threads "
                     f"{r['cores_steps_per_s']:7.1f}/s  x{r['speedup']:.2f}  (other load "
                     f"{r['other_load'][0]:.1f}-{r['other_load'][1]:.1f}, runnable elsewhere "
@@ -477,16 +490,16 @@ def threads_crossover(names, levels, steps, quiet_wait=0.0, log=print) -> list[d
 
 
 def crossover_points(rows) -> list[dict]:
-    """Per level of busy loops: the largest step (forward FLOPs) at which one thread was
+    """Per level of busy loops: the largest step (FLOPs) at which one thread was
     faster, and the smallest step above it from which all cores were always faster (None:
     no such step)."""
     out = []
     for level in dict.fromkeys(r["busy_cores"] for r in rows):
         level_rows = sorted((r for r in rows if r["busy_cores"] == level),
-                            key=lambda r: r["step_forward_flops"])
-        slower = [r["step_forward_flops"] for r in level_rows if r["speedup"] < 1]
+                            key=lambda r: r["step_flops"])
+        slower = [r["step_flops"] for r in level_rows if r["speedup"] < 1]
         last = max(slower, default=0)
-        above = [r["step_forward_flops"] for r in level_rows if r["step_forward_flops"] > last]
+        above = [r["step_flops"] for r in level_rows if r["step_flops"] > last]
         out.append({"busy_cores": level, "one_thread_faster_up_to": last or None,
                     "cores_faster_from": min(above, default=None)})
     return out
@@ -565,7 +578,7 @@ def main(argv=None):
             rerun = {(r["busy_cores"], r["config"]) for r in rows}
             rows = [r for r in previous.get("threads_crossover", {}).get("rows", [])
                     if (r["busy_cores"], r["config"]) not in rerun] + rows
-        rows.sort(key=lambda r: (r["busy_cores"], r["step_forward_flops"]))
+        rows.sort(key=lambda r: (r["busy_cores"], r["step_flops"]))
         report["threads_crossover"] = {"platform": platform.platform(), "cores": usable_cores(),
                                        "steps": args.steps, "rows": rows,
                                        "crossover": crossover_points(rows)}
@@ -718,21 +731,21 @@ def _crossover_markdown(crossover) -> list[str]:
              "each, the first 3 of every block untimed); the speed-up of the cores is the "
              "median of the blocks' paired ratios, in brackets their range. Beside it, busy "
              "loops keep that many cores busy (0.5: a loop spinning half of every 10 ms). "
-             "Step size: the matmul and convolution FLOPs of one training forward of every "
-             "task (`Trainer.step_flops`, what `flexmtl.training.threads.auto_threads` "
-             "judges). Other load: the 1-minute load average less the process's own share "
-             "(`other_load`, what the rule reads) before and after the timing; it lags, and "
-             "counts the previous row's process for a while. Runnable elsewhere: the threads "
-             "outside the process running or waiting for a core at each switch of thread "
-             "count (median and maximum; the busy loops included): the other work the timing "
-             "met.", "",
-             f"| busy cores | config | step forward MFLOP | 1 thread steps/s | {n} threads "
+             "Step size: the matmul and convolution FLOPs of one training step, forward and "
+             "backward (`Trainer.step_flops`, counted in the first step; what "
+             "`flexmtl.training.threads.auto_threads` judges). Other load: the 1-minute load "
+             "average less the process's own share (`other_load`, what the rule reads) "
+             "before and after the timing; it lags, and counts the previous row's process "
+             "for a while. Runnable elsewhere: the threads outside the process running or "
+             "waiting for a core at each switch of thread count (median and maximum; the "
+             "busy loops included): the other work the timing met.", "",
+             f"| busy cores | config | step MFLOP | 1 thread steps/s | {n} threads "
              f"steps/s | speed-up of {n} threads | other load | runnable elsewhere | "
              "measured |", "|---|---|---|---|---|---|---|---|---|"]
     for r in crossover["rows"]:
         blocks, elsewhere = r["block_speedups"], r["runnable_elsewhere"]
         lines.append(f"| {r['busy_cores']:g} | {r['config']} | "
-                     f"{r['step_forward_flops'] / 1e6:.1f} | {r['one_thread_steps_per_s']:.1f} | "
+                     f"{r['step_flops'] / 1e6:.1f} | {r['one_thread_steps_per_s']:.1f} | "
                      f"{r['cores_steps_per_s']:.1f} | {r['speedup']:.2f}x ({min(blocks):.2f}-"
                      f"{max(blocks):.2f}) | {r['other_load'][0]:.1f}-{r['other_load'][1]:.1f} | "
                      f"{statistics.median(elsewhere):g} (max {max(elsewhere)}) | "

@@ -1,12 +1,14 @@
 """Threads: what a run reads of the machine it shares (cores, the load of other processes)
-and the size of its step. The machine's cores and load are injected: nothing here is
-timed."""
+and the FLOPs of its step, counted without changing it. The machine's cores and load are
+injected: nothing here is timed."""
 
 import pytest
 import torch
-from test_trainer import make_tasks
+from test_trainer import make_model, make_tasks
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+import flexmtl.training.trainer as trainer_module
 from flexmtl import TrainConfig, Trainer, build_model, make_core
 from flexmtl.training import threads
 from flexmtl.training.threads import other_load, usable_cores
@@ -53,9 +55,19 @@ def test_own_load_follows_the_cpu_use_with_the_load_average_decay():
                                   rel=1e-2)
 
 
+def test_flop_count_counts_as_the_flop_counter():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.randn(5, 1, 8, 8)
+    with threads.FlopCount() as count:
+        model(x).sum().backward()
+    with FlopCounterMode(display=False) as reference:
+        model(x).sum().backward()
+    assert count.flops == reference.get_total_flops() > 0
+
+
 def _allocation_model(tasks):
-    """Gumbel-Matrix routing (a step counter buffer, sampled connections), batch norm
-    (running statistics) and dropout: everything a forward can change or draw."""
+    """Gumbel-Matrix routing (a step counter buffer, sampled connections, a fused path that
+    hooks turn off), batch norm and dropout: everything a step can change or draw."""
     torch.manual_seed(0)
     width = 8
     layers = [[nn.Linear(width, width), nn.Linear(width, width)], nn.BatchNorm1d(width),
@@ -64,16 +76,35 @@ def _allocation_model(tasks):
     return build_model(tasks, core, encoder="learned")
 
 
-def test_counting_the_step_flops_changes_nothing():
-    """The count runs a training forward: the buffers it moves (the routing's step counter,
-    batch-norm statistics) and the random state it draws from are put back."""
+class _Uncounted:
+    flops = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("build", [_allocation_model, lambda tasks: make_model(tasks=tasks)],
+                         ids=["gumbel", "soft"])
+def test_the_counted_first_step_is_bit_identical_to_an_uncounted_one(monkeypatch, build):
+    """The first step runs under FlopCount: the run equals one whose first step is not
+    counted. (With torch's FlopCounterMode, which decomposes ops and sets module hooks,
+    they differ.)"""
     tasks = make_tasks(num=3)
-    model = _allocation_model(tasks)
-    trainer = Trainer(model, tasks, TrainConfig(steps=1, progress=False, threads=1))
-    trainer.setup()
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    rng = torch.get_rng_state()
-    assert trainer.step_flops() > 0
-    assert torch.equal(torch.get_rng_state(), rng)
-    for key, value in model.named_buffers():
-        assert torch.equal(value, buffers[key]), key
+
+    def train():
+        torch.manual_seed(1)
+        cfg = TrainConfig(steps=20, batch_size=8, eval_every=10, progress=False,
+                          threads=1)
+        trainer = Trainer(build(tasks), tasks, cfg)
+        trainer.fit()
+        return trainer.final_state
+
+    counted = train()
+    with monkeypatch.context() as m:
+        m.setattr(trainer_module, "FlopCount", _Uncounted)
+        uncounted = train()
+    for key, value in counted.items():
+        assert torch.equal(value, uncounted[key]), key

@@ -1,5 +1,6 @@
-"""The machine a CPU run shares: the cores this process may use and the load of the other
-processes (:func:`usable_cores`, :func:`other_load`)."""
+"""What a CPU run reads of the machine it shares and of its own size: the cores this
+process may use (:func:`usable_cores`), the load of the other processes
+(:func:`other_load`), and the FLOPs of a training step (:class:`FlopCount`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,54 @@ import os
 import time
 from collections.abc import Callable
 
-__all__ = ["usable_cores", "other_load"]
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+aten = torch.ops.aten
+
+__all__ = ["usable_cores", "other_load", "FlopCount"]
 
 #: the time constant of the kernel's 1-minute load average (seconds)
 LOAD_WINDOW_S = 60.0
+
+
+class FlopCount(TorchDispatchMode):
+    """Counts the matmul and convolution FLOPs (``flops``) of the ops run inside it, with the
+    formulas of ``torch.utils.flop_counter``, and runs every op as it is: unlike
+    ``FlopCounterMode`` it decomposes no op and sets no module hooks (a routed layer runs
+    another path under hooks), so a counted training step is bit for bit the uncounted one.
+    Also counted: the im2col convolutions that flexmtl's fused layers run for small CPU
+    convolutions (torch's formula for their forward takes other arguments, and their
+    backward has none).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+        formulas = FlopCounterMode(display=False).flop_registry
+        conv, conv_backward = formulas[aten.convolution], formulas[aten.convolution_backward]
+        self.formulas = {
+            **formulas,
+            aten._slow_conv2d_forward: (
+                lambda x, w, kernel, bias, stride, padding, out_val:
+                conv(x, w, bias, stride, padding, (1, 1), False, out_val=out_val)),
+            aten._slow_conv2d_backward: (
+                lambda grad, x, w, kernel, stride, padding, mask, out_val:
+                conv_backward(grad, x, w, None, stride, padding, (1, 1), False, (0, 0), 1, mask,
+                              out_val=out_val)),
+        }
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.formulas.get(getattr(func, "overloadpacket", None))
+        if formula is not None:
+            try:
+                self.flops += formula(*args, **kwargs, out_val=out)
+            except TypeError:  # a formula not fitting the op's arguments: left uncounted
+                pass
+        return out
 
 
 def usable_cores() -> int:
@@ -28,7 +73,9 @@ def usable_cores() -> int:
 
 def other_load() -> float:
     """The 1-minute load average less this process's own share of it (0 where the OS has
-    no load average)."""
+    no load average). It lags: for a minute after other work stops it still counts some of
+    it (a process started right after another reads about 1 on an idle 2-core machine, in
+    the benchmark's table), and work started seconds ago counts little."""
     try:
         load = os.getloadavg()[0]
     except OSError:

@@ -56,6 +56,7 @@ from flexmtl.training.forward import TrainingForward, global_mean
 from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
 from flexmtl.training.sampler import TaskBatchSampler, input_groups
 from flexmtl.training.schedules import SCHEDULES
+from flexmtl.training.threads import FlopCount
 
 Resume = Literal["auto", "must", "restart"]
 RESUME: tuple[Resume, ...] = get_args(Resume)
@@ -88,7 +89,7 @@ class Trainer(Checkpointing):
     until :meth:`setup` (which :meth:`fit`, :meth:`train_step` and :meth:`evaluate` call).
     Seams for tools and benchmarks: :meth:`train_step` (one step of the schedule),
     :meth:`draw_batch`, :meth:`training_losses`, :meth:`losses_of`, :meth:`update`,
-    :meth:`step_flops` (the size of a step).
+    and :attr:`step_flops` (the size of a step, counted in the first).
 
     Args:
         model: module called as ``model(x, task_index)``.
@@ -168,6 +169,8 @@ class Trainer(Checkpointing):
         self.seconds_before = 0.0  # training time of earlier segments of a resumed run
         self._segment_start = time.perf_counter()
         self.threads = 0  # torch's intra-op threads of this run, set by setup()
+        # matmul and convolution FLOPs of this trainer's first training step (counted in it)
+        self.step_flops: int | None = None
         self.world_size = 1
         self.is_main = True
         self.shared_stream: distributed.SharedStream | None = None
@@ -224,36 +227,6 @@ class Trainer(Checkpointing):
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.threads = torch.get_num_threads()
-
-    def step_flops(self) -> int:
-        """Matmul and convolution FLOPs (``torch.utils.flop_counter``) of one training
-        forward of every task, each on a batch of its first ``batch_size`` training examples:
-        the size of a step."""
-        self.setup()
-        return self._count_step_flops()
-
-    def _count_step_flops(self) -> int:
-        """:meth:`step_flops` (after the data is on the device). Nothing of the run changes:
-        no gradient is kept, and the model's mode and buffers (e.g. step counters, batch-norm
-        statistics) and the CPU random state are restored."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        xs = []
-        for data in self.train_data:
-            idx = torch.arange(min(self.config.batch_size, len(data)), device=self.device)
-            xs.append(data.x.index_select(0, idx) if torch.is_tensor(data.x) else data.x[idx])
-        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
-        was_training = self.model.training
-        self.model.train()
-        try:
-            with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
-                TrainingForward(self.model)(xs, list(range(len(self.tasks))))
-        finally:
-            self.model.train(was_training)
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
-        return counter.get_total_flops()
 
     def _open_folder(self) -> dict | None:
         """Rank 0: lock ``out_dir``, check its files and apply the ``resume`` policy; the
@@ -507,10 +480,18 @@ class Trainer(Checkpointing):
         self.setup()
         if not self.model.training:
             self.model.train()
-        losses = self.schedule.step(len(self.tasks), self.draw_batch, self.training_losses,
-                                    self.update, self.task_order_generator)
+        if self.step_flops is not None:
+            losses = self._schedule_step()
+        else:  # the first: its FLOPs counted (the size of a step)
+            with FlopCount() as count:
+                losses = self._schedule_step()
+            self.step_flops = count.flops
         self.step += 1
         return losses
+
+    def _schedule_step(self) -> list[float]:
+        return self.schedule.step(len(self.tasks), self.draw_batch, self.training_losses,
+                                  self.update, self.task_order_generator)
 
     def _evaluate_and_select(self, eval_log: CsvLog) -> None:
         metrics = self.evaluate("val")
