@@ -1,6 +1,5 @@
-"""Threads: what a run reads of the machine it shares (cores, the load of other processes)
-and the FLOPs of its step, counted without changing it. The machine's cores and load are
-injected: nothing here is timed."""
+"""Threads: the rule of ``TrainConfig.threads=0`` (auto) and the trainer applying it. The
+machine's cores and load are injected: nothing here is timed."""
 
 import pytest
 import torch
@@ -11,7 +10,14 @@ from torch.utils.flop_counter import FlopCounterMode
 import flexmtl.training.trainer as trainer_module
 from flexmtl import TrainConfig, Trainer, build_model, make_core
 from flexmtl.training import threads
-from flexmtl.training.threads import other_load, usable_cores
+from flexmtl.training.threads import (
+    BUSY_CROSSOVER_FLOPS,
+    CROSSOVER_FLOPS,
+    IDLE_LOAD,
+    auto_threads,
+    other_load,
+    usable_cores,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +26,44 @@ def _restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+def test_a_small_model_gets_one_thread_whatever_the_machine(monkeypatch):
+    def unread():
+        raise AssertionError("the machine is not read for a small model")
+
+    monkeypatch.setattr(threads, "usable_cores", unread)
+    monkeypatch.setattr(threads, "other_load", unread)
+    assert auto_threads(CROSSOVER_FLOPS - 1) == 1
+    for cores, load in ((2, 0.0), (16, 0.0), (16, 12.0)):
+        assert auto_threads(CROSSOVER_FLOPS - 1, cores=cores, load=load) == 1
+
+
+def test_a_large_model_gets_the_cores_that_other_processes_leave_free():
+    large = BUSY_CROSSOVER_FLOPS
+    assert auto_threads(large, cores=2, load=0.0) == 2  # idle
+    assert auto_threads(large, cores=2, load=0.5) == 2  # half a core busy: still faster
+    assert auto_threads(large, cores=2, load=0.6) == 1
+    assert auto_threads(large, cores=2, load=1.0) == 1  # a whole core busy
+    assert auto_threads(large, cores=16, load=5.5) == 11
+    assert auto_threads(large, cores=16, load=5.6) == 10
+    assert auto_threads(large, cores=2, load=2.0) == 1  # all busy: never fewer than one
+    assert auto_threads(large, cores=2, load=7.5) == 1
+
+
+def test_a_medium_model_gets_the_cores_only_on_an_idle_machine():
+    medium = CROSSOVER_FLOPS
+    assert medium < BUSY_CROSSOVER_FLOPS
+    assert auto_threads(medium, cores=4, load=0.0) == 4
+    assert auto_threads(medium, cores=4, load=IDLE_LOAD - 0.01) == 4
+    assert auto_threads(medium, cores=4, load=IDLE_LOAD) == 1  # busy: below its crossover
+    assert auto_threads(BUSY_CROSSOVER_FLOPS, cores=4, load=IDLE_LOAD) == 4
+
+
+def test_the_machine_is_read_when_not_given(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    monkeypatch.setattr(threads, "other_load", lambda: 3.0)
+    assert auto_threads(BUSY_CROSSOVER_FLOPS) == 5
 
 
 def test_usable_cores_are_the_affinity_at_most_omp_num_threads(monkeypatch):
@@ -55,6 +99,43 @@ def test_own_load_follows_the_cpu_use_with_the_load_average_decay():
                                   rel=1e-2)
 
 
+def test_trainer_auto_threads_one_for_a_small_model(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "other_load", lambda: 0.0)
+    torch.set_num_threads(2)
+    tasks = make_tasks()
+    trainer = Trainer(make_model(tasks=tasks), tasks, TrainConfig(steps=2, progress=False))
+    trainer.fit()
+    assert 0 < trainer.step_flops < CROSSOVER_FLOPS
+    assert torch.get_num_threads() == trainer.threads == 1
+
+
+@pytest.mark.parametrize("load, expected", [(0.0, 2), (0.9, 1)])
+def test_trainer_auto_threads_free_cores_for_a_large_model(monkeypatch, load, expected):
+    monkeypatch.setattr(threads, "CROSSOVER_FLOPS", 1)  # every model is large
+    monkeypatch.setattr(threads, "BUSY_CROSSOVER_FLOPS", 1)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "other_load", lambda: load)
+    torch.set_num_threads(2)
+    tasks = make_tasks()
+    trainer = Trainer(make_model(tasks=tasks), tasks, TrainConfig(steps=1, progress=False))
+    trainer.setup()
+    assert torch.get_num_threads() == trainer.threads == 1  # until the first step is counted
+    trainer.train_step()
+    assert torch.get_num_threads() == trainer.threads == expected
+
+
+def test_explicit_threads_win(monkeypatch):
+    monkeypatch.setattr(threads, "CROSSOVER_FLOPS", 1)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "other_load", lambda: 0.0)
+    tasks = make_tasks()
+    trainer = Trainer(make_model(tasks=tasks), tasks,
+                      TrainConfig(steps=1, progress=False, threads=1))
+    trainer.train_step()
+    assert trainer.step_flops > 0 and torch.get_num_threads() == 1
+
+
 def test_flop_count_counts_as_the_flop_counter():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     x = torch.randn(5, 1, 8, 8)
@@ -86,18 +167,20 @@ class _Uncounted:
         return False
 
 
+@pytest.mark.parametrize("threads_setting", [0, 1])
 @pytest.mark.parametrize("build", [_allocation_model, lambda tasks: make_model(tasks=tasks)],
                          ids=["gumbel", "soft"])
-def test_the_counted_first_step_is_bit_identical_to_an_uncounted_one(monkeypatch, build):
-    """The first step runs under FlopCount: the run equals one whose first step is not
-    counted. (With torch's FlopCounterMode, which decomposes ops and sets module hooks,
-    they differ.)"""
+def test_the_counted_first_step_is_bit_identical_to_an_uncounted_one(monkeypatch, build,
+                                                                      threads_setting):
+    """The first step runs under FlopCount; with auto (0) a small model then stays on one
+    thread: the run equals one whose first step is not counted, on one thread. (With
+    torch's FlopCounterMode, which decomposes ops and sets module hooks, they differ.)"""
     tasks = make_tasks(num=3)
 
     def train():
         torch.manual_seed(1)
         cfg = TrainConfig(steps=20, batch_size=8, eval_every=10, progress=False,
-                          threads=1)
+                          threads=threads_setting)
         trainer = Trainer(build(tasks), tasks, cfg)
         trainer.fit()
         return trainer.final_state
@@ -105,6 +188,7 @@ def test_the_counted_first_step_is_bit_identical_to_an_uncounted_one(monkeypatch
     counted = train()
     with monkeypatch.context() as m:
         m.setattr(trainer_module, "FlopCount", _Uncounted)
+        torch.set_num_threads(1)
         uncounted = train()
     for key, value in counted.items():
         assert torch.equal(value, uncounted[key]), key

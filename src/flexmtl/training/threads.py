@@ -1,6 +1,27 @@
-"""What a CPU run reads of the machine it shares and of its own size: the cores this
-process may use (:func:`usable_cores`), the load of the other processes
-(:func:`other_load`), and the FLOPs of a training step (:class:`FlopCount`)."""
+"""How many intra-op threads a CPU run uses when ``TrainConfig.threads`` is 0 ("auto").
+
+Small models train fastest on one thread: their ops are too small to split, and every op of
+two threads waits for the slower. On a machine whose cores are busy elsewhere it is worse:
+a thread kept off its core stalls every op. Measured by ``python benchmarks/bench.py
+--threads-crossover`` (the table "Threads crossover" in
+``benchmarks/results/cpu-2threads.md``: whole training steps on 1 and on 2 threads,
+alternating in one process, beside 0, 0.5, 1 and 2 busy cores; a step's size is the
+matmul and convolution FLOPs of its forward and backward) on this project's 2-core
+machine:
+
+* idle: one thread faster at 22 MFLOP per step (uci-10, 2 threads 0.97x), the two from
+  87 MFLOP on (four-mnists 1.12x, up to 1.83x at 38 GFLOP);
+* half a core busy elsewhere: one thread faster up to 591 MFLOP (0.55-0.88x), the two from
+  2.4 GFLOP on (1.03-1.19x);
+* a whole core busy elsewhere (with this process, as many runnable threads as cores): one
+  thread faster at every size (2 threads 0.44-0.84x);
+* both cores busy elsewhere: 2 threads 0.11-0.73x (up to 9 times slower).
+
+:func:`auto_threads` is the rule drawn from it. The thread count can change a run's float
+results in the last bits (a different split of the sums: the mnist-pairs model's weights
+differ by up to 2.6e-6 after 10 steps on 1 and on 2 threads), so a run that must repeat bit
+for bit on a machine whose load varies sets ``threads`` (the experiments set 1).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +36,42 @@ from torch.utils.flop_counter import FlopCounterMode
 
 aten = torch.ops.aten
 
-__all__ = ["usable_cores", "other_load", "FlopCount"]
+__all__ = ["CROSSOVER_FLOPS", "BUSY_CROSSOVER_FLOPS", "IDLE_LOAD", "auto_threads",
+           "usable_cores", "other_load", "FlopCount"]
+
+#: FLOPs of one training step (:attr:`~flexmtl.training.Trainer.step_flops`) from which all
+#: cores of an idle machine beat one thread: between uci-10 (22 MFLOP, slower) and
+#: four-mnists (87 MFLOP, faster) in benchmarks/results/cpu-2threads.md
+CROSSOVER_FLOPS = 50_000_000
+#: the same with half a core busy elsewhere: between soft-width-128 (591 MFLOP, slower) and
+#: soft-width-256 (2356 MFLOP, faster)
+BUSY_CROSSOVER_FLOPS = 1_200_000_000
+#: other load below which the machine counts as idle (between the measured 0 and 0.5)
+IDLE_LOAD = 0.25
 
 #: the time constant of the kernel's 1-minute load average (seconds)
 LOAD_WINDOW_S = 60.0
+
+
+def auto_threads(step_flops: int, cores: int | None = None, load: float | None = None) -> int:
+    """Intra-op threads for a model of ``step_flops`` FLOPs per training step: one below the
+    crossover (:data:`CROSSOVER_FLOPS` on an idle machine, other load below
+    :data:`IDLE_LOAD`; :data:`BUSY_CROSSOVER_FLOPS` otherwise); from there on the cores that
+    other processes leave free, ``cores - ceil(load - 0.5)`` and at least one: a core at
+    most half busy elsewhere still counts (measured: 2 threads 1.03-1.19x beside half a busy
+    core above its crossover, 0.68-0.84x beside a whole one).
+
+    ``cores``: the cores this process may use (None: :func:`usable_cores`); ``load``: the
+    runnable processes besides this one (None: :func:`other_load`). Neither is read for a
+    model below :data:`CROSSOVER_FLOPS`.
+    """
+    if step_flops < CROSSOVER_FLOPS:
+        return 1
+    load = other_load() if load is None else load
+    if load >= IDLE_LOAD and step_flops < BUSY_CROSSOVER_FLOPS:
+        return 1
+    cores = usable_cores() if cores is None else cores
+    return max(1, min(cores, cores - math.ceil(load - 0.5)))
 
 
 class FlopCount(TorchDispatchMode):

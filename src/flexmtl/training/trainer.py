@@ -56,7 +56,7 @@ from flexmtl.training.forward import TrainingForward, global_mean
 from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
 from flexmtl.training.sampler import TaskBatchSampler, input_groups
 from flexmtl.training.schedules import SCHEDULES
-from flexmtl.training.threads import FlopCount
+from flexmtl.training.threads import FlopCount, auto_threads
 
 Resume = Literal["auto", "must", "restart"]
 RESUME: tuple[Resume, ...] = get_args(Resume)
@@ -183,9 +183,10 @@ class Trainer(Checkpointing):
     def setup(self) -> None:
         """Everything training needs beyond the constructor's checks, once (:meth:`fit`,
         :meth:`train_step` and :meth:`evaluate` call it): the process group under
-        ``torchrun``, the model and data on the device, the optimiser, the thread count,
-        and the run folder -- lock it, check its files, and resume from its ``last.pt`` or
-        start over (``resume``)."""
+        ``torchrun``, the model and data on the device, the optimiser, the thread count
+        (``threads=0``: one until the first step has been counted), and the run folder --
+        lock it, check its files, and resume from its ``last.pt`` or start over
+        (``resume``)."""
         if self._ready:
             return
         cfg = self.config
@@ -223,9 +224,15 @@ class Trainer(Checkpointing):
         self._ready = True
 
     def _set_threads(self) -> None:
-        """torch's intra-op threads: ``config.threads`` (0: torch's)."""
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
+        """torch's intra-op threads: ``config.threads``; for 0 on the CPU one thread until
+        the first step is counted, then :func:`~flexmtl.training.threads.auto_threads` of its
+        FLOPs (one thread for small models, the free cores for large ones); on other devices
+        0 keeps torch's."""
+        threads = self.config.threads
+        if not threads and self.device.type == "cpu":
+            threads = 1 if self.step_flops is None else auto_threads(self.step_flops)
+        if threads:
+            torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
 
     def _open_folder(self) -> dict | None:
@@ -482,10 +489,11 @@ class Trainer(Checkpointing):
             self.model.train()
         if self.step_flops is not None:
             losses = self._schedule_step()
-        else:  # the first: its FLOPs counted (the size of a step)
+        else:  # the first: its FLOPs counted (the size of a step, which threads=0 judges)
             with FlopCount() as count:
                 losses = self._schedule_step()
             self.step_flops = count.flops
+            self._set_threads()
         self.step += 1
         return losses
 
