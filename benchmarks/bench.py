@@ -49,6 +49,7 @@ Results are written as ``benchmarks/results/<machine>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -68,6 +69,8 @@ from torch import nn
 import flexmtl as fm
 from flexmtl.experiments import get_experiment
 from flexmtl.fusion import set_fused
+from flexmtl.reproduction.studies import get_study
+from flexmtl.runner import run_experiment
 from flexmtl.training.threads import other_load, usable_cores
 
 HERE = Path(__file__).resolve().parent
@@ -505,6 +508,95 @@ def crossover_points(rows) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------------- studies
+
+#: how a study runs: run_experiment's extra keyword arguments (each value computed when the
+#: variant runs); a variant runs only where run_experiment takes all its arguments
+STUDY_VARIANTS = {"serial": {}, "pool": {"jobs": usable_cores}}
+#: the studies timed (see :func:`studies`)
+STUDY_NAMES = ("uci", "so-fig4a", "four-mnists")
+
+
+def studies(scale: int) -> dict[str, dict]:
+    """run_experiment's arguments of each study, as users run them, with steps (or epochs)
+    and eval_every divided by ``scale``: the README's main job (``flexmtl run uci``), Fig.
+    4a at the quick protocol of ``flexmtl reproduce`` (so-fig4a), and four-mnists."""
+    fig4a = get_study("so-fig4a").quick
+    assert fig4a is not None
+    runs = {
+        "uci": dict(name="uci", seeds=3, overrides={}),
+        "so-fig4a": dict(name="mnist-pairs", methods=fig4a.methods, seeds=fig4a.seeds,
+                         overrides=dict(fig4a.overrides), sweep=fig4a.sweep or False),
+        "four-mnists": dict(name="four-mnists", methods=("gumbel", "shared-bottom",
+                                                         "no-sharing"), seeds=3, overrides={}),
+    }
+    for args in runs.values():
+        cfg = get_experiment(args["name"]).resolve_config(overrides=args["overrides"])
+        length = {"steps": cfg["steps"] // scale} if cfg["steps"] else {
+            "epochs": cfg["epochs"] / scale}
+        args["overrides"] = {**args["overrides"], **length,
+                             "eval_every": max(1, cfg["eval_every"] // scale)}
+    return runs
+
+
+def study_variants(names) -> list[str]:
+    """The variants of ``names`` that this flexmtl's run_experiment can run."""
+    takes = inspect.signature(run_experiment).parameters
+    return [v for v in names if all(key in takes for key in STUDY_VARIANTS[v])]
+
+
+def time_study(args: dict, variants, repeats, log=print) -> dict:
+    """Wall seconds of the study ``args`` run by each variant, alternating (A, B, A, B, ...),
+    each run in a fresh temporary folder: medians, the median of the paired ratios variant /
+    first variant, the load of other processes before each, and whether every run of every
+    variant gave the per-run test metrics of the first variant's first run."""
+    seconds: dict = {v: [] for v in variants}
+    loads: dict = {v: [] for v in variants}
+    metrics: dict = {v: [] for v in variants}
+    for _ in range(repeats):
+        for variant in variants:
+            extra = {key: make() for key, make in STUDY_VARIANTS[variant].items()}
+            loads[variant].append(other_load())
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                results = run_experiment(**args, out_dir=tmp, progress=False, plots=False,
+                                         log=_quiet, **extra)
+                seconds[variant].append(time.perf_counter() - t0)
+            metrics[variant].append(run_metrics(results))
+            log(f"  {variant}: {seconds[variant][-1]:.1f} s (other load "
+                f"{loads[variant][-1]:.1f})", flush=True)
+    first = variants[0]
+    base = metrics[first][0]
+    return {"runs": base["runs"], "repeats": repeats,
+            "seconds": {v: statistics.median(t) for v, t in seconds.items()},
+            "all_seconds": seconds, "other_load": loads,
+            "ratio": {v: statistics.median(a / b for a, b in zip(seconds[v], seconds[first]))
+                      for v in variants[1:]},
+            "identical": {v: all(m == base for m in ms) for v, ms in metrics.items()}}
+
+
+def run_metrics(results: dict) -> dict:
+    """Every run's test metrics in run_experiment's results: ``{(sweep value, method,
+    metric): per-seed values}``, the tasks' own included, and ``"runs"``: how many."""
+    sweep = results["sweep"]
+    points = sweep["points"] if sweep else [{"value": None, "methods": results["methods"]}]
+    out: dict = {"runs": 0}
+    for point in points:
+        for method, m in point["methods"].items():
+            out["runs"] += len(m["seeds"])
+            for key in ("test_loss", "test_accuracy"):
+                if key in m["metrics"]:
+                    out[(point["value"], method, key)] = m["metrics"][key]["values"]
+            for task, metrics in m["per_task"].items():
+                for key, summary in metrics.items():
+                    out[(point["value"], method, f"{task}/{key}")] = summary["values"]
+    return out
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
 def _subprocess_json(args: list[str], what: str):
     """Run this script with ``args`` in a fresh process; its last stdout line as JSON (None
     after a failure, which is reported)."""
@@ -537,6 +629,15 @@ def main(argv=None):
     p.add_argument("--quiet-wait", type=float, default=0.0,
                    help="threads crossover: wait up to this many seconds before each "
                         "configuration until no other work runs beside the busy loops")
+    p.add_argument("--study", nargs="?", const=",".join(STUDY_NAMES),
+                   help="instead: time whole studies run by each variant (default: "
+                        f"{', '.join(STUDY_NAMES)})")
+    p.add_argument("--study-scale", type=int, default=1,
+                   help="divide the studies' steps (or epochs) and eval_every by this")
+    p.add_argument("--study-repeats", type=int, default=2, help="runs of each variant")
+    p.add_argument("--variants", default=",".join(STUDY_VARIANTS),
+                   help="study variants, the first the baseline; those that this "
+                        "run_experiment cannot run are left out")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     p.add_argument("--memory", help=argparse.SUPPRESS)  # internal: CONFIG:fused|reference
@@ -563,12 +664,12 @@ def main(argv=None):
     tag = f"{args.device}-{torch.get_num_threads()}threads"
     recorded = out / f"{tag}.json"
     previous = json.loads(recorded.read_text()) if recorded.exists() else {}
-    # a mode replaces its own tables: the step benchmark keeps only the crossover's (and
-    # with --merge its other rows and main job), the crossover keeps everything else
+    # a mode replaces its own tables: the step benchmark keeps only the others' (and with
+    # --merge its other rows and main job), the others keep everything else
     # ("machine": that of the step benchmark; the other tables name their own platform)
-    steps = not args.threads_crossover
+    steps = not (args.threads_crossover or args.study)
     report = {k: v for k, v in previous.items()
-              if not steps or k == "threads_crossover"}
+              if not steps or k in ("threads_crossover", "studies")}
     if steps or "machine" not in report:
         report["machine"] = machine(args.device)
     if args.threads_crossover:
@@ -582,6 +683,8 @@ def main(argv=None):
         report["threads_crossover"] = {"platform": platform.platform(), "cores": usable_cores(),
                                        "steps": args.steps, "rows": rows,
                                        "crossover": crossover_points(rows)}
+    elif args.study:
+        report["studies"] = study_report(args, previous.get("studies", {}))
     else:
         report = {**report, **step_report(args, names, previous)}
     report = {key: report[key] for key in REPORT_KEYS if key in report}
@@ -593,7 +696,7 @@ def main(argv=None):
 
 #: the tables of a results file, in order
 REPORT_KEYS = ("machine", "matmul_peak_gflops", "results", "main_job_seconds",
-               "main_job_measured", "threads_crossover")
+               "main_job_measured", "threads_crossover", "studies")
 
 
 def machine(device: str) -> dict:
@@ -602,6 +705,30 @@ def machine(device: str) -> dict:
             "threads": torch.get_num_threads(), "device": device,
             "device_name": torch.cuda.get_device_name() if device.startswith("cuda")
             else platform.processor() or platform.machine()}
+
+
+def study_report(args, previous: dict) -> dict:
+    """The study table: each study of ``--study`` timed by :func:`time_study`, the other
+    studies' rows of ``previous`` kept."""
+    names = args.study.split(",")
+    for name in names:
+        if name not in STUDY_NAMES:
+            raise SystemExit(f"unknown study {name!r}; known: {', '.join(STUDY_NAMES)}")
+    variants = study_variants(args.variants.split(","))
+    left_out = sorted(set(args.variants.split(",")) - set(variants))
+    if left_out:
+        print(f"variants left out (run_experiment takes no such argument): "
+              f"{', '.join(left_out)}", file=sys.stderr)
+    rows = dict(previous)
+    for name, study in studies(args.study_scale).items():
+        if name not in names:
+            continue
+        print(f"{name} (scale 1/{args.study_scale}):", flush=True)
+        rows[name] = {"scale": args.study_scale, "variants": variants,
+                      "platform": platform.platform(),
+                      "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      **time_study(study, variants, args.study_repeats)}
+    return {name: rows[name] for name in STUDY_NAMES if name in rows}
 
 
 def step_report(args, names, previous: dict) -> dict:
@@ -681,6 +808,8 @@ def markdown(report) -> str:
         lines += _steps_markdown(report)
     if "threads_crossover" in report:
         lines += _crossover_markdown(report["threads_crossover"])
+    if "studies" in report:
+        lines += _studies_markdown(report["studies"])
     return "\n".join(lines) + "\n"
 
 
@@ -756,6 +885,31 @@ def _crossover_markdown(crossover) -> list[str]:
         below, above = (f"{c[k] / 1e6:.0f}" if c[k] else "-"
                         for k in ("one_thread_faster_up_to", "cores_faster_from"))
         lines.append(f"| {c['busy_cores']:g} | {below} | {above} |")
+    return lines
+
+
+def _studies_markdown(rows) -> list[str]:
+    lines = ["", "## Studies", "",
+             "`python benchmarks/bench.py --study`: whole studies as users run them "
+             "(`flexmtl.runner.run_experiment`, a fresh temporary folder each, no plots), run "
+             "by each variant in turn (A, B, A, B, ...) in one process. `serial`: one run "
+             "after another (`jobs` not passed); `pool`: `jobs` = the usable cores (only "
+             "where run_experiment takes `jobs`). Scale 1/k: the studies' steps (or epochs) "
+             "and eval_every divided by k. Seconds: medians; ratio: the median of the paired "
+             "ratios variant / first variant; identical: the per-run test metrics (the "
+             "tasks' own included) of every repeat of the variant equal those of the first "
+             "variant's first repeat. Other load: before each run "
+             "(the 1-minute load average less this process's own share).", "",
+             "| study | scale | runs | variant seconds | ratio | identical | other load | "
+             "measured |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        first = r["variants"][0]
+        seconds = ", ".join(f"{v} {t:.1f}" for v, t in r["seconds"].items())
+        ratio = ", ".join(f"{v}/{first} {x:.2f}" for v, x in r["ratio"].items()) or "-"
+        same = ", ".join(f"{v}: {'yes' if x else 'NO'}" for v, x in r["identical"].items())
+        load = ", ".join(f"{v} {min(x):.1f}-{max(x):.1f}" for v, x in r["other_load"].items())
+        lines.append(f"| {name} | 1/{r['scale']} | {r['runs']} x {r['repeats']} | {seconds} | "
+                     f"{ratio} | {same or '-'} | {load} | {r['measured']} |")
     return lines
 
 
