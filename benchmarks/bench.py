@@ -24,12 +24,24 @@ implementation training alone (the resident set size of a fresh process, or the 
 peak); and the 1-minute load average when the configuration started (other processes on a
 shared machine slow both implementations, not always alike).
 
+Two more modes time other things, with tables of their own in the same results file:
+
+* ``--threads-crossover`` -- whole training steps on one thread and on all cores,
+  alternating in one process, beside busy loops that keep 0, 0.5, 1, ... cores busy: the
+  measurement behind ``TrainConfig.threads=0`` (:mod:`flexmtl.training.threads`);
+* ``--study`` -- whole studies as users run them (``run_experiment``: the README's main job,
+  Fig. 4a at the quick protocol, four-mnists), run by each variant in turn (``serial``;
+  ``pool``, once ``run_experiment`` takes ``jobs``; a new variant is one entry of
+  ``STUDY_VARIANTS``), checking that every variant's runs give the same test metrics.
+
 Usage::
 
     python benchmarks/bench.py                 # all configurations, results in benchmarks/results/
     python benchmarks/bench.py --only mnist-pairs-10 --threads 1
     python benchmarks/bench.py --main-job      # also time the README's main job (flexmtl run uci)
     python benchmarks/bench.py --only four-mnists --repeats 3 --merge   # update some rows
+    python benchmarks/bench.py --threads-crossover --steps 36 --busy 0,0.5,1,2 --quiet-wait 900
+    python benchmarks/bench.py --study uci --study-scale 10   # steps / 10: a quicker look
 
 Results are written as ``benchmarks/results/<machine>.json`` and ``.md``.
 """
@@ -37,6 +49,7 @@ Results are written as ``benchmarks/results/<machine>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -56,6 +69,9 @@ from torch import nn
 import flexmtl as fm
 from flexmtl.experiments import get_experiment
 from flexmtl.fusion import set_fused
+from flexmtl.reproduction.studies import get_study
+from flexmtl.runner import run_experiment
+from flexmtl.training.threads import other_load, usable_cores
 
 HERE = Path(__file__).resolve().parent
 
@@ -133,8 +149,9 @@ HEAVY = {"omniglot-20"}
 
 def _trainer(model, tasks, train_kwargs, device) -> fm.Trainer:
     """A trainer of ``model`` with the configuration's batch size and schedule (never
-    evaluating or stopping by itself)."""
+    evaluating or stopping by itself), on this process's torch threads."""
     cfg = fm.TrainConfig(steps=10**9, eval_every=10**9, progress=False, device=device,
+                         threads=torch.get_num_threads(),
                          **{k: v for k, v in train_kwargs.items() if k in ("batch_size",
                                                                            "schedule")})
     return fm.Trainer(model, tasks, cfg)
@@ -234,25 +251,28 @@ def time_step(step, device) -> float:
     return time.perf_counter() - t0
 
 
-def time_interleaved(model, steps: dict, device, n_steps, warmup, blocks=5) -> dict:
-    """Seconds per step of each ``steps[fused]`` (median) and the median over blocks of
-    the paired ratio reference / fused, timed in ``blocks`` alternating blocks (fused,
-    reference, fused, ...) of ``n_steps / blocks`` steps, each after ``warmup`` untimed
-    steps (the first steps after a switch pay for the other implementation's caches)."""
-    times: dict = {fused: [] for fused in steps}
+def time_interleaved(steps: dict, switch, device, n_steps, warmup, blocks=5) -> dict:
+    """Seconds per step of each of ``steps`` (median) and the median over blocks of the
+    paired ratio second / first (the speed-up of the first), timed in ``blocks`` alternating
+    blocks (first, second, first, ...; ``switch(key)`` before each) of ``n_steps / blocks``
+    steps, each after ``warmup`` untimed steps (the first steps after a switch pay for the
+    other's caches or threads)."""
+    times: dict = {key: [] for key in steps}
+    first, second = steps
     ratios = []
     per_block = max(1, -(-n_steps // blocks))
     for _ in range(blocks):
         block = {}
-        for fused, step in steps.items():
-            set_fused(model, fused)
+        for key, step in steps.items():
+            switch(key)
             for _ in range(warmup):
                 step()
-            block[fused] = [time_step(step, device) for _ in range(per_block)]
-            times[fused] += block[fused]
-        ratios.append(statistics.median(block[False]) / statistics.median(block[True]))
-    out = {fused: statistics.median(t) for fused, t in times.items()}
+            block[key] = [time_step(step, device) for _ in range(per_block)]
+            times[key] += block[key]
+        ratios.append(statistics.median(block[second]) / statistics.median(block[first]))
+    out = {key: statistics.median(t) for key, t in times.items()}
     out["speedup"] = statistics.median(ratios)
+    out["block_speedups"] = ratios
     return out
 
 
@@ -313,8 +333,8 @@ def run_one(name, device, steps):
     for level in ("step",) if heavy else LEVELS:
         make = LEVELS[level]
         steps = {fused: make(model, tasks, kwargs, device, per) for fused in (True, False)}
-        seconds = time_interleaved(model, steps, device, n_steps, 1 if heavy else 3,
-                                   blocks=2 if heavy else 6)
+        seconds = time_interleaved(steps, lambda fused: set_fused(model, fused), device,
+                                   n_steps, 1 if heavy else 3, blocks=2 if heavy else 6)
         prefix = "" if level == "step" else f"{level}_"
         row.update({f"{prefix}fused_steps_per_s": 1 / seconds[True],
                     f"{prefix}reference_steps_per_s": 1 / seconds[False],
@@ -372,6 +392,211 @@ def _restart_peak_rss() -> bool:
         return False
 
 
+# ---------------------------------------------------------------------- threads crossover
+
+#: configurations of the threads crossover (omniglot: too slow for CPU steps)
+CROSSOVER_CONFIGS = tuple(name for name in CONFIGS if name not in HEAVY)
+#: a process keeping a fraction (argv[1]) of one core busy: spinning that share of every 10 ms
+BUSY_LOOP = ("import sys, time\nshare = float(sys.argv[1])\nwhile True:\n"
+             "    end = time.perf_counter() + 0.01 * share\n"
+             "    while time.perf_counter() < end:\n        pass\n"
+             "    time.sleep(0.01 * (1 - share))\n")
+
+
+def crossover_one(name, steps) -> dict:
+    """Whole training steps of configuration ``name`` on all usable cores and on one thread,
+    alternating in blocks in this process; with the FLOPs of the trainer's step (what
+    ``auto_threads`` judges), the load of other processes before and after (what it reads),
+    and the threads runnable elsewhere at every switch (what the timing met)."""
+    cores = usable_cores()
+    if cores < 2:
+        raise SystemExit("the threads crossover needs a machine with two or more cores")
+    model, tasks, kwargs = build(name, "cpu")
+    trainer = _trainer(model, tasks, kwargs, "cpu")
+    trainer.train_step()  # the first step: its FLOPs counted
+    flops = trainer.step_flops
+    load = other_load()
+    elsewhere = []
+
+    def switch(threads):
+        elsewhere.append(runnable_elsewhere())
+        torch.set_num_threads(threads)
+
+    seconds = time_interleaved({cores: trainer.train_step, 1: trainer.train_step}, switch,
+                               "cpu", steps, 3, blocks=6)
+    elsewhere.append(runnable_elsewhere())
+    return {"config": name, "step_flops": flops, "cores": cores,
+            "cores_steps_per_s": 1 / seconds[cores], "one_thread_steps_per_s": 1 / seconds[1],
+            "speedup": seconds["speedup"], "block_speedups": seconds["block_speedups"],
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "other_load": [load, other_load()], "runnable_elsewhere": elsewhere}
+
+
+def runnable_elsewhere() -> int:
+    """Threads running or waiting for a core right now outside this process (Linux's /proc:
+    all runnable threads, less this process's; 0 where /proc is not there)."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        own = sum((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
+                  for task in Path("/proc/self/task").iterdir())
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, running - own)
+
+
+def wait_until_quiet(busy: float, seconds: float, log=print) -> None:
+    """Wait (at most ``seconds``) until, for 5 s, no more threads run elsewhere than the
+    ``busy`` loops: other work on a shared machine would be timed as well."""
+    deadline, quiet_since = time.monotonic() + seconds, time.monotonic()
+    while time.monotonic() < deadline:
+        if runnable_elsewhere() > math.ceil(busy):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= 5:
+            return
+        time.sleep(0.25)
+    if seconds:
+        log(f"  (the machine was not quiet within {seconds:.0f} s: timing anyway)")
+
+
+def busy_loops(cores: float) -> list[subprocess.Popen]:
+    """Processes that keep ``cores`` cores busy: one spinning for each whole core, one
+    spinning a share of each 10 ms for the fraction."""
+    shares = [1.0] * int(cores) + ([cores % 1] if cores % 1 else [])
+    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(share)]) for share in shares]
+
+
+def threads_crossover(names, levels, steps, quiet_wait=0.0, log=print) -> list[dict]:
+    """:func:`crossover_one` of each configuration (a fresh process each, after waiting up to
+    ``quiet_wait`` seconds for other work to stop) beside each level of busy loops
+    (``levels``: busy cores); the rows."""
+    rows = []
+    for level in levels:
+        loops = busy_loops(level)
+        try:
+            time.sleep(2 if loops else 0)  # the loops running before the timing starts
+            for name in names:
+                wait_until_quiet(level, quiet_wait, log)
+                r = _subprocess_json(["--crossover-one", name, "--steps", str(steps)], name)
+                if r is None:
+                    continue
+                rows.append({"busy_cores": level, **r})
+                log(f"busy {level:g}  {name:>16}: {r['step_flops'] / 1e6:9.1f} MFLOP  "
+                    f"1 thread {r['one_thread_steps_per_s']:7.1f}/s  {r['cores']} threads "
+                    f"{r['cores_steps_per_s']:7.1f}/s  x{r['speedup']:.2f}  (other load "
+                    f"{r['other_load'][0]:.1f}-{r['other_load'][1]:.1f}, runnable elsewhere "
+                    f"{r['runnable_elsewhere']})", flush=True)
+        finally:
+            for loop in loops:
+                loop.terminate()
+                loop.wait()
+    return rows
+
+
+def crossover_points(rows) -> list[dict]:
+    """Per level of busy loops: the largest step (FLOPs) at which one thread was
+    faster, and the smallest step above it from which all cores were always faster (None:
+    no such step)."""
+    out = []
+    for level in dict.fromkeys(r["busy_cores"] for r in rows):
+        level_rows = sorted((r for r in rows if r["busy_cores"] == level),
+                            key=lambda r: r["step_flops"])
+        slower = [r["step_flops"] for r in level_rows if r["speedup"] < 1]
+        last = max(slower, default=0)
+        above = [r["step_flops"] for r in level_rows if r["step_flops"] > last]
+        out.append({"busy_cores": level, "one_thread_faster_up_to": last or None,
+                    "cores_faster_from": min(above, default=None)})
+    return out
+
+
+# ---------------------------------------------------------------------- studies
+
+#: how a study runs: run_experiment's extra keyword arguments (each value computed when the
+#: variant runs); a variant runs only where run_experiment takes all its arguments
+STUDY_VARIANTS = {"serial": {}, "pool": {"jobs": usable_cores}}
+#: the studies timed (see :func:`studies`)
+STUDY_NAMES = ("uci", "so-fig4a", "four-mnists")
+
+
+def studies(scale: int) -> dict[str, dict]:
+    """run_experiment's arguments of each study, as users run them, with steps (or epochs)
+    and eval_every divided by ``scale``: the README's main job (``flexmtl run uci``), Fig.
+    4a at the quick protocol of ``flexmtl reproduce`` (so-fig4a), and four-mnists."""
+    fig4a = get_study("so-fig4a").quick
+    assert fig4a is not None
+    runs = {
+        "uci": dict(name="uci", seeds=3, overrides={}),
+        "so-fig4a": dict(name="mnist-pairs", methods=fig4a.methods, seeds=fig4a.seeds,
+                         overrides=dict(fig4a.overrides), sweep=fig4a.sweep or False),
+        "four-mnists": dict(name="four-mnists", methods=("gumbel", "shared-bottom",
+                                                         "no-sharing"), seeds=3, overrides={}),
+    }
+    for args in runs.values():
+        cfg = get_experiment(args["name"]).resolve_config(overrides=args["overrides"])
+        length = {"steps": cfg["steps"] // scale} if cfg["steps"] else {
+            "epochs": cfg["epochs"] / scale}
+        args["overrides"] = {**args["overrides"], **length,
+                             "eval_every": max(1, cfg["eval_every"] // scale)}
+    return runs
+
+
+def study_variants(names) -> list[str]:
+    """The variants of ``names`` that this flexmtl's run_experiment can run."""
+    takes = inspect.signature(run_experiment).parameters
+    return [v for v in names if all(key in takes for key in STUDY_VARIANTS[v])]
+
+
+def time_study(args: dict, variants, repeats, log=print) -> dict:
+    """Wall seconds of the study ``args`` run by each variant, alternating (A, B, A, B, ...),
+    each run in a fresh temporary folder: medians, the median of the paired ratios variant /
+    first variant, the load of other processes before each, and whether every run of every
+    variant gave the per-run test metrics of the first variant's first run."""
+    seconds: dict = {v: [] for v in variants}
+    loads: dict = {v: [] for v in variants}
+    metrics: dict = {v: [] for v in variants}
+    for _ in range(repeats):
+        for variant in variants:
+            extra = {key: make() for key, make in STUDY_VARIANTS[variant].items()}
+            loads[variant].append(other_load())
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                results = run_experiment(**args, out_dir=tmp, progress=False, plots=False,
+                                         log=_quiet, **extra)
+                seconds[variant].append(time.perf_counter() - t0)
+            metrics[variant].append(run_metrics(results))
+            log(f"  {variant}: {seconds[variant][-1]:.1f} s (other load "
+                f"{loads[variant][-1]:.1f})", flush=True)
+    first = variants[0]
+    base = metrics[first][0]
+    return {"runs": base["runs"], "repeats": repeats,
+            "seconds": {v: statistics.median(t) for v, t in seconds.items()},
+            "all_seconds": seconds, "other_load": loads,
+            "ratio": {v: statistics.median(a / b for a, b in zip(seconds[v], seconds[first]))
+                      for v in variants[1:]},
+            "identical": {v: all(m == base for m in ms) for v, ms in metrics.items()}}
+
+
+def run_metrics(results: dict) -> dict:
+    """Every run's test metrics in run_experiment's results: ``{(sweep value, method,
+    metric): per-seed values}``, the tasks' own included, and ``"runs"``: how many."""
+    sweep = results["sweep"]
+    points = sweep["points"] if sweep else [{"value": None, "methods": results["methods"]}]
+    out: dict = {"runs": 0}
+    for point in points:
+        for method, m in point["methods"].items():
+            out["runs"] += len(m["seeds"])
+            for key in ("test_loss", "test_accuracy"):
+                if key in m["metrics"]:
+                    out[(point["value"], method, key)] = m["metrics"][key]["values"]
+            for task, metrics in m["per_task"].items():
+                for key, summary in metrics.items():
+                    out[(point["value"], method, f"{task}/{key}")] = summary["values"]
+    return out
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
 def _subprocess_json(args: list[str], what: str):
     """Run this script with ``args`` in a fresh process; its last stdout line as JSON (None
     after a failure, which is reported)."""
@@ -393,11 +618,30 @@ def main(argv=None):
                    help="runs per configuration (fresh processes); each figure is the median "
                         "over the runs, and the runs' speed-ups are recorded")
     p.add_argument("--merge", action="store_true",
-                   help="keep the other configurations' rows of the existing results file")
+                   help="keep the other configurations' rows of the existing results file "
+                        "(threads crossover: those of other configurations or busy levels)")
     p.add_argument("--main-job", action="store_true", help="also time `flexmtl run uci`")
+    p.add_argument("--threads-crossover", action="store_true",
+                   help="instead: time whole steps on one thread and on all cores (--only "
+                        "configurations, --steps per thread count), beside busy loops")
+    p.add_argument("--busy", default="0,0.5,1",
+                   help="cores kept busy beside the threads crossover, one level after another")
+    p.add_argument("--quiet-wait", type=float, default=0.0,
+                   help="threads crossover: wait up to this many seconds before each "
+                        "configuration until no other work runs beside the busy loops")
+    p.add_argument("--study", nargs="?", const=",".join(STUDY_NAMES),
+                   help="instead: time whole studies run by each variant (default: "
+                        f"{', '.join(STUDY_NAMES)})")
+    p.add_argument("--study-scale", type=int, default=1,
+                   help="divide the studies' steps (or epochs) and eval_every by this")
+    p.add_argument("--study-repeats", type=int, default=2, help="runs of each variant")
+    p.add_argument("--variants", default=",".join(STUDY_VARIANTS),
+                   help="study variants, the first the baseline; those that this "
+                        "run_experiment cannot run are left out")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     p.add_argument("--memory", help=argparse.SUPPRESS)  # internal: CONFIG:fused|reference
+    p.add_argument("--crossover-one", help=argparse.SUPPRESS)  # internal: one config, JSON
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -408,15 +652,90 @@ def main(argv=None):
         name, impl = args.memory.split(":")
         print(json.dumps(peak_memory(name, args.device, impl == "fused")))
         return
-    names = args.only.split(",") if args.only else list(CONFIGS)
+    if args.crossover_one:
+        print(json.dumps(crossover_one(args.crossover_one, args.steps)))
+        return
+    names = args.only.split(",") if args.only else list(
+        CROSSOVER_CONFIGS if args.threads_crossover else CONFIGS)
     for n in names:
         if n not in CONFIGS:
             raise SystemExit(f"unknown configuration {n!r}; known: {', '.join(CONFIGS)}")
-    peak = matmul_peak(args.device)
     out = Path(args.out)
     tag = f"{args.device}-{torch.get_num_threads()}threads"
     recorded = out / f"{tag}.json"
     previous = json.loads(recorded.read_text()) if recorded.exists() else {}
+    # a mode replaces its own tables: the step benchmark keeps only the others' (and with
+    # --merge its other rows and main job), the others keep everything else
+    # ("machine": that of the step benchmark; the other tables name their own platform)
+    steps = not (args.threads_crossover or args.study)
+    report = {k: v for k, v in previous.items()
+              if not steps or k in ("threads_crossover", "studies")}
+    if steps or "machine" not in report:
+        report["machine"] = machine(args.device)
+    if args.threads_crossover:
+        levels = [float(level) for level in args.busy.split(",")]
+        rows = threads_crossover(names, levels, args.steps, args.quiet_wait)
+        if args.merge:  # the rows of other configurations and levels are kept
+            rerun = {(r["busy_cores"], r["config"]) for r in rows}
+            rows = [r for r in previous.get("threads_crossover", {}).get("rows", [])
+                    if (r["busy_cores"], r["config"]) not in rerun] + rows
+        rows.sort(key=lambda r: (r["busy_cores"], r["step_flops"]))
+        report["threads_crossover"] = {"platform": platform.platform(), "cores": usable_cores(),
+                                       "steps": args.steps, "rows": rows,
+                                       "crossover": crossover_points(rows)}
+    elif args.study:
+        report["studies"] = study_report(args, previous.get("studies", {}))
+    else:
+        report = {**report, **step_report(args, names, previous)}
+    report = {key: report[key] for key in REPORT_KEYS if key in report}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{tag}.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+#: the tables of a results file, in order
+REPORT_KEYS = ("machine", "matmul_peak_gflops", "results", "main_job_seconds",
+               "main_job_measured", "threads_crossover", "studies")
+
+
+def machine(device: str) -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": device,
+            "device_name": torch.cuda.get_device_name() if device.startswith("cuda")
+            else platform.processor() or platform.machine()}
+
+
+def study_report(args, previous: dict) -> dict:
+    """The study table: each study of ``--study`` timed by :func:`time_study`, the other
+    studies' rows of ``previous`` kept."""
+    names = args.study.split(",")
+    for name in names:
+        if name not in STUDY_NAMES:
+            raise SystemExit(f"unknown study {name!r}; known: {', '.join(STUDY_NAMES)}")
+    variants = study_variants(args.variants.split(","))
+    left_out = sorted(set(args.variants.split(",")) - set(variants))
+    if left_out:
+        print(f"variants left out (run_experiment takes no such argument): "
+              f"{', '.join(left_out)}", file=sys.stderr)
+    rows = dict(previous)
+    for name, study in studies(args.study_scale).items():
+        if name not in names:
+            continue
+        print(f"{name} (scale 1/{args.study_scale}):", flush=True)
+        rows[name] = {"scale": args.study_scale, "variants": variants,
+                      "platform": platform.platform(),
+                      "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      **time_study(study, variants, args.study_repeats)}
+    return {name: rows[name] for name in STUDY_NAMES if name in rows}
+
+
+def step_report(args, names, previous: dict) -> dict:
+    """The step, model and core levels of each configuration of ``names`` (fresh processes),
+    its peak memory, and this machine's matmul peak; with ``--merge`` the other
+    configurations' rows of ``previous`` are kept."""
+    peak = matmul_peak(args.device)
     if previous:  # the machine's peak: the best measured (a loaded machine measures less)
         peak = max(peak, previous["matmul_peak_gflops"])
     old = previous if args.merge else {}
@@ -448,15 +767,7 @@ def main(argv=None):
     for row in rows:
         if "fused_gflops" in row:
             row["fraction_of_matmul_peak"] = row["fused_gflops"] / peak
-    report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "device": args.device,
-                    "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda")
-                    else platform.processor() or platform.machine()},
-        "matmul_peak_gflops": peak,
-        "results": rows,
-    }
+    report: dict = {"matmul_peak_gflops": peak, "results": rows}
     if args.main_job:
         with tempfile.TemporaryDirectory() as tmp:  # a fresh run folder: nothing resumed
             t0 = time.perf_counter()
@@ -468,10 +779,7 @@ def main(argv=None):
         for key in ("main_job_seconds", "main_job_measured"):
             if key in old:
                 report[key] = old[key]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{tag}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{tag}.md").write_text(markdown(report))
-    print(markdown(report))
+    return report
 
 
 def median_row(runs: list[dict]) -> dict:
@@ -495,8 +803,18 @@ def median_row(runs: list[dict]) -> dict:
 def markdown(report) -> str:
     m = report["machine"]
     lines = [f"# flexmtl benchmarks: {m['device']} ({m['device_name']}), {m['threads']} "
-             f"thread(s), torch {m['torch']}", "",
-             f"fp32 matmul peak (2048x2048): {report['matmul_peak_gflops']:.1f} GFLOP/s", ""]
+             f"thread(s), torch {m['torch']}", ""]
+    if "results" in report:
+        lines += _steps_markdown(report)
+    if "threads_crossover" in report:
+        lines += _crossover_markdown(report["threads_crossover"])
+    if "studies" in report:
+        lines += _studies_markdown(report["studies"])
+    return "\n".join(lines) + "\n"
+
+
+def _steps_markdown(report) -> list[str]:
+    lines = [f"fp32 matmul peak (2048x2048): {report['matmul_peak_gflops']:.1f} GFLOP/s", ""]
     if "main_job_seconds" in report:
         when = report.get("main_job_measured", "an earlier run")
         lines += [f"README main job (`flexmtl run uci`): {report['main_job_seconds']:.0f} s "
@@ -530,7 +848,69 @@ def markdown(report) -> str:
         lines.append(f"| {r['config']} | {r['unit']} | {r['fused_steps_per_s']:.1f} | "
                      f"{r['reference_steps_per_s']:.1f} | {speedup} | {model} | {core} | {g} | "
                      f"{frac} | {_memory(r)} | {when} |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _crossover_markdown(crossover) -> list[str]:
+    n = crossover["cores"]
+    lines = ["", "## Threads crossover", "",
+             f"`python benchmarks/bench.py --threads-crossover` on {crossover['platform']}: "
+             f"whole training steps on one thread and on all {n} cores, alternating in 6 "
+             f"blocks in one process (a fresh one per row; {crossover['steps']} timed steps "
+             "each, the first 3 of every block untimed); the speed-up of the cores is the "
+             "median of the blocks' paired ratios, in brackets their range. Beside it, busy "
+             "loops keep that many cores busy (0.5: a loop spinning half of every 10 ms). "
+             "Step size: the matmul and convolution FLOPs of one training step, forward and "
+             "backward (`Trainer.step_flops`, counted in the first step; what "
+             "`flexmtl.training.threads.auto_threads` judges). Other load: the 1-minute load "
+             "average less the process's own share (`other_load`, what the rule reads) "
+             "before and after the timing; it lags, and counts the previous row's process "
+             "for a while. Runnable elsewhere: the threads outside the process running or "
+             "waiting for a core at each switch of thread count (median and maximum; the "
+             "busy loops included): the other work the timing met.", "",
+             f"| busy cores | config | step MFLOP | 1 thread steps/s | {n} threads "
+             f"steps/s | speed-up of {n} threads | other load | runnable elsewhere | "
+             "measured |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in crossover["rows"]:
+        blocks, elsewhere = r["block_speedups"], r["runnable_elsewhere"]
+        lines.append(f"| {r['busy_cores']:g} | {r['config']} | "
+                     f"{r['step_flops'] / 1e6:.1f} | {r['one_thread_steps_per_s']:.1f} | "
+                     f"{r['cores_steps_per_s']:.1f} | {r['speedup']:.2f}x ({min(blocks):.2f}-"
+                     f"{max(blocks):.2f}) | {r['other_load'][0]:.1f}-{r['other_load'][1]:.1f} | "
+                     f"{statistics.median(elsewhere):g} (max {max(elsewhere)}) | "
+                     f"{r['measured']} |")
+    lines += ["", "| busy cores | one thread faster up to (MFLOP) | all cores faster from "
+              "(MFLOP) |", "|---|---|---|"]
+    for c in crossover["crossover"]:
+        below, above = (f"{c[k] / 1e6:.0f}" if c[k] else "-"
+                        for k in ("one_thread_faster_up_to", "cores_faster_from"))
+        lines.append(f"| {c['busy_cores']:g} | {below} | {above} |")
+    return lines
+
+
+def _studies_markdown(rows) -> list[str]:
+    lines = ["", "## Studies", "",
+             "`python benchmarks/bench.py --study`: whole studies as users run them "
+             "(`flexmtl.runner.run_experiment`, a fresh temporary folder each, no plots), run "
+             "by each variant in turn (A, B, A, B, ...) in one process. `serial`: one run "
+             "after another (`jobs` not passed); `pool`: `jobs` = the usable cores (only "
+             "where run_experiment takes `jobs`). Scale 1/k: the studies' steps (or epochs) "
+             "and eval_every divided by k. Seconds: medians; ratio: the median of the paired "
+             "ratios variant / first variant; identical: the per-run test metrics (the "
+             "tasks' own included) of every repeat of the variant equal those of the first "
+             "variant's first repeat. Other load: before each run "
+             "(the 1-minute load average less this process's own share).", "",
+             "| study | scale | runs | variant seconds | ratio | identical | other load | "
+             "measured |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        first = r["variants"][0]
+        seconds = ", ".join(f"{v} {t:.1f}" for v, t in r["seconds"].items())
+        ratio = ", ".join(f"{v}/{first} {x:.2f}" for v, x in r["ratio"].items()) or "-"
+        same = ", ".join(f"{v}: {'yes' if x else 'NO'}" for v, x in r["identical"].items())
+        load = ", ".join(f"{v} {min(x):.1f}-{max(x):.1f}" for v, x in r["other_load"].items())
+        lines.append(f"| {name} | 1/{r['scale']} | {r['runs']} x {r['repeats']} | {seconds} | "
+                     f"{ratio} | {same or '-'} | {load} | {r['measured']} |")
+    return lines
 
 
 def _memory(row: dict) -> str:

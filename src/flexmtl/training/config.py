@@ -55,7 +55,11 @@ class TrainConfig:
     # gradient (None, "auto": for schedules other than joint and for cores that say a step
     # may leave some)
     find_unused_parameters: bool | None = None
-    threads: int = 0  # torch intra-op threads; 0: torch's default (1 is fastest for tiny layers)
+    # torch intra-op threads (process-wide, set when training starts); 0: auto -- on the CPU
+    # one for small models and the cores other processes leave free for large ones, judged
+    # on the FLOPs of the first step, which runs on one (flexmtl.training.threads.auto_threads,
+    # measured by benchmarks/bench.py --threads-crossover); on other devices torch's default
+    threads: int = 0
     progress: bool = True
 
     def validate(self) -> None:

@@ -56,6 +56,7 @@ from flexmtl.training.forward import TrainingForward, global_mean
 from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
 from flexmtl.training.sampler import TaskBatchSampler, input_groups
 from flexmtl.training.schedules import SCHEDULES
+from flexmtl.training.threads import FlopCount, auto_threads
 
 Resume = Literal["auto", "must", "restart"]
 RESUME: tuple[Resume, ...] = get_args(Resume)
@@ -87,7 +88,8 @@ class Trainer(Checkpointing):
     The constructor only checks its arguments: nothing is read, written or set globally
     until :meth:`setup` (which :meth:`fit`, :meth:`train_step` and :meth:`evaluate` call).
     Seams for tools and benchmarks: :meth:`train_step` (one step of the schedule),
-    :meth:`draw_batch`, :meth:`training_losses`, :meth:`losses_of`, :meth:`update`.
+    :meth:`draw_batch`, :meth:`training_losses`, :meth:`losses_of`, :meth:`update`,
+    and :attr:`step_flops` (the size of a step, counted in the first).
 
     Args:
         model: module called as ``model(x, task_index)``.
@@ -166,6 +168,9 @@ class Trainer(Checkpointing):
         self._best_in_memory: dict | None = None
         self.seconds_before = 0.0  # training time of earlier segments of a resumed run
         self._segment_start = time.perf_counter()
+        self.threads = 0  # torch's intra-op threads of this run, set by setup()
+        # matmul and convolution FLOPs of this trainer's first training step (counted in it)
+        self.step_flops: int | None = None
         self.world_size = 1
         self.is_main = True
         self.shared_stream: distributed.SharedStream | None = None
@@ -177,15 +182,14 @@ class Trainer(Checkpointing):
 
     def setup(self) -> None:
         """Everything training needs beyond the constructor's checks, once (:meth:`fit`,
-        :meth:`train_step` and :meth:`evaluate` call it): thread count, the process group
-        under ``torchrun``, the model and data on the device, the optimiser, and the run
-        folder -- lock it, check its files, and resume from its ``last.pt`` or start over
+        :meth:`train_step` and :meth:`evaluate` call it): the process group under
+        ``torchrun``, the model and data on the device, the optimiser, the thread count
+        (``threads=0``: one until the first step has been counted), and the run folder --
+        lock it, check its files, and resume from its ``last.pt`` or start over
         (``resume``)."""
         if self._ready:
             return
         cfg = self.config
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         distributed.setup(self.device)
         self.world_size = distributed.world_size()
         self.is_main = distributed.is_main()
@@ -198,6 +202,7 @@ class Trainer(Checkpointing):
         self.model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.train_data = [self._to_device(t.train) for t in self.tasks]
+        self._set_threads()
         if self.world_size > 1:
             self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
             distributed.seed_rank(cfg.seed)
@@ -217,6 +222,18 @@ class Trainer(Checkpointing):
         if cfg.compile:
             self.training_forward = torch.compile(self.training_forward)
         self._ready = True
+
+    def _set_threads(self) -> None:
+        """torch's intra-op threads: ``config.threads``; for 0 on the CPU one thread until
+        the first step is counted, then :func:`~flexmtl.training.threads.auto_threads` of its
+        FLOPs (one thread for small models, the free cores for large ones); on other devices
+        0 keeps torch's."""
+        threads = self.config.threads
+        if not threads and self.device.type == "cpu":
+            threads = 1 if self.step_flops is None else auto_threads(self.step_flops)
+        if threads:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
 
     def _open_folder(self) -> dict | None:
         """Rank 0: lock ``out_dir``, check its files and apply the ``resume`` policy; the
@@ -470,10 +487,19 @@ class Trainer(Checkpointing):
         self.setup()
         if not self.model.training:
             self.model.train()
-        losses = self.schedule.step(len(self.tasks), self.draw_batch, self.training_losses,
-                                    self.update, self.task_order_generator)
+        if self.step_flops is not None:
+            losses = self._schedule_step()
+        else:  # the first: its FLOPs counted (the size of a step, which threads=0 judges)
+            with FlopCount() as count:
+                losses = self._schedule_step()
+            self.step_flops = count.flops
+            self._set_threads()
         self.step += 1
         return losses
+
+    def _schedule_step(self) -> list[float]:
+        return self.schedule.step(len(self.tasks), self.draw_batch, self.training_losses,
+                                  self.update, self.task_order_generator)
 
     def _evaluate_and_select(self, eval_log: CsvLog) -> None:
         metrics = self.evaluate("val")
