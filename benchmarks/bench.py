@@ -512,7 +512,7 @@ def crossover_points(rows) -> list[dict]:
 
 #: how a study runs: run_experiment's extra keyword arguments (each value computed when the
 #: variant runs); a variant runs only where run_experiment takes all its arguments
-STUDY_VARIANTS = {"serial": {}, "pool": {"jobs": usable_cores}}
+STUDY_VARIANTS = {"serial": {"jobs": lambda: 1}, "pool": {"jobs": usable_cores}}
 #: the studies timed (see :func:`studies`)
 STUDY_NAMES = ("uci", "so-fig4a", "four-mnists")
 

@@ -30,18 +30,14 @@ def _results(accuracy: float, sweep: bool = False) -> dict:
 
 
 def test_only_the_variants_that_run_experiment_takes(bench, monkeypatch):
-    def serial_only(name, methods=None, seeds=3, out_dir=None, progress=True, plots=True,
-                    log=print):
-        pass
-
     def with_jobs(name, methods=None, seeds=3, out_dir=None, progress=True, plots=True,
                   log=print, jobs=1):
         pass
 
-    monkeypatch.setattr(bench, "run_experiment", serial_only)
-    assert bench.study_variants(["serial", "pool"]) == ["serial"]
     monkeypatch.setattr(bench, "run_experiment", with_jobs)
-    assert bench.study_variants(["serial", "pool"]) == ["serial", "pool"]
+    monkeypatch.setitem(bench.STUDY_VARIANTS, "batched", {"batch_runs": lambda: True})
+    assert bench.study_variants(["serial", "pool", "batched"]) == ["serial", "pool"]
+    assert bench.STUDY_VARIANTS["serial"]["jobs"]() == 1  # today's one run after the other
 
 
 @pytest.mark.parametrize("pool_accuracy, identical", [(0.9, True), (0.91, False)])
@@ -54,13 +50,13 @@ def test_variants_alternate_in_fresh_folders_and_their_runs_are_compared(
         assert not any(Path(out_dir).iterdir())  # a fresh folder
         (Path(out_dir) / "runs").mkdir()
         calls.append(jobs)
-        return _results(0.9 if jobs is None else pool_accuracy, sweep=True)
+        return _results(0.9 if jobs == 1 else pool_accuracy, sweep=True)
 
     monkeypatch.setattr(bench, "run_experiment", fake)
     monkeypatch.setitem(bench.STUDY_VARIANTS, "pool", {"jobs": lambda: 2})
     row = bench.time_study({"name": "x", "seeds": 2}, ["serial", "pool"], repeats=2,
                            log=lambda *a, **k: None)
-    assert calls == [None, 2, None, 2]
+    assert calls == [1, 2, 1, 2]
     assert row["runs"] == 4  # two seeds at two sweep points
     assert row["identical"] == {"serial": True, "pool": identical}
     assert set(row["ratio"]) == {"pool"} and len(row["all_seconds"]["pool"]) == 2
