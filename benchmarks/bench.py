@@ -71,7 +71,7 @@ from flexmtl.experiments import get_experiment
 from flexmtl.fusion import set_fused
 from flexmtl.reproduction.studies import get_study
 from flexmtl.runner import run_experiment
-from flexmtl.training.threads import other_load, usable_cores
+from flexmtl.training.threads import FlopCount, other_load, usable_cores
 
 HERE = Path(__file__).resolve().parent
 
@@ -413,8 +413,9 @@ def crossover_one(name, steps) -> dict:
         raise SystemExit("the threads crossover needs a machine with two or more cores")
     model, tasks, kwargs = build(name, "cpu")
     trainer = _trainer(model, tasks, kwargs, "cpu")
-    trainer.train_step()  # the first step: its FLOPs counted
-    flops = trainer.step_flops
+    with FlopCount() as count:  # the first step's FLOPs, as the trainer counts them
+        trainer.train_step()
+    flops = count.flops
     load = other_load()
     elsewhere = []
 
@@ -893,8 +894,8 @@ def _studies_markdown(rows) -> list[str]:
              "`python benchmarks/bench.py --study`: whole studies as users run them "
              "(`flexmtl.runner.run_experiment`, a fresh temporary folder each, no plots), run "
              "by each variant in turn (A, B, A, B, ...) in one process. `serial`: one run "
-             "after another (`jobs` not passed); `pool`: `jobs` = the usable cores (only "
-             "where run_experiment takes `jobs`). Scale 1/k: the studies' steps (or epochs) "
+             "after another in the process (`jobs=1`, how every study ran before worker "
+             "pools); `pool`: `jobs` = the usable cores, one run per worker process. Scale 1/k: the studies' steps (or epochs) "
              "and eval_every divided by k. Seconds: medians; ratio: the median of the paired "
              "ratios variant / first variant; identical: the per-run test metrics (the "
              "tasks' own included) of every repeat of the variant equal those of the first "

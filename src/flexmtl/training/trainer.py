@@ -89,7 +89,7 @@ class Trainer(Checkpointing):
     until :meth:`setup` (which :meth:`fit`, :meth:`train_step` and :meth:`evaluate` call).
     Seams for tools and benchmarks: :meth:`train_step` (one step of the schedule),
     :meth:`draw_batch`, :meth:`training_losses`, :meth:`losses_of`, :meth:`update`,
-    and :attr:`step_flops` (the size of a step, counted in the first).
+    and :attr:`step_flops` (the size of a step, counted in the first when ``threads=0``).
 
     Args:
         model: module called as ``model(x, task_index)``.
@@ -227,13 +227,19 @@ class Trainer(Checkpointing):
         """torch's intra-op threads: ``config.threads``; for 0 on the CPU one thread until
         the first step is counted, then :func:`~flexmtl.training.threads.auto_threads` of its
         FLOPs (one thread for small models, the free cores for large ones); on other devices
-        0 keeps torch's."""
+        or with ``compile``, 0 keeps torch's."""
         threads = self.config.threads
-        if not threads and self.device.type == "cpu":
+        if self._auto_threads():
             threads = 1 if self.step_flops is None else auto_threads(self.step_flops)
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
+
+    def _auto_threads(self) -> bool:
+        """Whether :func:`~flexmtl.training.threads.auto_threads` sets the threads:
+        ``threads=0`` on the CPU, without ``compile`` (whose graphs the FLOP counter would
+        break; there 0 keeps torch's default)."""
+        return not self.config.threads and self.device.type == "cpu" and not self.config.compile
 
     def _open_folder(self) -> dict | None:
         """Rank 0: lock ``out_dir``, check its files and apply the ``resume`` policy; the
@@ -487,13 +493,15 @@ class Trainer(Checkpointing):
         self.setup()
         if not self.model.training:
             self.model.train()
-        if self.step_flops is not None:
-            losses = self._schedule_step()
-        else:  # the first: its FLOPs counted (the size of a step, which threads=0 judges)
+        if self.step_flops is None and self._auto_threads():
+            # the first step of threads=0: its FLOPs counted (the size of a step, judged by
+            # auto_threads); explicit threads never run under the counter
             with FlopCount() as count:
                 losses = self._schedule_step()
             self.step_flops = count.flops
             self._set_threads()
+        else:
+            losses = self._schedule_step()
         self.step += 1
         return losses
 
