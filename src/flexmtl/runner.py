@@ -84,13 +84,14 @@ def run_experiment(
     Where the unfinished runs train (:mod:`flexmtl.executors`): ``executor="local"`` with
     ``jobs=1`` in this process, one after the other (as under ``torchrun``, where every
     process runs them together); with ``jobs=N`` in N worker processes, one run each at a
-    time, single-threaded unless the config sets ``threads``. ``jobs`` None: ``$FLEXMTL_JOBS``
-    where set, else the usable CPU cores. ``executor="ray"``: as Ray tasks, ``jobs`` at a time (default: the cluster's
-    CPUs), on the cluster at ``address`` (``HOST:PORT``; None: as ``ray.init()`` finds
-    one, else a local instance); its nodes must share the run folder's file system. Never
-    more runs at once than are left; the results are the same wherever runs train. A run
-    that fails in a worker raises :class:`~flexmtl.errors.RunFailedError` naming it, once
-    the runs still training have finished.
+    time, single-threaded unless the config sets ``threads``. ``jobs`` None:
+    ``$FLEXMTL_JOBS`` where set, else the usable CPU cores. ``executor="ray"``: as Ray
+    tasks, ``jobs`` at a time (default: the cluster's CPUs), on the cluster at ``address``
+    (``HOST:PORT``; None: as ``ray.init()`` finds one, else a local instance); its nodes
+    must share the run folder's file system. Never more runs at once than are left; the
+    results are the same wherever runs train. A run that fails in a worker raises
+    :class:`~flexmtl.errors.RunFailedError` naming it, once the runs still training have
+    finished.
     """
     exp = get_experiment(name)
     methods = exp.check_methods(_method_names(methods) or exp.default_methods
