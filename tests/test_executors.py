@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import sigterm_when
 
 import flexmtl
 import flexmtl.reproduction
@@ -168,29 +165,13 @@ def test_cli_diverged_run_in_a_worker_is_one_line_naming_it(capsys):
     assert not list(Path("o").rglob("result.json"))
 
 
-def _python_env() -> dict[str, str]:
-    src = str(Path(flexmtl.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [src, *filter(None, [os.environ.get("PYTHONPATH")])])}
-
-
 def test_sigterm_stops_the_workers_and_releases_every_lock(tmp_path):
     out = tmp_path / "o"
     args = [a if a != "6" else "1000000" for a in TINY[:-1]]  # long enough to be stopped
-    proc = subprocess.Popen([sys.executable, "-m", "flexmtl", "run", *args, str(out),
-                             "eval_every=5", "--jobs", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_python_env())
-    try:
-        deadline = time.monotonic() + 240
-        while len(list(out.rglob("seed-*/last.pt"))) < 2 and proc.poll() is None:
-            assert time.monotonic() < deadline, "the runs never started"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    returncode, err = sigterm_when(
+        ["run", *args, str(out), "eval_every=5", "--jobs", "2"],
+        lambda: len(list(out.rglob("seed-*/last.pt"))) >= 2, "the runs")
+    assert returncode == 143, err
     assert err.splitlines()[-1] == ("flexmtl: stopped by SIGTERM; rerun the same command to "
                                     "resume")
     assert "Traceback" not in err

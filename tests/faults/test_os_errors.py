@@ -16,13 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import python_env, sigterm_when
 
-import flexmtl
 from flexmtl import run_folder
 from flexmtl.cli import EXIT_STATUS, _os_error_message, main
 from flexmtl.errors import ConfigError, DataNotFoundError
@@ -305,19 +304,9 @@ def test_sigterm_releases_the_folder_and_the_rerun_resumes(capsys, monkeypatch):
 def test_sigterm_in_a_real_process_exits_143_without_a_lock(tmp_path):
     out = tmp_path / "o"
     args = [a if a != "4" else "100000" for a in TINY]  # long enough to be killed
-    proc = subprocess.Popen([sys.executable, "-m", "flexmtl", "run", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_python_env())
-    try:
-        deadline = time.monotonic() + 240
-        while not list(out.rglob("seed-0/run.lock")) and proc.poll() is None:
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    returncode, err = sigterm_when(["run", *args, "--out", str(out)],
+                                   lambda: bool(list(out.rglob("seed-0/run.lock"))))
+    assert returncode == 143, err
     assert err.splitlines()[-1] == ("flexmtl: stopped by SIGTERM; rerun the same command to "
                                     "resume")
     assert "Traceback" not in err
@@ -437,18 +426,12 @@ def test_closed_pipe_leaves_stdout_on_devnull(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
-def _python_env() -> dict[str, str]:
-    src = str(Path(flexmtl.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [src, *filter(None, [os.environ.get("PYTHONPATH")])])}
-
-
 def test_closed_pipe_in_a_real_process(tmp_path):
     err = tmp_path / "err"
     with open(err, "wb") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "flexmtl", "data", "list", "--root",
                                  str(tmp_path)], stdout=subprocess.PIPE, stderr=stderr,
-                                env=_python_env())
+                                env=python_env())
         assert proc.stdout is not None
         proc.stdout.close()  # the reader leaves before anything is written
         code = proc.wait(timeout=300)
@@ -461,7 +444,7 @@ def test_data_into_head(tmp_path):
     command = (f"{sys.executable} -m flexmtl data list --root {tmp_path} | head -1; "
                "exit ${PIPESTATUS[0]}")
     proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
-                          env=_python_env(), timeout=300)
+                          env=python_env(), timeout=300)
     assert proc.stderr == ""
     assert proc.returncode in (0, 141)
     assert proc.stdout.startswith(f"Data sources under {tmp_path}")
