@@ -67,6 +67,7 @@ import torch
 from torch import nn
 
 import flexmtl as fm
+from flexmtl import executors
 from flexmtl.experiments import get_experiment
 from flexmtl.fusion import set_fused
 from flexmtl.reproduction.studies import get_study
@@ -513,7 +514,7 @@ def crossover_points(rows) -> list[dict]:
 
 #: how a study runs: run_experiment's extra keyword arguments (each value computed when the
 #: variant runs); a variant runs only where run_experiment takes all its arguments
-STUDY_VARIANTS = {"serial": {"jobs": lambda: 1}, "pool": {"jobs": usable_cores}}
+STUDY_VARIANTS = {"serial": {"jobs": lambda: 1}, "pool": {"jobs": executors.usable_cores}}
 #: the studies timed (see :func:`studies`)
 STUDY_NAMES = ("uci", "so-fig4a", "four-mnists")
 

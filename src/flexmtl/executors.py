@@ -49,6 +49,7 @@ from typing import Any, Literal, Protocol, get_args
 import torch
 
 from flexmtl.errors import ConfigError, FlexMTLError, RunFailedError, UnknownNameError
+from flexmtl.training.threads import affinity_cores
 
 __all__ = ["Executor", "EXECUTORS", "Call", "check_executor", "default_jobs", "usable_cores",
            "worker_count", "run_calls", "JOBS_VARIABLE"]
@@ -156,10 +157,10 @@ def default_jobs() -> int | None:
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The CPU cores this process may run on (:func:`~flexmtl.training.threads.affinity_cores`:
+    its affinity where the OS tells it); not capped by ``OMP_NUM_THREADS``, which limits
+    threads, not processes."""
+    return affinity_cores()
 
 
 def worker_count(jobs: int | None, runs: int) -> int:

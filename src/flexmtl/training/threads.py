@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 aten = torch.ops.aten
 
 __all__ = ["CROSSOVER_FLOPS", "BUSY_CROSSOVER_FLOPS", "IDLE_LOAD", "auto_threads",
-           "usable_cores", "other_load", "FlopCount"]
+           "affinity_cores", "usable_cores", "other_load", "FlopCount"]
 
 #: FLOPs of one training step (:attr:`~flexmtl.training.Trainer.step_flops`) from which all
 #: cores of an idle machine beat one thread: between uci-10 (22 MFLOP, slower) and
@@ -112,14 +112,20 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
+def affinity_cores() -> int:
+    """The CPU cores this process may run on: its affinity where the OS tells it, else the
+    machine's (what :mod:`flexmtl.executors` sizes a pool of processes by)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells it), at most
+    """The cores this process's threads may use: :func:`affinity_cores`, at most
     ``OMP_NUM_THREADS`` when that is set (as torch's own default; ``torchrun`` sets it to 1
     for several processes per machine)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = affinity_cores()
     limit = os.environ.get("OMP_NUM_THREADS", "")
     return min(cores, int(limit)) if limit.isdigit() and int(limit) > 0 else cores
 
