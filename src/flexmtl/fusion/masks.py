@@ -29,9 +29,10 @@ def keep_probability(p: float, device: torch.device) -> float:
     return min(max(round((1.0 - p) * levels), 1), levels) / levels
 
 
-def _random_words(count: int) -> torch.Tensor:
-    """``count`` uniformly random int64 words from torch's default CPU generator."""
-    return torch.empty(count, dtype=torch.int64).random_(-(2**63), None)
+def _random_words(count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` uniformly random int64 words from ``generator`` (None: torch's default CPU
+    generator)."""
+    return torch.empty(count, dtype=torch.int64).random_(-(2**63), None, generator=generator)
 
 
 #: left shifts that move bit j of an int32 word into the sign bit, j = 0..31
@@ -41,17 +42,19 @@ _SAME_SIZE_INT = {torch.float32: torch.int32, torch.float64: torch.int64,
                   torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-def half_bits(n: int) -> torch.Tensor:
+def half_bits(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``[n]`` int32: 0 or -1 (all bits set) with probability 1/2 each, independently: one
-    random bit per element, spread by an arithmetic shift (``(w << (31 - j)) >> 31``)."""
-    words = _random_words(-(-n // 64)).view(torch.int32)
+    random bit per element, spread by an arithmetic shift (``(w << (31 - j)) >> 31``).
+    Drawn from ``generator`` (None: torch's default CPU generator)."""
+    words = _random_words(-(-n // 64), generator).view(torch.int32)
     bits = torch.bitwise_left_shift(words.unsqueeze(1), _SIGN_SHIFTS).bitwise_right_shift_(31)
     return bits.view(-1)[:n]
 
 
-def keep_mask(x: torch.Tensor, p: float, out: torch.Tensor | None = None) -> torch.Tensor:
+def keep_mask(x: torch.Tensor, p: float, out: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> torch.Tensor:
     """A float mask like ``x``: 1 (keep) or 0 (drop), independently for every element
-    (written into ``out`` when given).
+    (written into ``out`` when given), drawn from ``generator`` (None: torch's default).
 
     On CPU each element gets one random bit for ``p = 0.5``, 8 when ``p`` is another
     multiple of 2**-8, else 16, so the keep probability is ``1 - p`` rounded to a multiple
@@ -61,13 +64,14 @@ def keep_mask(x: torch.Tensor, p: float, out: torch.Tensor | None = None) -> tor
     """
     out = torch.empty_like(x) if out is None else out
     if x.device.type != "cpu":
-        return out.copy_(torch.rand_like(out) >= p)
+        return out.copy_(torch.rand(out.shape, generator=generator, device=out.device,
+                                    dtype=out.dtype) >= p)
     bits = _code_bits(p)
     n = x.numel()
     if bits == 1:  # -1 / 0 -> 1 / 0
-        return out.copy_(half_bits(n).view(x.shape)).abs_()
+        return out.copy_(half_bits(n, generator).view(x.shape)).abs_()
     half, keep = 2 ** (bits - 1), round(keep_probability(p, x.device) * 2**bits)
-    words = _random_words(-(-n * bits // 64))
+    words = _random_words(-(-n * bits // 64), generator)
     codes = words.view(torch.int8 if bits == 8 else torch.int16)[:n].view(x.shape)
     # codes are uniform integers in [-half, half): keep the top ``keep`` of them
     exact = out.dtype in (torch.float32, torch.float64)  # integers up to 2**16 are exact
@@ -81,8 +85,9 @@ def bitwise_drop(x: torch.Tensor, p: float) -> bool:
     return p == 0.5 and x.device.type == "cpu" and x.dtype in _SAME_SIZE_INT
 
 
-def drop_(x: torch.Tensor, p: float) -> torch.Tensor:
-    """``x *= keep_mask(x, p)`` in place (no rescaling); returns ``x``.
+def drop_(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x *= keep_mask(x, p)`` in place (no rescaling); returns ``x``. Drawn from
+    ``generator`` (None: torch's default).
 
     For ``p = 0.5`` on CPU, when autograd does not track ``x``, the dropped elements' bits
     are cleared with one bitwise AND of a 0 / all-ones integer mask (:func:`half_bits`):
@@ -91,8 +96,8 @@ def drop_(x: torch.Tensor, p: float) -> torch.Tensor:
     """
     tracked = torch.is_grad_enabled() and x.requires_grad
     if bitwise_drop(x, p) and x.is_contiguous() and not tracked:
-        return clear_dropped_(x, half_bits(x.numel()).view(x.shape))
-    return x.mul_(keep_mask(x, p))
+        return clear_dropped_(x, half_bits(x.numel(), generator).view(x.shape))
+    return x.mul_(keep_mask(x, p, generator=generator))
 
 
 def clear_dropped_(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -103,8 +108,10 @@ def clear_dropped_(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout of every element of ``x`` (like ``nn.Dropout``), training only."""
+def dropout(x: torch.Tensor, p: float, training: bool,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Inverted dropout of every element of ``x`` (like ``nn.Dropout``), training only;
+    drawn from ``generator`` (None: torch's default)."""
     if not training or p == 0.0:
         return x
-    return x * keep_mask(x, p).mul_(1.0 / keep_probability(p, x.device))
+    return x * keep_mask(x, p, generator=generator).mul_(1.0 / keep_probability(p, x.device))

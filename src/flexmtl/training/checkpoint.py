@@ -58,6 +58,7 @@ class Checkpointing:
     history: list[dict]
     sharing: list[tuple[int, torch.Tensor]]
     seconds_before: float
+    random_stream: torch.Generator | None
     _segment_start: float
     last_checkpoint_step: int | None
     _best_in_memory: dict | None
@@ -88,7 +89,7 @@ class Checkpointing:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "task_order_generator": self.task_order_generator.get_state(),
-            "rng": rng_state(),
+            "rng": self._rng_state(),
             "best_score": self.best_score,
             "best_step": self.best_step,
             "history": self.history,
@@ -99,6 +100,14 @@ class Checkpointing:
         }
         if self.shared_stream is not None:
             state["shared_rng"] = self.shared_stream.state_dict()
+        return state
+
+    def _rng_state(self) -> dict:
+        """:func:`rng_state`, with this run's own stream as torch's when it has one (a run
+        of a batch: resumed alone, its default generator continues that stream)."""
+        state = rng_state()
+        if self.random_stream is not None:
+            state["torch"] = self.random_stream.get_state()
         return state
 
     def _save_last(self) -> None:

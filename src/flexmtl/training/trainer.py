@@ -167,7 +167,10 @@ class Trainer(Checkpointing):
         self.last_checkpoint_step: int | None = None
         self._best_in_memory: dict | None = None
         self.seconds_before = 0.0  # training time of earlier segments of a resumed run
-        self._segment_start = time.perf_counter()
+        self._segment_start = self._fit_start = time.perf_counter()
+        #: where the dropout masks of the fused paths come from (None: torch's default
+        #: generator); a batch of runs gives each run its own, saved in its checkpoints
+        self.random_stream: torch.Generator | None = None
         self.threads = 0  # torch's intra-op threads of this run, set by setup()
         # matmul and convolution FLOPs of this trainer's first training step (counted in it)
         self.step_flops: int | None = None
@@ -446,44 +449,58 @@ class Trainer(Checkpointing):
             self.close()
 
     def _fit(self) -> TrainResult:
+        self._begin_fit()
+        try:
+            while self.step < self.config.steps:
+                self.after_step(self.train_step())
+        finally:
+            self._end_fit()
+        return self._finish(self.seconds_before + time.perf_counter() - self._fit_start)
+
+    def _begin_fit(self) -> None:
+        """Open the logs and the progress bar of :meth:`fit` (also for a batch of runs,
+        :class:`~flexmtl.training.batched.RunBatch`, which steps the runs itself)."""
         cfg = self.config
-        self._segment_start = start_time = time.perf_counter()
+        self._segment_start = self._fit_start = time.perf_counter()
         folder = self.run_folder if self.is_main else None
-        train_log = CsvLog(folder.train_log if folder is not None else None)
-        eval_log = CsvLog(folder.eval_log if folder is not None else None)
+        self._train_log = CsvLog(folder.train_log if folder is not None else None)
+        self._eval_log = CsvLog(folder.eval_log if folder is not None else None)
         if self.step == 0:
             self._snapshot_sharing()
-        bar = _progress(cfg.steps, self.step, cfg.progress and self.is_main)
+        self._bar = _progress(cfg.steps, self.step, cfg.progress and self.is_main)
         self.model.train()
-        hooks = contextlib.ExitStack()
+        self._hooks = contextlib.ExitStack()
         if self.shared_stream is not None:  # the allocation samples: one stream for all ranks
-            hooks.enter_context(self.shared_stream.attached(self.model))
-        try:
-            while self.step < cfg.steps:
-                losses = self.train_step()
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    row = {"step": self.step, "loss": sum(losses)}
-                    row.update({f"loss/{t.name}": v for t, v in zip(self.tasks, losses)})
-                    train_log.write(row)
-                if self.is_main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                    self._evaluate_and_select(eval_log)
-                    bar.set_postfix(loss=f"{sum(losses):.4f}",
-                                    val=f"{self.history[-1]['loss']:.4f}")
-                if self._finetune_due():
-                    self.finetune_step = self.step
-                    self.optimizer = self._make_optimizer()
-                every = cfg.checkpoint_every or cfg.eval_every
-                if self.step % every == 0 or self.step == cfg.steps:
-                    self._save_last()
-                bar.update(1)
-                for callback in self.callbacks:
-                    callback(self, self.step)
-        finally:
-            hooks.close()
-            bar.close()
-            train_log.close()
-            eval_log.close()
-        return self._finish(self.seconds_before + time.perf_counter() - start_time)
+            self._hooks.enter_context(self.shared_stream.attached(self.model))
+
+    def after_step(self, losses: list[float]) -> None:
+        """What :meth:`fit` does after each training step (``step`` already counted, each
+        task's loss in ``losses``): log, validate and select, switch to the finetune
+        optimiser, checkpoint, callbacks."""
+        cfg = self.config
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            row = {"step": self.step, "loss": sum(losses)}
+            row.update({f"loss/{t.name}": v for t, v in zip(self.tasks, losses)})
+            self._train_log.write(row)
+        if self.is_main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+            self._evaluate_and_select(self._eval_log)
+            self._bar.set_postfix(loss=f"{sum(losses):.4f}",
+                                  val=f"{self.history[-1]['loss']:.4f}")
+        if self._finetune_due():
+            self.finetune_step = self.step
+            self.optimizer = self._make_optimizer()
+        every = cfg.checkpoint_every or cfg.eval_every
+        if self.step % every == 0 or self.step == cfg.steps:
+            self._save_last()
+        self._bar.update(1)
+        for callback in self.callbacks:
+            callback(self, self.step)
+
+    def _end_fit(self) -> None:
+        self._hooks.close()
+        self._bar.close()
+        self._train_log.close()
+        self._eval_log.close()
 
     def train_step(self) -> list[float]:
         """One step of the schedule (a batch per task, their losses, the update or updates;

@@ -1,0 +1,464 @@
+r"""Many runs in one step: R models of one shape trained as one, stacked along a run dimension.
+
+A study trains the same model several times -- one run per seed. :class:`RunStack` holds
+the parameters of R such models (:class:`~flexmtl.models.MultiTaskModel` of one structure)
+stacked along a leading run dimension, as the leaves one optimiser trains, and runs the
+training forward of every task of every run at once: each kernel of a step runs once for
+all runs (``bmm`` over runs where a run alone has ``mm``), and each run draws its dropout
+masks from its own random stream, in the order and sizes its run alone draws them. Adam,
+SGD and RMSprop are elementwise, so one optimiser over the stacked leaves updates each
+run's slice as the run's own optimiser would. Each run's model and optimiser state are
+written back from the stack (:meth:`RunStack.to_models`, :meth:`RunStack.optimizer_state`)
+whenever its trainer evaluates or checkpoints; the test holds batched runs equal to runs
+alone in float64.
+
+What batches (:func:`runs_batch_reason` says why not otherwise): fused
+:class:`~flexmtl.models.MultiTaskModel`\ s whose core is one of the four orderings of
+:mod:`flexmtl.sharing.ordering` on dense blocks ``Linear [-> ReLU]`` (every soft-ordering
+experiment of the paper on vectors), and whose encoders and decoders are dense
+``[Flatten ->] Linear [-> ReLU]`` or parameter-free; hard orderings other than parallel
+need equal batch sizes of all tasks (their run alone draws one mask over the tasks' rows
+side by side). Alike encoders (and decoders) of tasks with one batch size are stacked
+together too: one product for all of them in all runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from flexmtl.fusion.dense import dense_parts
+from flexmtl.fusion.kernels import _ALL_DEPTH_BITS
+from flexmtl.fusion.masks import (
+    bitwise_drop,
+    clear_dropped_,
+    drop_,
+    half_bits,
+    keep_mask,
+    keep_probability,
+)
+from flexmtl.fusion.orderings import _dense_activation, per_task_pays_off
+from flexmtl.fusion.planning import StackedLayers, layer_signature, module_signature
+
+__all__ = ["RunStack", "RunsDenseSoftOrder", "runs_batch_reason"]
+
+def _stacked(core) -> StackedLayers | None:
+    return core._fusion_plan().stacked
+
+
+def _modules_reason(modules: Iterable[nn.Module], what: str) -> str | None:
+    for module in modules:
+        if dense_parts(module) is None and any(True for _ in module.parameters()):
+            return (f"a task {what} ({type(module).__name__}) is neither a dense "
+                    "[Flatten ->] Linear [-> ReLU] layer nor free of parameters")
+    return None
+
+
+def runs_batch_reason(models: Sequence[nn.Module], batch_sizes: Sequence[int]) -> str | None:
+    """Why ``models`` (one per run; ``batch_sizes`` the per-task batch sizes, equal in every
+    run) cannot train as one :class:`RunStack`, or None when they can."""
+    from flexmtl.models import MultiTaskModel
+    from flexmtl.sharing.ordering import (
+        ParallelOrdering,
+        PermutedOrdering,
+        SingleTaskCore,
+        SoftOrdering,
+    )
+
+    if len(models) < 2:
+        return "a batch needs at least two runs"
+    if not all(type(m) is MultiTaskModel and m.fused for m in models):
+        return "only fused flexmtl MultiTaskModels batch"
+    kinds = {type(m.core) for m in models}
+    if len(kinds) != 1:
+        return "the runs' cores are of different classes"
+    kind = kinds.pop()
+    if kind not in (ParallelOrdering, PermutedOrdering, SingleTaskCore, SoftOrdering):
+        return f"the core {kind.__name__} has no batched path (the orderings have)"
+    first = models[0]
+    names = [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in first.named_parameters()]
+    for m in models:
+        core = m.core
+        if not core.fused:
+            return "a core is built with fused=False"
+        stacked = _stacked(core)
+        if stacked is None or _dense_activation(stacked) is None:
+            return "the shared blocks are not dense Linear [-> ReLU] layers"
+        if (core.num_tasks, core.depth, core.num_layers, core.dropout.p) != (
+                first.core.num_tasks, first.core.depth, first.core.num_layers,
+                first.core.dropout.p):
+            return "the runs' cores differ in shape or dropout"
+        if kind is SoftOrdering and core.gate != first.core.gate:
+            return "the runs' soft orderings use different gates"
+        if [(n, tuple(p.shape), p.dtype, p.requires_grad)
+                for n, p in m.named_parameters()] != names:
+            return "the runs' models have different parameters"
+        reason = (_modules_reason(m.encoders, "encoder")
+                  or _modules_reason(m.decoders, "decoder"))
+        if reason:
+            return reason
+    if len({p.dtype for p in first.parameters()}) != 1:
+        return "the model's parameters have several dtypes"
+    if kind in (PermutedOrdering, SingleTaskCore):
+        # the run alone: one batched product (and one mask) over the tasks side by side
+        hs = [torch.empty(b, 0) for b in batch_sizes]
+        if len(set(batch_sizes)) != 1 or not per_task_pays_off(_stacked(first.core), hs):
+            return ("the tasks' batch sizes differ (or their layers are too large to stack), "
+                    "so a run alone draws its masks otherwise")
+    return None
+
+
+class _Heads:
+    """The encoders (or decoders) of the tasks, grouped: a module several tasks share is
+    one group (their rows concatenated); alike dense modules of one batch size are one
+    group (their weights one leaf ``[R, G, out, in]``); a parameter-free module runs on the
+    rows of all runs at once."""
+
+    def __init__(self, modules: Sequence[nn.Module], batch_sizes: Sequence[int]):
+        by_module: dict[int, list[int]] = {}
+        for t, module in enumerate(modules):
+            by_module.setdefault(id(module), []).append(t)
+        #: (tasks, module, parts): parts None for a parameter-free module
+        self.groups: list[tuple[list[int], nn.Module, Any]] = []
+        alike: dict[tuple, list[int]] = {}
+        for tasks in by_module.values():
+            module = modules[tasks[0]]
+            parts = dense_parts(module)
+            if parts is None or len(tasks) > 1:
+                self.groups.append((tasks, module, parts))
+                continue
+            flatten, layer, tail = parts
+            key = (flatten, layer_signature(layer), tuple(map(module_signature, tail)),
+                   batch_sizes[tasks[0]])
+            alike.setdefault(key, []).append(tasks[0])
+        #: the groups from this index on are alike modules of one task each
+        self.shared = len(self.groups)
+        for tasks in alike.values():
+            self.groups.append((tasks, modules[tasks[0]], dense_parts(modules[tasks[0]])))
+
+    def layers(self, modules: Sequence[nn.Module]) -> list[tuple[str, list[nn.Linear]]]:
+        """Per dense group: its leaf key and the (per-run) layers stacked in it."""
+        out = []
+        for g, (tasks, _, parts) in enumerate(self.groups):
+            if parts is None:
+                continue
+            members = tasks if g >= self.shared else tasks[:1]  # a shared module: once
+            out.append((str(g), [cast("tuple", dense_parts(modules[t]))[1] for t in members]))
+        return out
+
+    def forward(self, leaves: dict[str, torch.Tensor], prefix: str,
+                xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``xs[t]`` ``[R, B_t, *shape]`` -> the modules' outputs ``[R, B_t, *out]``."""
+        outs: list[torch.Tensor | None] = [None] * len(xs)
+        for g, (tasks, module, parts) in enumerate(self.groups):
+            runs = xs[tasks[0]].shape[0]
+            if parts is None:  # parameter-free: all runs' rows at once
+                for t in tasks:
+                    x = xs[t]
+                    y = module(x.flatten(0, 1))
+                    outs[t] = y.unflatten(0, x.shape[:2])
+                continue
+            flatten, layer, tail = parts
+            w = leaves[f"{prefix}{g}.weight"]  # [R, G, out, in]
+            b = leaves.get(f"{prefix}{g}.bias")
+            if len(tasks) > 1 and g >= self.shared:
+                # alike modules of one batch size: [R*G, B, in], one product for all
+                x = torch.stack([xs[t] for t in tasks], 1)
+                x = x.flatten(3) if flatten else x
+                x = x.flatten(0, 1)
+                wt = w.flatten(0, 1).transpose(1, 2)
+                y = (torch.bmm(x, wt) if b is None
+                     else torch.baddbmm(b.flatten(0, 1).unsqueeze(1), x, wt))
+                y = y.relu_() if tail else y
+                for i, part in enumerate(y.unflatten(0, (runs, len(tasks))).unbind(1)):
+                    outs[tasks[i]] = part
+                continue
+            # one module (of one task, or shared by several): their rows side by side
+            x = torch.cat([xs[t] for t in tasks], 1)
+            x = x.flatten(2) if flatten else x
+            wt = w[:, 0].transpose(1, 2)
+            y = torch.bmm(x, wt) if b is None else torch.baddbmm(b[:, 0].unsqueeze(1), x, wt)
+            y = y.relu_() if tail else y
+            for t, part in zip(tasks, y.split([xs[t].shape[1] for t in tasks], 1)):
+                outs[t] = part
+        return cast("list[torch.Tensor]", outs)
+
+
+class RunStack:
+    """The parameters of R runs' models (:func:`runs_batch_reason` None) stacked along a
+    run dimension, as leaf tensors (:attr:`leaves`; those of frozen parameters without
+    gradient), and their batched training forward (:meth:`forward`).
+
+    The models keep their own parameters: :meth:`to_models` writes the stack's values into
+    them (before a run evaluates or checkpoints), :meth:`from_models` reads them (after a
+    run resumed). ``batch_sizes``: each task's batch size (equal in every run).
+    """
+
+    def __init__(self, models: Sequence[nn.Module], batch_sizes: Sequence[int]):
+        self.models = list(models)
+        self.runs = len(self.models)
+        first = self.models[0]
+        self.encoders = _Heads(list(first.encoders), batch_sizes)
+        self.decoders = _Heads(list(first.decoders), batch_sizes)
+        stacked = _stacked(first.core)
+        assert stacked is not None  # runs_batch_reason
+        # leaf key -> per-run member parameter names (a leaf [R, G, ...] has G members;
+        # a leaf of one parameter [R, ...] has the name alone, as a str)
+        names = {id(p): n for n, p in first.named_parameters()}
+        self.members: dict[str, str | list[str]] = {}
+        for prefix, heads in (("encoders.", self.encoders), ("decoders.", self.decoders)):
+            for key, layers in heads.layers(list(getattr(first, prefix[:-1]))):
+                self.members[f"{prefix}{key}.weight"] = [names[id(m.weight)] for m in layers]
+                if layers[0].bias is not None:
+                    self.members[f"{prefix}{key}.bias"] = [
+                        names[id(cast(torch.Tensor, m.bias))] for m in layers]
+        self.members["core.weight"] = [names[id(m.weight)] for m in stacked.layers]
+        if stacked.layers[0].bias is not None:
+            self.members["core.bias"] = [names[id(cast(torch.Tensor, m.bias))]
+                                         for m in stacked.layers]
+        grouped = {n for m in self.members.values() for n in m}
+        for name, _ in first.named_parameters():
+            if name not in grouped:
+                self.members[name] = name
+        self._params = [dict(m.named_parameters()) for m in self.models]
+        self.leaves: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for key, member in self.members.items():
+                leaf = torch.stack([self._gather(r, member) for r in range(self.runs)])
+                trainable = self._params[0][member if isinstance(member, str)
+                                            else member[0]].requires_grad
+                self.leaves[key] = leaf.requires_grad_(trainable)
+
+    def _gather(self, run: int, member: str | list[str]) -> torch.Tensor:
+        params = self._params[run]
+        if isinstance(member, str):
+            return params[member].detach().clone()
+        return torch.stack([params[n].detach() for n in member])
+
+    def _members(self, key: str) -> list[tuple[str, tuple]]:
+        """``(parameter name, index into leaf[r])`` of the leaf's members."""
+        member = self.members[key]
+        if isinstance(member, str):
+            return [(member, ())]
+        return [(n, (j,)) for j, n in enumerate(member)]
+
+    @torch.no_grad()
+    def to_models(self, runs: Iterable[int] | None = None) -> None:
+        """Write the stack's values into the models' own parameters."""
+        for r in range(self.runs) if runs is None else runs:
+            for key, leaf in self.leaves.items():
+                for name, at in self._members(key):
+                    self._params[r][name].copy_(leaf[(r, *at)])
+
+    @torch.no_grad()
+    def from_models(self) -> None:
+        """Read the models' own parameters into the stack."""
+        for key, leaf in self.leaves.items():
+            leaf.copy_(torch.stack([self._gather(r, self.members[key])
+                                    for r in range(self.runs)]))
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.leaves.items() if v.requires_grad}
+
+    def per_run_ndim(self, key: str) -> int:
+        """The number of dimensions of one member parameter of the leaf ``key``."""
+        return self.leaves[key].ndim - 1 - (not isinstance(self.members[key], str))
+
+    def member_names(self, key: str) -> list[str]:
+        return [name for name, _ in self._members(key)]
+
+    def optimizer_state(self, state: dict, run: int) -> dict:
+        """The optimiser state of run ``run``'s parameters (by name) from ``state``, the
+        stack optimiser's state by leaf key: each tensor with a run dimension sliced."""
+        out = {}
+        for key, leaf in self.leaves.items():
+            st = state.get(key)
+            if not st:
+                continue
+            for name, at in self._members(key):
+                out[name] = {k: (v[(run, *at)].clone() if torch.is_tensor(v) and v.ndim
+                                 and v.shape == leaf.shape else
+                                 v.clone() if torch.is_tensor(v) else v)
+                             for k, v in st.items()}
+        return out
+
+    def stacked_optimizer_state(self, states: Sequence[dict]) -> dict:
+        """The inverse of :meth:`optimizer_state`: per-run states by parameter name -> the
+        stack's by leaf key (a tensor of the parameter's shape stacked over runs; others,
+        e.g. Adam's step, taken from the first run)."""
+        out: dict[str, dict] = {}
+        for key, leaf in self.leaves.items():
+            names = self.member_names(key)
+            if not all(n in s for s in states for n in names):
+                continue
+            first = states[0][names[0]]
+            entry = {}
+            for k, v in first.items():
+                if torch.is_tensor(v) and v.ndim and v.shape == leaf.shape[
+                        1 + (not isinstance(self.members[key], str)):]:
+                    per_run = [torch.stack([s[n][k] for n in names])
+                               if not isinstance(self.members[key], str) else s[names[0]][k]
+                               for s in states]
+                    entry[k] = torch.stack(per_run)
+                else:
+                    entry[k] = v.clone() if torch.is_tensor(v) else v
+            out[key] = entry
+        return out
+
+    # ------------------------------------------------------------------ the forward
+    def forward(self, xs: Sequence[torch.Tensor],
+                streams: Sequence[torch.Generator | None]) -> list[torch.Tensor]:
+        """A joint training step of every task of every run in one pass: ``xs[t]``
+        ``[R, B_t, *shape]`` (task ``t``'s batch of each run) -> ``[R, B_t, *out]``, row
+        ``r`` equal to ``models[r](xs[t][r], t)``. Run ``r`` draws its dropout masks from
+        ``streams[r]`` (None: torch's default generator)."""
+        hs = self.encoders.forward(self.leaves, "encoders.", list(xs))
+        counts = [h.shape[1] for h in hs]
+        h = _core_runs([m.core for m in self.models], self.leaves, torch.cat(hs, 1), counts,
+                       list(streams))
+        return self.decoders.forward(self.leaves, "decoders.", list(h.split(counts, 1)))
+
+
+def _core_runs(cores: list, leaves: dict[str, torch.Tensor], h: torch.Tensor,
+               counts: list[int], streams: list[torch.Generator | None]) -> torch.Tensor:
+    """The cores of the runs on ``h`` ``[R, N, d]`` (the tasks' rows side by side), with
+    the stack's parameters (the cores give the structure: blocks, gate, orders)."""
+    from flexmtl.sharing.ordering import SoftOrdering
+
+    core = cores[0]
+    stacked = _stacked(core)
+    assert stacked is not None
+    phi = _dense_activation(stacked)
+    p = core.dropout.p if core.dropout.training else 0.0
+    rescale = 1.0 / keep_probability(p, h.device) if p else 1.0
+    runs, n, _ = h.shape
+    weights, biases = leaves["core.weight"], leaves.get("core.bias")  # [R, K, out, in]
+    tasks = len(counts)
+    if isinstance(core, SoftOrdering):
+        logits = leaves["core.scale_logits"]  # [R, T, L, D]
+        scales = (torch.softmax(logits, dim=-2) if core.gate == "softmax"
+                  else torch.sigmoid(logits))
+        rows = torch.repeat_interleave(torch.arange(tasks, device=h.device),
+                                       torch.tensor(counts, device=h.device), output_size=n)
+        return RunsDenseSoftOrder.apply(
+            h, weights.flatten(1, 2), None if biases is None else biases.flatten(1, 2),
+            scales, rows, rescale, phi == "relu", p, streams)
+    # hard orderings: the block of each task at each depth, per run (permutations differ)
+    orders = [[_hard_order(c, t) for t in range(tasks)] for c in cores]
+    run_index = torch.arange(runs, device=h.device)
+    for k in range(len(orders[0][0])):
+        index = [[order[k] for order in run] for run in orders]
+        if all(len(set(run)) == 1 for run in index):  # one block per run: [R, N, d]
+            x, at = h, (run_index, torch.tensor([run[0] for run in index], device=h.device))
+        else:  # each task its own block: [R*T, B, d] (equal batch sizes)
+            x = h.reshape(runs * tasks, counts[0], -1)
+            at = (run_index.repeat_interleave(tasks),
+                  torch.tensor([j for run in index for j in run], device=h.device))
+        wt = weights[at].transpose(1, 2)
+        y = torch.bmm(x, wt) if biases is None else torch.baddbmm(biases[at].unsqueeze(1), x, wt)
+        if phi == "relu":
+            y = torch.relu(y)
+        h = y.reshape(runs, n, -1)
+        if p:
+            mask = torch.empty_like(h)
+            for r, stream in enumerate(streams):
+                keep_mask(h[r], p, out=mask[r], generator=stream)
+            h = h * mask.mul_(rescale)
+    return h
+
+
+def _hard_order(core, task: int) -> list[int]:
+    """The index (in ``core._all_blocks()``) of the block ``task`` applies at each depth."""
+    from flexmtl.sharing.ordering import SingleTaskCore
+
+    if isinstance(core, SingleTaskCore):
+        depth = core.num_layers
+        return [task * depth + k for k in range(depth)]
+    return core.layer_order(task)
+
+
+class RunsDenseSoftOrder(torch.autograd.Function):
+    """:class:`~flexmtl.fusion.kernels.DenseSoftOrder` for R runs at once: the same forward
+    and backward with a leading run dimension (``bmm`` where it has ``mm``), and each run's
+    masks drawn from its own stream exactly as its run alone draws them.
+
+    Inputs: ``h`` ``[R, N, d]``; ``weight`` ``[R, L*d, d]``; ``bias`` ``[R, L*d]`` or None;
+    ``scales`` ``[R, T, L, D]``; ``rows`` ``[N]`` (the task of each row, the same in every
+    run); ``rescale``, ``relu``, ``p`` as there; ``streams`` one generator (or None) per run.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, task_scales, rows, rescale, relu, p, streams):
+        # each row's scales, [D, R, N, L]
+        scales = task_scales.index_select(1, rows).permute(3, 0, 1, 2).contiguous()
+        scales.mul_(rescale)
+        runs, n = h.shape[0], h.shape[1]
+        depth, layers, width = scales.shape[0], scales.shape[3], weight.shape[1]
+        size = depth * n * width
+        bits = (torch.stack([half_bits(size, g).view(depth, n, width) for g in streams], 1)
+                if relu and bitwise_drop(h, p) and n * width % 64 == 0
+                and size <= _ALL_DEPTH_BITS else None)  # [D, R, N, L*d]
+        wt = weight.transpose(1, 2)
+        inputs, acts, masks = [], [], []
+        for k, s in enumerate(scales):
+            z = torch.bmm(h, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, wt)
+            if relu:
+                z.relu_()
+            if bits is not None:
+                clear_dropped_(z, bits[k])
+            elif p and relu:
+                for r, g in enumerate(streams):
+                    drop_(z[r], p, g)
+            elif p:
+                kept = torch.empty_like(z)
+                for r, g in enumerate(streams):
+                    keep_mask(z[r], p, out=kept[r], generator=g)
+                z.mul_(kept)
+                masks.append(kept)
+            a = z.view(runs, n, layers, -1)
+            inputs.append(h)
+            acts.append(a)
+            h = a[:, :, 0] * s[:, :, :1]
+            for j in range(1, layers):
+                h.addcmul_(a[:, :, j], s[:, :, j : j + 1])
+        ctx.relu, ctx.rescale, ctx.num_tasks = relu, rescale, task_scales.shape[1]
+        ctx.save_for_backward(weight, bias, scales, rows, *inputs, *acts, *masks)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        weight, bias, scales, rows, *saved = ctx.saved_tensors
+        depth, runs, n, layers = scales.shape
+        inputs, acts, masks = saved[:depth], saved[depth : 2 * depth], saved[2 * depth :]
+        need_h, need_w, need_b, need_s = ctx.needs_input_grad[:4]
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        grad_s = torch.empty_like(scales) if need_s else None
+        dz = torch.empty_like(acts[0])
+        for k in reversed(range(depth)):
+            a = acts[k]
+            if grad_s is not None:
+                torch.bmm(a.view(runs * n, layers, -1), grad.reshape(runs * n, -1, 1),
+                          out=grad_s[k].view(runs * n, layers, 1))
+            torch.mul(grad.unsqueeze(2), scales[k].unsqueeze(-1), out=dz)
+            if ctx.relu:
+                dz_k = torch.ops.aten.threshold_backward(dz, a, 0)
+            else:
+                dz_k = dz.mul_(masks[k].view_as(dz)) if masks else dz
+            dz_k = dz_k.view(runs, n, -1)
+            if grad_w is not None:
+                grad_w.baddbmm_(dz_k.transpose(1, 2), inputs[k])
+            if grad_b is not None:
+                grad_b.add_(dz_k.sum(1))
+            if k or need_h:
+                grad = torch.bmm(dz_k, weight)
+        if grad_s is not None:  # back to [R, T, L, D]: sum the rows of each task
+            grad_s = scales.new_zeros(runs, ctx.num_tasks, layers, depth).index_add_(
+                1, rows, grad_s.permute(1, 2, 3, 0), alpha=ctx.rescale)
+        return ((grad if need_h else None), grad_w, grad_b, grad_s, None, None, None, None,
+                None)

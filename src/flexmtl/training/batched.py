@@ -1,0 +1,261 @@
+"""Several runs of one model shape trained as one batched step (vectorised runs).
+
+A study trains the same model once per seed. :class:`RunBatch` steps such runs together:
+every run keeps its own :class:`~flexmtl.training.Trainer` -- its model, optimiser,
+sampler, run folder, validation, checkpoint selection, ``last.pt``/``best.pt`` and
+result -- while the forward and backward of a step run once for all of them
+(:func:`flexmtl.fusion.runs.runs_forward`: parameters stacked along a run dimension at
+every call). Each run draws its batches from its own sampler and its dropout masks from
+its own random stream (a :class:`torch.Generator` started from the state its run alone
+would have at its first step, saved in its checkpoints as torch's state), so each run
+trains as it would alone, up to float rounding: ``tests/test_batched_runs.py`` holds the
+parameters and metrics of batched runs equal to separate runs in float64.
+
+A run that diverges (non-finite loss) stops as it would alone -- its last good
+checkpoint kept -- and leaves the batch; the others go on. Runs resumed at different steps
+share the batch while they all train and the ones that reach ``steps`` drop out.
+:func:`batch_reason` says when runs cannot be batched (the runner then trains them one by
+one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import torch
+
+from flexmtl.fusion.runs import RunStack, runs_batch_reason
+from flexmtl.sharing import find_cores
+from flexmtl.tasks import Task, kind_loss
+from flexmtl.training import distributed
+from flexmtl.training.optim import OPTIMIZERS, fast_optimizer
+from flexmtl.training.trainer import Trainer, TrainResult
+
+__all__ = ["RunBatch", "batch_reason"]
+
+#: settings that may differ between the runs of one batch
+_PER_RUN = ("seed", "progress")
+
+
+def batch_reason(trainers: Sequence[Trainer]) -> str | None:
+    """Why these (not yet set up) trainers cannot train as one :class:`RunBatch`, or None
+    when they can: one training configuration but the seed, the joint schedule, the CPU, one
+    process, no ``compile``, no augmentation, no core regularisation, tasks of one shape and
+    models :func:`~flexmtl.fusion.runs.runs_batch_reason` accepts."""
+    if len(trainers) < 2:
+        return "a batch needs at least two runs"
+    configs = [{k: v for k, v in asdict(t.config).items() if k not in _PER_RUN}
+               for t in trainers]
+    if any(c != configs[0] for c in configs):
+        return "the runs' training settings differ"
+    first = trainers[0]
+    cfg = first.config
+    if cfg.schedule != "joint":
+        return f"the {cfg.schedule!r} schedule is not batched (the joint one is)"
+    if first.device.type != "cpu":
+        return "only CPU runs are batched"
+    if cfg.compile:
+        return "compiled runs are not batched"
+    if cfg.finetune_optimizer:
+        return "runs with a finetune optimiser are not batched"
+    if cfg.clip_grad_norm:
+        return "runs with gradient clipping are not batched (its norm is per run)"
+    if distributed.launched_world_size() > 1:
+        return "runs under torchrun are not batched"
+    sizes = [[min(cfg.batch_size, len(t.train)) for t in tr.tasks] for tr in trainers]
+    shapes = [[(tuple(t.input_shape), t.num_outputs, t.kind) for t in tr.tasks]
+              for tr in trainers]
+    if any(s != sizes[0] for s in sizes) or any(s != shapes[0] for s in shapes):
+        return "the runs' tasks differ in shape or batch size"
+    if any(t.augment is not None for tr in trainers for t in tr.tasks):
+        return "tasks with random augmentation are not batched"
+    if any(core.regularization(0) is not None
+           for tr in trainers for core in find_cores(tr.model)):
+        return "cores with a regularisation term are not batched"
+    return runs_batch_reason([t.model for t in trainers], sizes[0])
+
+
+class RunBatch:
+    """Trains ``trainers`` (one per run, :func:`batch_reason` None) in lockstep, their
+    parameters stacked (:class:`~flexmtl.fusion.runs.RunStack`) and trained by one
+    optimiser of the runs' kind over the stack.
+
+    :meth:`setup` each trainer right after its model is built (it starts the run's random
+    stream where a run alone would start drawing); :meth:`fit` returns one entry per run:
+    its :class:`TrainResult`, or the exception that stopped it (the other runs train on).
+    Runs resumed at different steps train in turn, each group of one step as a batch.
+    """
+
+    def __init__(self, trainers: Sequence[Trainer]):
+        self.trainers = list(trainers)
+
+    def setup(self, trainer: Trainer) -> None:
+        """Set ``trainer`` up (its folder locked, resumed or started) and start its random
+        stream where torch's default generator stands now."""
+        trainer.setup()
+        if trainer.random_stream is None:
+            stream = torch.Generator()
+            stream.set_state(torch.get_rng_state())
+            trainer.random_stream = stream
+
+    def fit(self) -> list[TrainResult | BaseException]:
+        outcomes: dict[int, TrainResult | BaseException] = {}
+        try:
+            ready = []
+            for i, trainer in enumerate(self.trainers):
+                try:
+                    self.setup(trainer)
+                    ready.append(i)
+                except Exception as exc:  # this run fails; the others train
+                    outcomes[i] = exc
+                    trainer.close()
+            by_step: dict[int, list[int]] = {}
+            for i in ready:
+                by_step.setdefault(self.trainers[i].step, []).append(i)
+            for group in by_step.values():
+                if len(group) == 1:
+                    outcomes[group[0]] = self._alone(self.trainers[group[0]])
+                else:
+                    outcomes.update(zip(group, self._fit_group([self.trainers[i]
+                                                                for i in group])))
+        finally:
+            for trainer in self.trainers:
+                trainer.close()
+        return [outcomes.get(i, RuntimeError("the run did not train"))
+                for i in range(len(self.trainers))]
+
+    @staticmethod
+    def _alone(trainer: Trainer) -> TrainResult | BaseException:
+        """Train one run by itself, its stream continued by torch's default generator."""
+        if trainer.random_stream is not None:
+            torch.set_rng_state(trainer.random_stream.get_state())
+            trainer.random_stream = None
+        try:
+            return trainer.fit()
+        except Exception as exc:
+            return exc
+
+    def _fit_group(self, trainers: list[Trainer]) -> list[TrainResult | BaseException]:
+        first = trainers[0]
+        sizes = [min(first.config.batch_size, len(t.train)) for t in first.tasks]
+        stack = RunStack([t.model for t in trainers], sizes)
+        optimizer = _stack_optimizer(stack, first)
+        named = [dict(t.model.named_parameters()) for t in trainers]
+        states = [{n: t.optimizer.state[p] for n, p in named[r].items()
+                   if p in t.optimizer.state} for r, t in enumerate(trainers)]
+        if any(states):
+            for key, entry in stack.stacked_optimizer_state(states).items():
+                optimizer.state[stack.leaves[key]] = entry
+        outcomes: list[TrainResult | BaseException | None] = [None] * len(trainers)
+        active = list(range(len(trainers)))
+        begun: list[int] = []
+        try:
+            for r in active:
+                trainers[r]._begin_fit()
+                begun.append(r)
+            while active:
+                self._step(stack, optimizer, trainers, active, named, outcomes)
+                still = []
+                for r in active:
+                    trainer = trainers[r]
+                    if outcomes[r] is not None:
+                        continue
+                    if trainer.step >= trainer.config.steps:
+                        trainer._end_fit()
+                        begun.remove(r)
+                        try:
+                            outcomes[r] = self._finish(trainer)
+                        except Exception as exc:
+                            outcomes[r] = exc
+                    else:
+                        still.append(r)
+                active = still
+        finally:
+            for r in begun:
+                trainers[r]._end_fit()
+        return [o if o is not None else RuntimeError("the run did not train")
+                for o in outcomes]
+
+    @staticmethod
+    def _finish(trainer: Trainer) -> TrainResult:
+        return trainer._finish(trainer.seconds_before + time.perf_counter()
+                               - trainer._fit_start)
+
+    def _step(self, stack: RunStack, optimizer: torch.optim.Optimizer,
+              trainers: list[Trainer], active: list[int], named: list[dict],
+              outcomes: list) -> None:
+        """One joint step of every run (the stack trains them all; the runs in ``active``
+        are logged, evaluated and checkpointed); a run that fails gets its exception in
+        ``outcomes`` and leaves ``active``'s later steps."""
+        tasks = range(len(trainers[0].tasks))
+        batches = [[t.draw_batch(i) for i in tasks] for t in trainers]
+        for t in trainers:
+            t.model.train()
+        outs = stack.forward([torch.stack([run[i][0] for run in batches]) for i in tasks],
+                             [t.random_stream for t in trainers])
+        losses = torch.stack([  # [R, T]
+            _run_losses([t.tasks[i] for t in trainers], outs[i],
+                        torch.stack([run[i][1] for run in batches])) for i in tasks], 1)
+        totals = losses.sum(1)
+        finite = torch.isfinite(totals).tolist()
+        live = []
+        for r in active:
+            try:
+                if not finite[r]:
+                    trainers[r]._check(totals[r], tasks)  # raises TrainingDiverged
+                live.append(r)
+            except Exception as exc:  # the run stops, its last good checkpoint kept
+                outcomes[r] = exc
+                trainers[r]._end_fit()
+        optimizer.zero_grad(set_to_none=True)
+        if live:
+            (totals.sum() if len(live) == len(trainers) else totals[live].sum()).backward()
+            optimizer.step()
+        values = losses.detach().tolist()
+        for r in live:
+            trainer = trainers[r]
+            try:
+                trainer.step += 1
+                cfg, step = trainer.config, trainer.step
+                every = cfg.checkpoint_every or cfg.eval_every
+                save = step % every == 0 or step == cfg.steps
+                if save or step % cfg.eval_every == 0 or trainer.callbacks:
+                    stack.to_models([r])
+                if save:
+                    by_name = stack.optimizer_state(
+                        {k: optimizer.state[v] for k, v in stack.leaves.items()
+                         if v in optimizer.state}, r)
+                    for name, state in by_name.items():
+                        trainer.optimizer.state[named[r][name]] = state
+                trainer.after_step(values[r])
+            except Exception as exc:
+                outcomes[r] = exc
+                trainer._end_fit()
+
+
+def _stack_optimizer(stack: RunStack, trainer: Trainer) -> torch.optim.Optimizer:
+    """One optimiser of the runs' kind over the stack's trainable leaves, each leaf in the
+    group (weights, biases, sharing: its lr and weight decay) of its parameters in a run's
+    own optimiser."""
+    named = dict(trainer.model.named_parameters())
+    group_of = {id(p): i for i, g in enumerate(trainer.optimizer.param_groups)
+                for p in g["params"]}
+    groups = [{"params": [], "lr": g["lr"], "weight_decay": g.get("weight_decay", 0.0),
+               "name": g.get("name", "")} for g in trainer.optimizer.param_groups]
+    for key, leaf in stack.trainable().items():
+        groups[group_of[id(named[stack.member_names(key)[0]])]]["params"].append(leaf)
+    return fast_optimizer(OPTIMIZERS.get(trainer.config.optimizer),
+                          [g for g in groups if g["params"]])
+
+
+def _run_losses(tasks: Sequence[Task], out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[tasks[r].loss(out[r], y[r]) for r]`` (task ``t`` of every run; ``out`` ``[R, B,
+    ...]``) as one loss over all runs' rows where the tasks use :meth:`Task.loss`: the
+    same per-example losses (:func:`~flexmtl.tasks.kind_loss`) and batch means."""
+    if all(type(t).loss is Task.loss for t in tasks):
+        per_example = kind_loss(tasks[0].kind, out.flatten(0, 1), y.flatten(0, 1),
+                                reduction="none")
+        return per_example.reshape(len(tasks), -1).mean(1)
+    return torch.stack([t.loss(o, target) for t, o, target in zip(tasks, out, y)])
