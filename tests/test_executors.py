@@ -72,7 +72,8 @@ def test_worker_processes_give_the_serial_results(tmp_path):
     assert run_results(Path("pool")) == run_results(Path("serial"))
     assert summary(Path("pool")) == summary(Path("serial"))
     assert pooled["methods"]["soft"]["best_steps"] == serial["methods"]["soft"]["best_steps"]
-    assert "  8 run(s) to train, 2 at a time in worker processes" in logged
+    assert ("  8 run(s) to train (4 batch(es) of seeds trained as one), 2 at a time in worker "
+            "processes") in logged
     finished = [line for line in logged if ": test loss " in line]
     assert len(finished) == 8 and any(" soft seed 1 (n=16): test loss " in line
                                        for line in finished)
@@ -107,7 +108,8 @@ def test_a_half_done_study_resumes_in_worker_processes(monkeypatch):
     run_experiment("random-tasks", out_dir="o", jobs=2, log=logged.append, **STUDY)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # reused, not retrained
     assert sum(": done before (test loss " in line for line in logged) == 2
-    assert "  6 run(s) to train, 2 at a time in worker processes" in logged
+    assert ("  6 run(s) to train (2 batch(es) of seeds trained as one), 2 at a time in worker "
+            "processes") in logged
     results, expected = run_results(Path("o")), run_results(Path("ref"))
     resumed = results.pop(half)
     assert (resumed["resumed_from"], resumed["steps"]) == (10, 20)

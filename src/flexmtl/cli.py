@@ -146,6 +146,10 @@ def _add_executor_options(command: argparse.ArgumentParser) -> None:
                          help="local: worker processes on this machine (the default); ray: "
                               "Ray tasks, on the cluster at --address (needs "
                               "pip install 'flexmtl[ray]')")
+    command.add_argument("--no-batch-runs", action="store_true",
+                         help="train every run by itself; by default the seeds of one method "
+                              "and sweep point train as one batched model where the model "
+                              "allows it (each run's result is the same either way)")
     command.add_argument("--address", metavar="HOST:PORT",
                          help="with --executor ray: the running Ray cluster to use (`ray "
                               "start --head` prints it); its nodes must share the run "
@@ -155,7 +159,8 @@ def _add_executor_options(command: argparse.ArgumentParser) -> None:
 
 def _executor_options(args: argparse.Namespace) -> dict:
     """The executor keywords of ``run_experiment`` given on the command line."""
-    return {"jobs": args.jobs, "executor": args.executor or "local", "address": args.address}
+    return {"jobs": args.jobs, "executor": args.executor or "local", "address": args.address,
+            "batch_runs": not args.no_batch_runs}
 
 
 def _given_executor_flags(args: argparse.Namespace) -> list[str]:

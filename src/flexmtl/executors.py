@@ -84,12 +84,16 @@ class Failure:
     traceback: str
     expected: bool  # a FlexMTLError or OSError (a one-line message); else a bug
     error: BaseException | None = None  # the exception, where it survives pickling
+    #: the run that failed, where the call trained several (a batch): the exception's
+    #: ``run_label``; None names the call
+    run: str | None = None
 
     @classmethod
     def of(cls, exc: BaseException, text: str | None = None) -> Failure:
         text = text if text is not None else "".join(traceback.format_exception(exc))
         return cls(type(exc).__name__, str(exc), text,
-                   isinstance(exc, (FlexMTLError, OSError)), _round_trip(exc))
+                   isinstance(exc, (FlexMTLError, OSError)), _round_trip(exc),
+                   getattr(exc, "run_label", None))
 
 
 Outcome = tuple[bool, Any]  # (True, fn's return value) or (False, Failure)
@@ -219,7 +223,7 @@ def run_calls(calls: Sequence[Call], on_done: Callable[[Call, Any], None],
                     continue
                 failures.append((call, value))
                 running = pool.busy()
-                log(f"  {call.label}: failed ({value.error_type}: {value.message})"
+                log(f"  {value.run or call.label}: failed ({value.error_type}: {value.message})"
                     + (f"; waiting for the {running} running run(s) to finish" if running
                        else ""))
     except BaseException:
@@ -228,8 +232,8 @@ def run_calls(calls: Sequence[Call], on_done: Callable[[Call, Any], None],
     finally:
         pool.close()
     if failures:
-        (call, failure), others = failures[0], [c.label for c, _ in failures[1:]]
-        raise RunFailedError(call.label, failure.error_type, failure.message,
+        (call, failure), others = failures[0], [f.run or c.label for c, f in failures[1:]]
+        raise RunFailedError(failure.run or call.label, failure.error_type, failure.message,
                              failure.traceback, failure.expected, failure.error, others,
                              not_started=len(queue))
     if queue:

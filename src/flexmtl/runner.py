@@ -73,6 +73,7 @@ def run_experiment(
     jobs: int | None = None,
     executor: Executor = "local",
     address: str | None = None,
+    batch_runs: bool = True,
 ) -> dict:
     """Run ``methods`` of experiment ``name`` for ``seeds`` seeds; return the results dict.
 
@@ -92,6 +93,13 @@ def run_experiment(
     results are the same wherever runs train. A run that fails in a worker raises
     :class:`~flexmtl.errors.RunFailedError` naming it, once the runs still training have
     finished.
+
+    ``batch_runs``: the unfinished seeds of one method and sweep point train as one
+    batched model (:class:`~flexmtl.training.batched.RunBatch`: parameters stacked along a
+    run dimension, each run its own sampler, random stream, selection, checkpoints and
+    result) where the model allows it (:func:`~flexmtl.training.batched.batch_reason`),
+    else one by one; each run's result equals the run alone up to float rounding. False
+    (``--no-batch-runs``) trains every run by itself.
     """
     exp = get_experiment(name)
     methods = exp.check_methods(_method_names(methods) or exp.default_methods
@@ -136,7 +144,7 @@ def run_experiment(
         distributed.on_main(_write_or_check_manifest, folder, manifest)
         distributed.on_main(_check_runs, planned)
         return _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values,
-                           progress, plots, log, (executor, jobs, address))
+                           progress, plots, log, (executor, jobs, address), batch_runs)
     finally:
         lock.release()
 
@@ -159,7 +167,8 @@ def _method_names(methods: object) -> list[str] | None:
 
 
 def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, progress,
-                plots, log, where: tuple[Executor, int | None, str | None]) -> dict:
+                plots, log, where: tuple[Executor, int | None, str | None],
+                batch_runs: bool = True) -> dict:
     log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder "
         f"{folder.path}")
     for note in exp.notes:
@@ -171,13 +180,10 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
             for seed in range(seeds)]
     points = [(None, dict(cfg)) if key is None else ((key, value), {**cfg, key: value})
               for value in values]
-    if _in_process(where, folder, points, plan):
-        by_run = {(i, method, seed): _run_one(exp, method, seed, points[i][1],
-                                               folder.run(method, seed, points[i][0]),
-                                               progress, log)
-                   for i, method, seed in plan}
+    if _in_process(where, folder, points, plan, batch_runs):
+        by_run = _run_here(exp, folder, points, plan, progress, log, batch_runs)
     else:
-        by_run = _run_elsewhere(exp, folder, points, plan, where, progress, log)
+        by_run = _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs)
 
     point_results = []
     stale: list[tuple[TrainingRun, dict]] = []  # finished runs reused that ran other code
@@ -200,27 +206,77 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
     return results
 
 
-def _in_process(where, folder: ExperimentFolder, points, plan) -> bool:
-    """Whether the unfinished runs train in this process, one after the other: the
-    ``local`` executor with one job (also when one run is left, and always under
-    ``torchrun``)."""
+def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool = False
+                ) -> bool:
+    """Whether the unfinished runs train in this process, one after the other (or one
+    batch after the other): the ``local`` executor with one job (also when one run, or one
+    batch, is left, and always under ``torchrun``)."""
     executor, jobs, _ = where
     if executor != "local":
         return False
     if distributed.world_size() > 1:
         return True
-    left = sum(not folder.run(method, seed, points[i][0]).is_finished()
-               for i, method, seed in plan)
-    return worker_count(jobs, left) == 1
+    left = [(i, method, seed) for i, method, seed in plan
+            if not folder.run(method, seed, points[i][0]).is_finished()]
+    return worker_count(jobs, len(run_groups(left, jobs, batch_runs))) == 1
 
 
-def _run_elsewhere(exp, folder, points, plan, where, progress, log) -> dict:
+def run_groups(runs: Sequence[tuple[int, str, int]], jobs: int | None, batch_runs: bool
+               ) -> list[list[tuple[int, str, int]]]:
+    """The runs ``(point index, method, seed)`` to train, in groups that train as one
+    batch: the seeds of one method and point, split into as many groups as keep ``jobs``
+    workers busy when there are fewer groups than workers; one run each without
+    ``batch_runs``."""
+    if not batch_runs:
+        return [[run] for run in runs]
+    by_key: dict[tuple[int, str], list[tuple[int, str, int]]] = {}
+    for run in runs:
+        by_key.setdefault(run[:2], []).append(run)
+    workers = worker_count(jobs, len(runs))
+    split = max(1, math.ceil(workers / max(len(by_key), 1)))
+    groups = []
+    for members in by_key.values():
+        parts = min(split, len(members))
+        size = math.ceil(len(members) / parts)
+        groups += [members[k:k + size] for k in range(0, len(members), size)]
+    return groups
+
+
+def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool) -> dict:
+    """The runs in this process: each finished one reused, the others of one method and
+    point trained as one batch (:func:`train_runs`) or one by one."""
+    results = {}
+    left = []
+    for i, method, seed in plan:
+        run = folder.run(method, seed, points[i][0])
+        result = _reuse(exp, method, seed, points[i][1], run, log)
+        if result is not None:
+            results[i, method, seed] = result
+        else:
+            left.append((i, method, seed))
+    if distributed.world_size() > 1:
+        batch_runs = False
+    for group in run_groups(left, 1, batch_runs):
+        i, method = group[0][:2]
+        point, cfg = points[i]
+        seeds = [seed for _, _, seed in group]
+        trained = train_runs(exp.name, method, seeds, cfg,
+                             [str(folder.run(method, seed, point).path) for seed in seeds],
+                             progress, batch=batch_runs)
+        for seed, result in zip(seeds, trained):
+            results[i, method, seed] = result
+            log(_finished_line(method, seed, result))
+    return {run: results[run] for run in plan}
+
+
+def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: bool = True
+                   ) -> dict:
     """Reuse the finished runs here and hand the others to the executor (``where``), with a
     bar of the study's finished runs; their results by ``(point index, method, seed)``."""
     from tqdm.auto import tqdm
 
     results = {}
-    calls: dict[str, tuple[int, str, int]] = {}  # the label of each run to train
+    left = []
     for i, method, seed in plan:
         point, cfg = points[i]
         run = folder.run(method, seed, point)
@@ -228,7 +284,10 @@ def _run_elsewhere(exp, folder, points, plan, where, progress, log) -> dict:
         if result is not None:
             results[i, method, seed] = result
         else:
-            calls[_label(method, seed, point)] = (i, method, seed)
+            left.append((i, method, seed))
+    executor, jobs, address = where
+    # the label of each group of runs to train (one batch, or one run)
+    calls = {_group_label(group, points): group for group in run_groups(left, jobs, batch_runs)}
     bar = tqdm(total=len(plan), initial=len(results), disable=not progress, unit="run",
                desc=f"{exp.name} runs", dynamic_ncols=True)
 
@@ -236,18 +295,19 @@ def _run_elsewhere(exp, folder, points, plan, where, progress, log) -> dict:
         with tqdm.external_write_mode():
             log(message)
 
-    def done(call: Call, result: dict) -> None:
-        i, method, seed = calls[call.label]
-        results[i, method, seed] = result
-        say(_finished_line(method, seed, result, points[i][0]))
-        bar.update(1)
+    def done(call: Call, trained: list[dict]) -> None:
+        for (i, method, seed), result in zip(calls[call.label], trained):
+            results[i, method, seed] = result
+            say(_finished_line(method, seed, result, points[i][0]))
+            bar.update(1)
 
-    executor, jobs, address = where
     if executor == "local":
-        say(f"  {len(calls)} run(s) to train, {worker_count(jobs, len(calls))} at a time in "
-            "worker processes")
-    todo = [_train_call(exp, method, seed, points[i], folder, label)
-            for label, (i, method, seed) in calls.items()]
+        batches = sum(len(group) > 1 for group in calls.values())
+        say(f"  {len(left)} run(s) to train"
+            + (f" ({batches} batch(es) of seeds trained as one)" if batches else "")
+            + f", {worker_count(jobs, len(calls))} at a time in worker processes")
+    todo = [_train_call(exp, group, points, folder, label, batch_runs)
+            for label, group in calls.items()]
     try:
         run_calls(todo, done, executor, jobs, address, say)
     finally:
@@ -260,15 +320,30 @@ def _label(method: str, seed: int, point: tuple[str, Any] | None) -> str:
     return f"{method} seed {seed}" + ("" if point is None else f" ({point[0]}={point[1]})")
 
 
-def _train_call(exp, method, seed, point_and_cfg, folder, label) -> Call:
-    """The :class:`~flexmtl.executors.Call` of :func:`train_run` for one run: the
-    experiment by name, the run folder as an absolute path (a worker may start elsewhere)."""
-    point, cfg = point_and_cfg
-    run = folder.run(method, seed, point)
-    return Call(label, train_run,
-                dict(experiment=exp.name, method=method, seed=seed, config=cfg,
-                     run_dir=str(run.path.resolve()), progress=False,
-                     module=getattr(exp.build_tasks, "__module__", None)),
+def _group_label(group: Sequence[tuple[int, str, int]], points) -> str:
+    """A group of runs as messages name it: ``soft seed 1`` or ``soft seeds 0, 1, 2
+    (n=50)``."""
+    i, method, seed = group[0]
+    if len(group) == 1:
+        return _label(method, seed, points[i][0])
+    point = points[i][0]
+    return (f"{method} seeds {', '.join(str(s) for _, _, s in group)}"
+            + ("" if point is None else f" ({point[0]}={point[1]})"))
+
+
+def _train_call(exp, group, points, folder, label, batch_runs: bool) -> Call:
+    """The :class:`~flexmtl.executors.Call` of :func:`train_runs` for a group of runs (one
+    method and point): the experiment by name, the run folders as absolute paths (a worker
+    may start elsewhere)."""
+    i, method = group[0][:2]
+    point, cfg = points[i]
+    seeds = [seed for _, _, seed in group]
+    return Call(label, train_runs,
+                dict(experiment=exp.name, method=method, seeds=seeds, config=cfg,
+                     run_dirs=[str(folder.run(method, seed, point).path.resolve())
+                               for seed in seeds],
+                     progress=False, module=getattr(exp.build_tasks, "__module__", None),
+                     batch=batch_runs, labels=[_label(method, seed, point) for seed in seeds]),
                 gpu=str(cfg["device"]).startswith("cuda"))
 
 
@@ -433,6 +508,68 @@ def train_run(experiment: str, method: str, seed: int, config: Mapping[str, Any]
     res = trainer.fit()
     return distributed.on_main(_write_result, exp, method, seed, cfg, tasks, model, res,
                                trainer.resumed_from, run, trainer.device)
+
+
+def train_runs(experiment: str, method: str, seeds: Sequence[int], config: Mapping[str, Any],
+               run_dirs: Sequence[str | Path], progress: bool = False,
+               module: str | None = None, batch: bool = True,
+               labels: Sequence[str] | None = None) -> list[dict]:
+    """Train the runs of ``method`` of ``experiment`` at one config point, one per seed in
+    ``seeds`` (in ``run_dirs``), and return their results (as :func:`train_run` does).
+
+    With ``batch`` and several runs they train as one batch
+    (:class:`~flexmtl.training.batched.RunBatch`) when
+    :func:`~flexmtl.training.batched.batch_reason` allows it, else one after the other;
+    each run's result is the same either way. A run that fails does not stop the others:
+    their results are written, then the first failure is raised, its ``run_label`` set to
+    the run's entry of ``labels`` (how messages name it).
+    """
+    if not batch or len(seeds) < 2:
+        return [train_run(experiment, method, seed, config, run_dir, progress, module)
+                for seed, run_dir in zip(seeds, run_dirs)]
+    from flexmtl.training.batched import RunBatch, batch_reason
+
+    exp = _registered(experiment, module)
+    cfg = dict(config)
+    batch_of = RunBatch([])
+    built: list[tuple[int, list, torch.nn.Module, Trainer, TrainingRun]] = []
+    failures: list[tuple[int, BaseException]] = []
+    try:
+        for k, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):
+            run = TrainingRun(Path(run_dir))
+            try:
+                seed_everything(seed)
+                tasks = exp.build_tasks(cfg, seed)
+                seed_everything(seed)
+                model = exp.build_model(method, tasks, cfg, seed)
+                trainer = Trainer(model, tasks,
+                                  exp.train_config(cfg, seed, progress and not built),
+                                  out_dir=run.path)
+                batch_of.setup(trainer)  # as a run alone starts: right after its model
+            except Exception as exc:  # this run fails; the others train
+                failures.append((k, exc))
+                continue
+            batch_of.trainers.append(trainer)
+            built.append((k, tasks, model, trainer, run))
+        reason = batch_reason(batch_of.trainers)
+        outcomes = (batch_of.fit() if reason is None
+                    else [RunBatch._alone(t) for t in batch_of.trainers])
+    finally:
+        for trainer in batch_of.trainers:
+            trainer.close()
+    results = []
+    for (k, tasks, model, trainer, run), outcome in zip(built, outcomes):
+        if isinstance(outcome, BaseException):
+            failures.append((k, outcome))
+            continue
+        results.append(_write_result(exp, method, seeds[k], cfg, tasks, model, outcome,
+                                     trainer.resumed_from, run, trainer.device))
+    if failures:
+        k, exc = min(failures, key=lambda f: f[0])
+        if labels is not None:
+            exc.run_label = labels[k]  # type: ignore[attr-defined]
+        raise exc
+    return results
 
 
 def _registered(name: str, module: str | None) -> Experiment:

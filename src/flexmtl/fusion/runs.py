@@ -5,12 +5,13 @@ the parameters of R such models (:class:`~flexmtl.models.MultiTaskModel` of one 
 stacked along a leading run dimension, as the leaves one optimiser trains, and runs the
 training forward of every task of every run at once: each kernel of a step runs once for
 all runs (``bmm`` over runs where a run alone has ``mm``), and each run draws its dropout
-masks from its own random stream, in the order and sizes its run alone draws them. Adam,
-SGD and RMSprop are elementwise, so one optimiser over the stacked leaves updates each
-run's slice as the run's own optimiser would. Each run's model and optimiser state are
-written back from the stack (:meth:`RunStack.to_models`, :meth:`RunStack.optimizer_state`)
-whenever its trainer evaluates or checkpoints; the test holds batched runs equal to runs
-alone in float64.
+masks from its own random stream, in the order and sizes its run alone draws them: the
+forward and the gradients of a run are exactly its run alone's (the same kernels per
+row). Each run's model is written back from the stack (:meth:`RunStack.to_models`)
+whenever its trainer evaluates or checkpoints; the optimiser
+(:class:`~flexmtl.training.batched.StackAdam`) updates each run's parameters with torch's
+own Adam kernel on views of the stack. ``tests/test_batched_runs.py`` holds batched runs
+equal to runs alone.
 
 What batches (:func:`runs_batch_reason` says why not otherwise): fused
 :class:`~flexmtl.models.MultiTaskModel`\ s whose core is one of the four orderings of
@@ -271,43 +272,12 @@ class RunStack:
     def member_names(self, key: str) -> list[str]:
         return [name for name, _ in self._members(key)]
 
-    def optimizer_state(self, state: dict, run: int) -> dict:
-        """The optimiser state of run ``run``'s parameters (by name) from ``state``, the
-        stack optimiser's state by leaf key: each tensor with a run dimension sliced."""
-        out = {}
-        for key, leaf in self.leaves.items():
-            st = state.get(key)
-            if not st:
-                continue
-            for name, at in self._members(key):
-                out[name] = {k: (v[(run, *at)].clone() if torch.is_tensor(v) and v.ndim
-                                 and v.shape == leaf.shape else
-                                 v.clone() if torch.is_tensor(v) else v)
-                             for k, v in st.items()}
-        return out
-
-    def stacked_optimizer_state(self, states: Sequence[dict]) -> dict:
-        """The inverse of :meth:`optimizer_state`: per-run states by parameter name -> the
-        stack's by leaf key (a tensor of the parameter's shape stacked over runs; others,
-        e.g. Adam's step, taken from the first run)."""
-        out: dict[str, dict] = {}
-        for key, leaf in self.leaves.items():
-            names = self.member_names(key)
-            if not all(n in s for s in states for n in names):
-                continue
-            first = states[0][names[0]]
-            entry = {}
-            for k, v in first.items():
-                if torch.is_tensor(v) and v.ndim and v.shape == leaf.shape[
-                        1 + (not isinstance(self.members[key], str)):]:
-                    per_run = [torch.stack([s[n][k] for n in names])
-                               if not isinstance(self.members[key], str) else s[names[0]][k]
-                               for s in states]
-                    entry[k] = torch.stack(per_run)
-                else:
-                    entry[k] = v.clone() if torch.is_tensor(v) else v
-            out[key] = entry
-        return out
+    def views(self, tensor: torch.Tensor, key: str) -> list[torch.Tensor]:
+        """``tensor`` (shaped like the leaf ``key``: the leaf, its gradient or a state)
+        as one view per (run, member), run-major: each of its member parameter's shape."""
+        if isinstance(self.members[key], str):
+            return list(tensor.unbind(0))
+        return list(tensor.flatten(0, 1).unbind(0))
 
     # ------------------------------------------------------------------ the forward
     def forward(self, xs: Sequence[torch.Tensor],

@@ -101,6 +101,7 @@ def reproduce(
     jobs: int | None = None,
     executor: Executor = "local",
     address: str | None = None,
+    batch_runs: bool = True,
 ) -> dict:
     """Run the selected studies in ``full`` or ``quick`` mode, then write the report.
 
@@ -111,8 +112,9 @@ def reproduce(
     ``floors``: compute the reference floors of each study (:func:`write_floors`).
 
     ``runtime``: config keys that say how to run, not what (``device``, ``compile``), added to
-    every study's overrides; a run folder resumes across them. ``jobs``, ``executor`` and
-    ``address``: where each study's runs train (:func:`~flexmtl.runner.run_experiment`).
+    every study's overrides; a run folder resumes across them. ``jobs``, ``executor``,
+    ``address`` and ``batch_runs``: where and how each study's runs train
+    (:func:`~flexmtl.runner.run_experiment`).
 
     Returns the report's data (also written next to the figures as ``reproduction.json``).
     A study that fails is recorded and the others still run; the error is raised at the end.
@@ -155,7 +157,7 @@ def reproduce(
                            overrides={**protocol.overrides, **(runtime or {})},
                            sweep=protocol.sweep or None, progress=progress, plots=True,
                            log=log, restart=fresh, jobs=jobs, executor=executor,
-                           address=address)
+                           address=address, batch_runs=batch_runs)
         except FlexMTLError as exc:
             failed[study.key] = str(exc)
             log(f"{study.key}: failed: {exc}")

@@ -23,14 +23,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import cast
 
 import torch
+from torch.optim.adam import adam
+from torch.optim.optimizer import _get_scalar_dtype
 
 from flexmtl.fusion.runs import RunStack, runs_batch_reason
 from flexmtl.sharing import find_cores
 from flexmtl.tasks import Task, kind_loss
 from flexmtl.training import distributed
-from flexmtl.training.optim import OPTIMIZERS, fast_optimizer
 from flexmtl.training.trainer import Trainer, TrainResult
 
 __all__ = ["RunBatch", "batch_reason"]
@@ -58,6 +60,8 @@ def batch_reason(trainers: Sequence[Trainer]) -> str | None:
         return "only CPU runs are batched"
     if cfg.compile:
         return "compiled runs are not batched"
+    if cfg.optimizer != "adam":
+        return f"only Adam runs are batched, not {cfg.optimizer!r}"
     if cfg.finetune_optimizer:
         return "runs with a finetune optimiser are not batched"
     if cfg.clip_grad_norm:
@@ -141,13 +145,10 @@ class RunBatch:
         first = trainers[0]
         sizes = [min(first.config.batch_size, len(t.train)) for t in first.tasks]
         stack = RunStack([t.model for t in trainers], sizes)
-        optimizer = _stack_optimizer(stack, first)
         named = [dict(t.model.named_parameters()) for t in trainers]
-        states = [{n: t.optimizer.state[p] for n, p in named[r].items()
-                   if p in t.optimizer.state} for r, t in enumerate(trainers)]
-        if any(states):
-            for key, entry in stack.stacked_optimizer_state(states).items():
-                optimizer.state[stack.leaves[key]] = entry
+        optimizer = StackAdam(stack, first, [
+            {n: t.optimizer.state[p] for n, p in named[r].items() if p in t.optimizer.state}
+            for r, t in enumerate(trainers)])
         outcomes: list[TrainResult | BaseException | None] = [None] * len(trainers)
         active = list(range(len(trainers)))
         begun: list[int] = []
@@ -183,7 +184,7 @@ class RunBatch:
         return trainer._finish(trainer.seconds_before + time.perf_counter()
                                - trainer._fit_start)
 
-    def _step(self, stack: RunStack, optimizer: torch.optim.Optimizer,
+    def _step(self, stack: RunStack, optimizer: StackAdam,
               trainers: list[Trainer], active: list[int], named: list[dict],
               outcomes: list) -> None:
         """One joint step of every run (the stack trains them all; the runs in ``active``
@@ -209,7 +210,7 @@ class RunBatch:
             except Exception as exc:  # the run stops, its last good checkpoint kept
                 outcomes[r] = exc
                 trainers[r]._end_fit()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         if live:
             (totals.sum() if len(live) == len(trainers) else totals[live].sum()).backward()
             optimizer.step()
@@ -224,10 +225,7 @@ class RunBatch:
                 if save or step % cfg.eval_every == 0 or trainer.callbacks:
                     stack.to_models([r])
                 if save:
-                    by_name = stack.optimizer_state(
-                        {k: optimizer.state[v] for k, v in stack.leaves.items()
-                         if v in optimizer.state}, r)
-                    for name, state in by_name.items():
+                    for name, state in optimizer.run_state(r).items():
                         trainer.optimizer.state[named[r][name]] = state
                 trainer.after_step(values[r])
             except Exception as exc:
@@ -235,19 +233,89 @@ class RunBatch:
                 trainer._end_fit()
 
 
-def _stack_optimizer(stack: RunStack, trainer: Trainer) -> torch.optim.Optimizer:
-    """One optimiser of the runs' kind over the stack's trainable leaves, each leaf in the
-    group (weights, biases, sharing: its lr and weight decay) of its parameters in a run's
-    own optimiser."""
-    named = dict(trainer.model.named_parameters())
-    group_of = {id(p): i for i, g in enumerate(trainer.optimizer.param_groups)
-                for p in g["params"]}
-    groups = [{"params": [], "lr": g["lr"], "weight_decay": g.get("weight_decay", 0.0),
-               "name": g.get("name", "")} for g in trainer.optimizer.param_groups]
-    for key, leaf in stack.trainable().items():
-        groups[group_of[id(named[stack.member_names(key)[0]])]]["params"].append(leaf)
-    return fast_optimizer(OPTIMIZERS.get(trainer.config.optimizer),
-                          [g for g in groups if g["params"]])
+class StackAdam:
+    """Adam over a :class:`~flexmtl.fusion.runs.RunStack`, with the settings of a run's own
+    optimiser (``trainer.optimizer``: its groups' lr and weight decay, betas, eps, fused
+    or foreach). Each parameter of each run is updated by torch's functional Adam on views
+    of the stack of that parameter's own shape -- the kernel its run alone applies to the
+    same tensors, so the update is exactly the run alone's -- in one call per group for all
+    runs. ``states``: each run's optimiser state by parameter name (a resumed run's), or
+    empty ones."""
+
+    def __init__(self, stack: RunStack, trainer: Trainer, states: Sequence[dict]):
+        self.stack = stack
+        opt = trainer.optimizer
+        self.defaults = opt.defaults
+        named = dict(trainer.model.named_parameters())
+        group_of = {id(p): i for i, g in enumerate(opt.param_groups) for p in g["params"]}
+        self.groups: list[dict] = [{"lr": g["lr"], "weight_decay": g["weight_decay"],
+                                    "keys": []} for g in opt.param_groups]
+        for key in stack.trainable():
+            self.groups[group_of[id(named[stack.member_names(key)[0]])]]["keys"].append(key)
+        self.groups = [g for g in self.groups if g["keys"]]
+        fused = bool(self.defaults.get("fused"))
+        self.exp_avg = {k: torch.zeros_like(v) for k, v in stack.trainable().items()}
+        self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in stack.trainable().items()}
+        # one step count per (run, member), as a run's own Adam keeps one per parameter
+        self.steps = {k: [torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused))
+                          for _ in stack.views(v.detach(), k)]
+                      for k, v in stack.trainable().items()}
+        self._load(states)
+
+    def _members(self, key: str) -> list[tuple[int, str]]:
+        """(run, parameter name) of each view of the leaf ``key``, in :meth:`views` order."""
+        names = self.stack.member_names(key)
+        return [(r, n) for r in range(self.stack.runs) for n in names]
+
+    @torch.no_grad()
+    def _load(self, states: Sequence[dict]) -> None:
+        for key in self.exp_avg:
+            avg = self.stack.views(self.exp_avg[key], key)
+            sq = self.stack.views(self.exp_avg_sq[key], key)
+            for i, (r, name) in enumerate(self._members(key)):
+                state = states[r].get(name) if r < len(states) else None
+                if state:
+                    avg[i].copy_(state["exp_avg"])
+                    sq[i].copy_(state["exp_avg_sq"])
+                    self.steps[key][i].copy_(state["step"])
+
+    def run_state(self, run: int) -> dict:
+        """Run ``run``'s optimiser state by parameter name, as its own Adam keeps it."""
+        out = {}
+        for key in self.exp_avg:
+            avg = self.stack.views(self.exp_avg[key], key)
+            sq = self.stack.views(self.exp_avg_sq[key], key)
+            for i, (r, name) in enumerate(self._members(key)):
+                if r == run:
+                    out[name] = {"step": self.steps[key][i].clone(),
+                                 "exp_avg": avg[i].clone(), "exp_avg_sq": sq[i].clone()}
+        return out
+
+    def zero_grad(self) -> None:
+        for leaf in self.stack.trainable().values():
+            leaf.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        d = self.defaults
+        leaves, view = self.stack.leaves, self.stack.views
+        for group in self.groups:
+            if group.get("lists") is None:  # the views of the parameters and state: fixed
+                keys = group["keys"]
+                group["lists"] = (
+                    [v for k in keys for v in view(leaves[k].detach(), k)],
+                    [v for k in keys for v in view(self.exp_avg[k], k)],
+                    [v for k in keys for v in view(self.exp_avg_sq[k], k)],
+                    [s for k in keys for s in self.steps[k]])
+            if any(leaves[k].grad is None for k in group["keys"]):
+                raise RuntimeError("a stacked parameter got no gradient in a joint step")
+            params, avgs, sqs, steps = group["lists"]
+            adam(params, [v for k in group["keys"]
+                          for v in view(cast(torch.Tensor, leaves[k].grad), k)],
+                 avgs, sqs, [], steps, foreach=d.get("foreach"), fused=d.get("fused"),
+                 capturable=False, differentiable=False, amsgrad=False, beta1=d["betas"][0],
+                 beta2=d["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"],
+                 eps=d["eps"], maximize=d["maximize"])
 
 
 def _run_losses(tasks: Sequence[Task], out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
