@@ -514,7 +514,16 @@ def crossover_points(rows) -> list[dict]:
 
 #: how a study runs: run_experiment's extra keyword arguments (each value computed when the
 #: variant runs); a variant runs only where run_experiment takes all its arguments
-STUDY_VARIANTS = {"serial": {"jobs": lambda: 1}, "pool": {"jobs": executors.usable_cores}}
+STUDY_VARIANTS = {
+    # one run after the other in this process, each trained alone (before issue 14)
+    "serial": {"jobs": lambda: 1, "batch_runs": lambda: False},
+    # worker processes, each run trained alone
+    "pool": {"jobs": executors.usable_cores, "batch_runs": lambda: False},
+    # the seeds of a method and point as one batched model, in this process
+    "batched-serial": {"jobs": lambda: 1, "batch_runs": lambda: True},
+    # batches on worker processes: run_experiment's default
+    "batched": {"jobs": executors.usable_cores, "batch_runs": lambda: True},
+}
 #: the studies timed (see :func:`studies`)
 STUDY_NAMES = ("uci", "so-fig4a", "four-mnists")
 
@@ -895,8 +904,11 @@ def _studies_markdown(rows) -> list[str]:
              "`python benchmarks/bench.py --study`: whole studies as users run them "
              "(`flexmtl.runner.run_experiment`, a fresh temporary folder each, no plots), run "
              "by each variant in turn (A, B, A, B, ...) in one process. `serial`: one run "
-             "after another in the process (`jobs=1`, how every study ran before worker "
-             "pools); `pool`: `jobs` = the usable cores, one run per worker process. "
+             "after another in the process, each trained alone (`jobs=1, batch_runs=False`: "
+             "how every study ran before issue 14); `pool`: `jobs` = the usable cores, one "
+             "run per worker process; `batched-serial`: the seeds of each method and point "
+             "as one batched model (`RunBatch`), one batch after another in the process; "
+             "`batched`: such batches on the worker processes (the default). "
              "Scale 1/k: the studies' steps (or epochs) and eval_every divided by k. "
              "Seconds: medians; ratio: the median of the paired "
              "ratios variant / first variant; identical: the per-run test metrics (the "

@@ -517,14 +517,15 @@ def train_runs(experiment: str, method: str, seeds: Sequence[int], config: Mappi
     """Train the runs of ``method`` of ``experiment`` at one config point, one per seed in
     ``seeds`` (in ``run_dirs``), and return their results (as :func:`train_run` does).
 
-    With ``batch`` and several runs they train as one batch
-    (:class:`~flexmtl.training.batched.RunBatch`) when
-    :func:`~flexmtl.training.batched.batch_reason` allows it, else one after the other;
-    each run's result is the same either way. A run that fails does not stop the others:
+    With ``batch`` they train as one batch (:class:`~flexmtl.training.batched.RunBatch`;
+    one run: a batch of one) when :func:`~flexmtl.training.batched.batch_reason` allows
+    it, else one after the other. A batched run's result does not depend on the other runs
+    of its batch; it equals the run trained alone up to float rounding (bit for bit at the
+    experiments' shapes). A run that fails does not stop the others:
     their results are written, then the first failure is raised, its ``run_label`` set to
     the run's entry of ``labels`` (how messages name it).
     """
-    if not batch or len(seeds) < 2:
+    if not batch:
         return [train_run(experiment, method, seed, config, run_dir, progress, module)
                 for seed, run_dir in zip(seeds, run_dirs)]
     from flexmtl.training.batched import RunBatch, batch_reason

@@ -70,8 +70,8 @@ def runs_batch_reason(models: Sequence[nn.Module], batch_sizes: Sequence[int]) -
         SoftOrdering,
     )
 
-    if len(models) < 2:
-        return "a batch needs at least two runs"
+    if not models:
+        return "no runs"
     if not all(type(m) is MultiTaskModel and m.fused for m in models):
         return "only fused flexmtl MultiTaskModels batch"
     kinds = {type(m.core) for m in models}
@@ -319,17 +319,23 @@ def _core_runs(cores: list, leaves: dict[str, torch.Tensor], h: torch.Tensor,
             scales, rows, rescale, phi == "relu", p, streams)
     # hard orderings: the block of each task at each depth, per run (permutations differ)
     orders = [[_hard_order(c, t) for t in range(tasks)] for c in cores]
-    run_index = torch.arange(runs, device=h.device)
+    blocks = weights.shape[1]
+    shapes, index = [], []
     for k in range(len(orders[0][0])):
-        index = [[order[k] for order in run] for run in orders]
-        if all(len(set(run)) == 1 for run in index):  # one block per run: [R, N, d]
-            x, at = h, (run_index, torch.tensor([run[0] for run in index], device=h.device))
+        at = [[order[k] for order in run] for run in orders]
+        if all(len(set(run)) == 1 for run in at):  # one block per run: [R, N, d]
+            shapes.append(None)
+            index.append([r * blocks + run[0] for r, run in enumerate(at)])
         else:  # each task its own block: [R*T, B, d] (equal batch sizes)
-            x = h.reshape(runs * tasks, counts[0], -1)
-            at = (run_index.repeat_interleave(tasks),
-                  torch.tensor([j for run in index for j in run], device=h.device))
-        wt = weights[at].transpose(1, 2)
-        y = torch.bmm(x, wt) if biases is None else torch.baddbmm(biases[at].unsqueeze(1), x, wt)
+            shapes.append((runs * tasks, counts[0]))
+            index.append([r * blocks + j for r, run in enumerate(at) for j in run])
+    picks = [torch.tensor(i, device=h.device) for i in index]
+    ws = _GatherBlocks.apply(weights, picks)
+    bs = (None,) * len(picks) if biases is None else _GatherBlocks.apply(biases, picks)
+    for shape, w, b in zip(shapes, ws, bs):
+        x = h if shape is None else h.reshape(*shape, -1)
+        wt = w.transpose(1, 2)
+        y = torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
         if phi == "relu":
             y = torch.relu(y)
         h = y.reshape(runs, n, -1)
@@ -339,6 +345,29 @@ def _core_runs(cores: list, leaves: dict[str, torch.Tensor], h: torch.Tensor,
                 keep_mask(h[r], p, out=mask[r], generator=stream)
             h = h * mask.mul_(rescale)
     return h
+
+
+class _GatherBlocks(torch.autograd.Function):
+    """``[params.flatten(0, 1)[i] for i in index]``: each depth's blocks, gathered from a
+    leaf ``[R, K, ...]`` by flat indices ``r * K + block``. The backward sums the gradients
+    of a block used several times in the order a run alone's autograd does (the last depth
+    first, tasks in order, one after the other), so that the sum rounds alike."""
+
+    @staticmethod
+    def forward(ctx, params, index):
+        ctx.shape, ctx.index = params.shape, index
+        flat = params.flatten(0, 1)
+        return tuple(flat.index_select(0, i) for i in index)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        shape = ctx.shape
+        out = grads[0].new_zeros(shape[0] * shape[1], *shape[2:])
+        for i, g in zip(reversed(ctx.index), reversed(grads)):
+            if g is not None:
+                out.index_add_(0, i, g)
+        return out.view(shape), None
 
 
 def _hard_order(core, task: int) -> list[int]:

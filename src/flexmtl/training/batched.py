@@ -46,8 +46,8 @@ def batch_reason(trainers: Sequence[Trainer]) -> str | None:
     when they can: one training configuration but the seed, the joint schedule, the CPU, one
     process, no ``compile``, no augmentation, no core regularisation, tasks of one shape and
     models :func:`~flexmtl.fusion.runs.runs_batch_reason` accepts."""
-    if len(trainers) < 2:
-        return "a batch needs at least two runs"
+    if not trainers:
+        return "no runs"
     configs = [{k: v for k, v in asdict(t.config).items() if k not in _PER_RUN}
                for t in trainers]
     if any(c != configs[0] for c in configs):
@@ -89,7 +89,8 @@ class RunBatch:
     :meth:`setup` each trainer right after its model is built (it starts the run's random
     stream where a run alone would start drawing); :meth:`fit` returns one entry per run:
     its :class:`TrainResult`, or the exception that stopped it (the other runs train on).
-    Runs resumed at different steps train in turn, each group of one step as a batch.
+    Runs resumed at different steps train in turn, each group of one step as a batch (also a
+    group of one: a run's result does not depend on which runs share its batch).
     """
 
     def __init__(self, trainers: Sequence[Trainer]):
@@ -118,12 +119,8 @@ class RunBatch:
             by_step: dict[int, list[int]] = {}
             for i in ready:
                 by_step.setdefault(self.trainers[i].step, []).append(i)
-            for group in by_step.values():
-                if len(group) == 1:
-                    outcomes[group[0]] = self._alone(self.trainers[group[0]])
-                else:
-                    outcomes.update(zip(group, self._fit_group([self.trainers[i]
-                                                                for i in group])))
+            for group in by_step.values():  # a group of one too: the kernels of a batch
+                outcomes.update(zip(group, self._fit_group([self.trainers[i] for i in group])))
         finally:
             for trainer in self.trainers:
                 trainer.close()
