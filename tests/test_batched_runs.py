@@ -224,6 +224,9 @@ def test_what_is_not_batched_says_why():
     mixed = trainers()
     mixed[1].config.lr = 0.5
     assert "settings differ" in batch_reason(mixed)
+    hooked = trainers()
+    hooked[0].model.encoders[0].register_forward_hook(lambda *args: None)
+    assert "hooks" in batch_reason(hooked)
     routed = [make_trainer("soft", s, None) for s in (0, 1)]
     for t in routed:  # a block that is not a dense layer
         t.model.core.blocks[0] = nn.Sequential(nn.Linear(6, 6), nn.Tanh())

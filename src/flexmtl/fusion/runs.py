@@ -33,6 +33,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from flexmtl.fusion.dense import dense_parts
+from flexmtl.fusion.hooks import global_hooks, has_hooks
 from flexmtl.fusion.kernels import _ALL_DEPTH_BITS
 from flexmtl.fusion.masks import (
     bitwise_drop,
@@ -46,6 +47,7 @@ from flexmtl.fusion.orderings import _dense_activation, per_task_pays_off
 from flexmtl.fusion.planning import StackedLayers, layer_signature, module_signature
 
 __all__ = ["RunStack", "RunsDenseSoftOrder", "runs_batch_reason"]
+
 
 def _stacked(core) -> StackedLayers | None:
     return core._fusion_plan().stacked
@@ -74,6 +76,8 @@ def runs_batch_reason(models: Sequence[nn.Module], batch_sizes: Sequence[int]) -
         return "no runs"
     if not all(type(m) is MultiTaskModel and m.fused for m in models):
         return "only fused flexmtl MultiTaskModels batch"
+    if global_hooks() or any(has_hooks(module) for m in models for module in m.modules()):
+        return "a module has hooks (the batch would not call them)"
     kinds = {type(m.core) for m in models}
     if len(kinds) != 1:
         return "the runs' cores are of different classes"

@@ -1,15 +1,20 @@
 """Several runs of one model shape trained as one batched step (vectorised runs).
 
 A study trains the same model once per seed. :class:`RunBatch` steps such runs together:
-every run keeps its own :class:`~flexmtl.training.Trainer` -- its model, optimiser,
-sampler, run folder, validation, checkpoint selection, ``last.pt``/``best.pt`` and
-result -- while the forward and backward of a step run once for all of them
-(:func:`flexmtl.fusion.runs.runs_forward`: parameters stacked along a run dimension at
-every call). Each run draws its batches from its own sampler and its dropout masks from
-its own random stream (a :class:`torch.Generator` started from the state its run alone
-would have at its first step, saved in its checkpoints as torch's state), so each run
-trains as it would alone, up to float rounding: ``tests/test_batched_runs.py`` holds the
-parameters and metrics of batched runs equal to separate runs in float64.
+every run keeps its own :class:`~flexmtl.training.Trainer` -- its model, sampler, run
+folder, validation, checkpoint selection, ``last.pt``/``best.pt`` and result -- while the
+runs' parameters live stacked along a run dimension (:class:`~flexmtl.fusion.runs.RunStack`)
+and the forward, backward and Adam update of a step run once for all of them
+(:class:`StackAdam`: torch's own Adam kernel on views of the stack of each parameter's
+shape). Each run draws its batches from its own sampler and its dropout masks from its
+own random stream (a :class:`torch.Generator` started from the state its run alone would
+have at its first step, saved in its checkpoints as torch's state), so each run trains as
+it would alone: bit for bit at the experiments' shapes, within float rounding where MKL
+rounds a batched product otherwise (``tests/test_batched_runs.py``). The per-step training
+losses logged (``train_log.csv``) are batch means summed in another order and may differ
+in the last digit; validation, selection and test metrics do not. A run's result does not
+depend on the other runs of its batch. Runs with ``threads=0`` train on one thread in a
+batch (a run alone may take more for a large model).
 
 A run that diverges (non-finite loss) stops as it would alone -- its last good
 checkpoint kept -- and leaves the batch; the others go on. Runs resumed at different steps
@@ -42,7 +47,7 @@ _PER_RUN = ("seed", "progress")
 
 
 def batch_reason(trainers: Sequence[Trainer]) -> str | None:
-    """Why these (not yet set up) trainers cannot train as one :class:`RunBatch`, or None
+    """Why these trainers cannot train as one :class:`RunBatch`, or None
     when they can: one training configuration but the seed, the joint schedule, the CPU, one
     process, no ``compile``, no augmentation, no core regularisation, tasks of one shape and
     models :func:`~flexmtl.fusion.runs.runs_batch_reason` accepts."""
