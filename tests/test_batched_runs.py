@@ -99,10 +99,11 @@ def same_run(a: Trainer, ra, b: Trainer, rb, tolerance: float = 0.0) -> None:
     assert ra.test["accuracy"] == rb.test["accuracy"]
 
 
-#: float64: how far a batched run may be from its run alone. The batch's forward and
-#: backward are the run alone's ops per row, but a layer's product is one ``bmm`` over the
-#: runs where the run alone has ``mm``/``addmm``, which MKL rounds otherwise for some
-#: small shapes (here: 8-row batches); the paper's shapes (uci, mnist-pairs) are bit-exact
+#: float64: how far a batched run may be from its run alone. The batch runs the run alone's
+#: kernels per run (its products, its mask draws, its Adam), but at these small shapes
+#: (8-row batches, width 6) some parameters still differ in the last bit after a few
+#: steps: an op of the batched backward rounds otherwise (not traced yet). At the
+#: experiments' shapes the runs are bit for bit equal (the next test).
 F64_TOLERANCE = 1e-12
 
 

@@ -26,13 +26,14 @@ together too: one product for all of them in all runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from flexmtl.fusion.dense import dense_parts
+from flexmtl.fusion.dense import dense_parts, dense_signature
 from flexmtl.fusion.hooks import global_hooks, has_hooks
 from flexmtl.fusion.kernels import _ALL_DEPTH_BITS
 from flexmtl.fusion.masks import (
@@ -44,7 +45,7 @@ from flexmtl.fusion.masks import (
     keep_probability,
 )
 from flexmtl.fusion.orderings import _dense_activation, per_task_pays_off
-from flexmtl.fusion.planning import StackedLayers, layer_signature, module_signature
+from flexmtl.fusion.planning import StackedLayers, stack_pays_off
 
 __all__ = ["RunStack", "RunsDenseSoftOrder", "runs_batch_reason"]
 
@@ -85,6 +86,8 @@ def runs_batch_reason(models: Sequence[nn.Module], batch_sizes: Sequence[int]) -
     if kind not in (ParallelOrdering, PermutedOrdering, SingleTaskCore, SoftOrdering):
         return f"the core {kind.__name__} has no batched path (the orderings have)"
     first = models[0]
+    if any(m.task_shapes is None for m in models):
+        return "the models' task shapes are unknown (build_model sets them)"
     names = [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in first.named_parameters()]
     for m in models:
         core = m.core
@@ -118,78 +121,63 @@ def runs_batch_reason(models: Sequence[nn.Module], batch_sizes: Sequence[int]) -
 
 
 class _Heads:
-    """The encoders (or decoders) of the tasks, grouped: a module several tasks share is
-    one group (their rows concatenated); alike dense modules of one batch size are one
-    group (their weights one leaf ``[R, G, out, in]``); a parameter-free module runs on the
-    rows of all runs at once."""
+    """The encoders (or decoders) of the tasks, run for all runs as a run alone runs them
+    (:func:`~flexmtl.fusion.dense.stacked_groups`): the tasks whose dense modules a run
+    alone stacks into one batched product are one group, whose product here covers every
+    run (``[R*G, B, in]``: the same product per matrix); a module a run alone calls by
+    itself is called per run here too (the same ``F.linear``); a parameter-free module runs
+    on the rows of all runs at once. ``shapes``: each task's per-example input shape;
+    ``batch_sizes``: its batch size."""
 
-    def __init__(self, modules: Sequence[nn.Module], batch_sizes: Sequence[int]):
-        by_module: dict[int, list[int]] = {}
-        for t, module in enumerate(modules):
-            by_module.setdefault(id(module), []).append(t)
-        #: (tasks, module, parts): parts None for a parameter-free module
-        self.groups: list[tuple[list[int], nn.Module, Any]] = []
-        alike: dict[tuple, list[int]] = {}
-        for tasks in by_module.values():
-            module = modules[tasks[0]]
-            parts = dense_parts(module)
-            if parts is None or len(tasks) > 1:
-                self.groups.append((tasks, module, parts))
-                continue
-            flatten, layer, tail = parts
-            key = (flatten, layer_signature(layer), tuple(map(module_signature, tail)),
-                   batch_sizes[tasks[0]])
-            alike.setdefault(key, []).append(tasks[0])
-        #: the groups from this index on are alike modules of one task each
-        self.shared = len(self.groups)
-        for tasks in alike.values():
-            self.groups.append((tasks, modules[tasks[0]], dense_parts(modules[tasks[0]])))
+    def __init__(self, modules: Sequence[nn.Module], shapes: Sequence[tuple],
+                 batch_sizes: Sequence[int], dtype: torch.dtype):
+        self.modules = list(modules)
+        keys: dict[tuple, list[int]] = {}
+        for t, module in enumerate(self.modules):
+            x = torch.empty(batch_sizes[t], *shapes[t], dtype=dtype)
+            key = dense_signature(dense_parts(module), x)
+            if key is not None and len(self.modules) >= 2:
+                keys.setdefault(key, []).append(t)
+        stacked = [tasks for tasks in keys.values() if len(tasks) >= 2
+                   and stack_pays_off(cast("tuple", dense_parts(self.modules[tasks[0]]))[1]
+                                      .weight, len(tasks))]
+        grouped = {t for tasks in stacked for t in tasks}
+        #: groups of tasks: (tasks, stacked), one product for all runs when stacked
+        self.groups = [(tasks, True) for tasks in stacked] + [
+            ([t], False) for t in range(len(self.modules)) if t not in grouped]
 
-    def layers(self, modules: Sequence[nn.Module]) -> list[tuple[str, list[nn.Linear]]]:
-        """Per dense group: its leaf key and the (per-run) layers stacked in it."""
-        out = []
-        for g, (tasks, _, parts) in enumerate(self.groups):
-            if parts is None:
-                continue
-            members = tasks if g >= self.shared else tasks[:1]  # a shared module: once
-            out.append((str(g), [cast("tuple", dense_parts(modules[t]))[1] for t in members]))
-        return out
-
-    def forward(self, leaves: dict[str, torch.Tensor], prefix: str,
+    def forward(self, leaves: dict[str, torch.Tensor], prefix: str, names: dict[int, str],
                 xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``xs[t]`` ``[R, B_t, *shape]`` -> the modules' outputs ``[R, B_t, *out]``."""
+        """``xs[t]`` ``[R, B_t, *shape]`` -> the modules' outputs ``[R, B_t, *out]``, the
+        parameters the stack's leaves (``names``: a parameter's id -> its leaf key)."""
         outs: list[torch.Tensor | None] = [None] * len(xs)
-        for g, (tasks, module, parts) in enumerate(self.groups):
+        for tasks, stacked in self.groups:
+            module = self.modules[tasks[0]]
+            parts = dense_parts(module)
             runs = xs[tasks[0]].shape[0]
             if parts is None:  # parameter-free: all runs' rows at once
-                for t in tasks:
-                    x = xs[t]
-                    y = module(x.flatten(0, 1))
-                    outs[t] = y.unflatten(0, x.shape[:2])
+                x = xs[tasks[0]]
+                outs[tasks[0]] = module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
                 continue
-            flatten, layer, tail = parts
-            w = leaves[f"{prefix}{g}.weight"]  # [R, G, out, in]
-            b = leaves.get(f"{prefix}{g}.bias")
-            if len(tasks) > 1 and g >= self.shared:
-                # alike modules of one batch size: [R*G, B, in], one product for all
+            flatten, _, tail = parts
+            layers = [cast("tuple", dense_parts(self.modules[t]))[1] for t in tasks]
+            w = [leaves[names[id(m.weight)]] for m in layers]  # each [R, out, in]
+            b = None if layers[0].bias is None else [leaves[names[id(m.bias)]] for m in layers]
+            if stacked:  # [R*G, B, in]: the run alone's batched product, for every run
                 x = torch.stack([xs[t] for t in tasks], 1)
-                x = x.flatten(3) if flatten else x
-                x = x.flatten(0, 1)
-                wt = w.flatten(0, 1).transpose(1, 2)
-                y = (torch.bmm(x, wt) if b is None
-                     else torch.baddbmm(b.flatten(0, 1).unsqueeze(1), x, wt))
+                x = (x.flatten(3) if flatten else x).flatten(0, 1)
+                wt = torch.stack(w, 1).flatten(0, 1).transpose(1, 2)
+                y = (torch.bmm(x, wt) if b is None else
+                     torch.baddbmm(torch.stack(b, 1).flatten(0, 1).unsqueeze(1), x, wt))
                 y = y.relu_() if tail else y
                 for i, part in enumerate(y.unflatten(0, (runs, len(tasks))).unbind(1)):
                     outs[tasks[i]] = part
                 continue
-            # one module (of one task, or shared by several): their rows side by side
-            x = torch.cat([xs[t] for t in tasks], 1)
+            x = xs[tasks[0]]  # the run alone's call of the module, per run
             x = x.flatten(2) if flatten else x
-            wt = w[:, 0].transpose(1, 2)
-            y = torch.bmm(x, wt) if b is None else torch.baddbmm(b[:, 0].unsqueeze(1), x, wt)
-            y = y.relu_() if tail else y
-            for t, part in zip(tasks, y.split([xs[t].shape[1] for t in tasks], 1)):
-                outs[t] = part
+            ys = [F.linear(x[r], w[0][r], None if b is None else b[0][r]) for r in range(runs)]
+            y = torch.stack(ys)
+            outs[tasks[0]] = torch.relu(y) if tail else y
         return cast("list[torch.Tensor]", outs)
 
 
@@ -207,20 +195,21 @@ class RunStack:
         self.models = list(models)
         self.runs = len(self.models)
         first = self.models[0]
-        self.encoders = _Heads(list(first.encoders), batch_sizes)
-        self.decoders = _Heads(list(first.decoders), batch_sizes)
+        dtype = next(first.parameters()).dtype
+        shapes = [tuple(shape) for shape, _ in first.task_shapes] if first.task_shapes \
+            else None
+        if shapes is None:
+            raise ValueError("the models' task shapes are unknown (build them with "
+                             "build_model, or set task_shapes)")
+        self.encoders = _Heads(list(first.encoders), shapes, batch_sizes, dtype)
+        self.decoders = _Heads(list(first.decoders), [tuple(first.core.output_shape)] *
+                               len(shapes), batch_sizes, dtype)
         stacked = _stacked(first.core)
         assert stacked is not None  # runs_batch_reason
         # leaf key -> per-run member parameter names (a leaf [R, G, ...] has G members;
         # a leaf of one parameter [R, ...] has the name alone, as a str)
         names = {id(p): n for n, p in first.named_parameters()}
         self.members: dict[str, str | list[str]] = {}
-        for prefix, heads in (("encoders.", self.encoders), ("decoders.", self.decoders)):
-            for key, layers in heads.layers(list(getattr(first, prefix[:-1]))):
-                self.members[f"{prefix}{key}.weight"] = [names[id(m.weight)] for m in layers]
-                if layers[0].bias is not None:
-                    self.members[f"{prefix}{key}.bias"] = [
-                        names[id(cast(torch.Tensor, m.bias))] for m in layers]
         self.members["core.weight"] = [names[id(m.weight)] for m in stacked.layers]
         if stacked.layers[0].bias is not None:
             self.members["core.bias"] = [names[id(cast(torch.Tensor, m.bias))]
@@ -230,6 +219,8 @@ class RunStack:
             if name not in grouped:
                 self.members[name] = name
         self._params = [dict(m.named_parameters()) for m in self.models]
+        #: a parameter of the first model (by id) -> its leaf key, for the heads
+        self._names = {id(p): n for n, p in first.named_parameters()}
         self.leaves: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for key, member in self.members.items():
@@ -290,11 +281,12 @@ class RunStack:
         ``[R, B_t, *shape]`` (task ``t``'s batch of each run) -> ``[R, B_t, *out]``, row
         ``r`` equal to ``models[r](xs[t][r], t)``. Run ``r`` draws its dropout masks from
         ``streams[r]`` (None: torch's default generator)."""
-        hs = self.encoders.forward(self.leaves, "encoders.", list(xs))
+        hs = self.encoders.forward(self.leaves, "encoders.", self._names, list(xs))
         counts = [h.shape[1] for h in hs]
         h = _core_runs([m.core for m in self.models], self.leaves, torch.cat(hs, 1), counts,
                        list(streams))
-        return self.decoders.forward(self.leaves, "decoders.", list(h.split(counts, 1)))
+        return self.decoders.forward(self.leaves, "decoders.", self._names,
+                                     list(h.split(counts, 1)))
 
 
 def _core_runs(cores: list, leaves: dict[str, torch.Tensor], h: torch.Tensor,
@@ -337,9 +329,13 @@ def _core_runs(cores: list, leaves: dict[str, torch.Tensor], h: torch.Tensor,
     ws = _GatherBlocks.apply(weights, picks)
     bs = (None,) * len(picks) if biases is None else _GatherBlocks.apply(biases, picks)
     for shape, w, b in zip(shapes, ws, bs):
-        x = h if shape is None else h.reshape(*shape, -1)
-        wt = w.transpose(1, 2)
-        y = torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
+        if shape is None:  # the run alone calls the block on all its rows: F.linear
+            y = torch.stack([F.linear(h[r], w[r], None if b is None else b[r])
+                             for r in range(runs)])
+        else:  # the run alone's batched product over its tasks
+            x = h.reshape(*shape, -1)
+            wt = w.transpose(1, 2)
+            y = torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
         if phi == "relu":
             y = torch.relu(y)
         h = y.reshape(runs, n, -1)
@@ -349,6 +345,20 @@ def _core_runs(cores: list, leaves: dict[str, torch.Tensor], h: torch.Tensor,
                 keep_mask(h[r], p, out=mask[r], generator=stream)
             h = h * mask.mul_(rescale)
     return h
+
+
+def _linear_runs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """``F.linear(h[r], weight[r], bias[r])`` of every run ``r``, stacked: the product a
+    run alone computes (MKL rounds a batched ``bmm`` otherwise for some shapes). Not
+    differentiable (``out=``): for the hand-written kernels."""
+    out = h.new_empty(h.shape[0], h.shape[1], weight.shape[1])
+    for r in range(h.shape[0]):
+        if bias is None:
+            torch.mm(h[r], weight[r].t(), out=out[r])
+        else:
+            torch.addmm(bias[r], h[r], weight[r].t(), out=out[r])
+    return out
 
 
 class _GatherBlocks(torch.autograd.Function):
@@ -405,10 +415,9 @@ class RunsDenseSoftOrder(torch.autograd.Function):
         bits = (torch.stack([half_bits(size, g).view(depth, n, width) for g in streams], 1)
                 if relu and bitwise_drop(h, p) and n * width % 64 == 0
                 and size <= _ALL_DEPTH_BITS else None)  # [D, R, N, L*d]
-        wt = weight.transpose(1, 2)
         inputs, acts, masks = [], [], []
         for k, s in enumerate(scales):
-            z = torch.bmm(h, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, wt)
+            z = _linear_runs(h, weight, bias)
             if relu:
                 z.relu_()
             if bits is not None:
@@ -454,14 +463,17 @@ class RunsDenseSoftOrder(torch.autograd.Function):
             else:
                 dz_k = dz.mul_(masks[k].view_as(dz)) if masks else dz
             dz_k = dz_k.view(runs, n, -1)
-            if grad_w is not None:
-                grad_w.baddbmm_(dz_k.transpose(1, 2), inputs[k])
+            for r in range(runs):  # the run alone's products, per run
+                if grad_w is not None:
+                    grad_w[r].addmm_(dz_k[r].t(), inputs[k][r])
             if grad_b is not None:
                 grad_b.add_(dz_k.sum(1))
             if k or need_h:
-                grad = torch.bmm(dz_k, weight)
-        if grad_s is not None:  # back to [R, T, L, D]: sum the rows of each task
-            grad_s = scales.new_zeros(runs, ctx.num_tasks, layers, depth).index_add_(
-                1, rows, grad_s.permute(1, 2, 3, 0), alpha=ctx.rescale)
+                grad = torch.stack([dz_k[r] @ weight[r] for r in range(runs)])
+        if grad_s is not None:  # back to [R, T, L, D]: sum the rows of each task, per run
+            per_run = grad_s.permute(1, 2, 3, 0)  # [R, N, L, D]
+            grad_s = scales.new_zeros(runs, ctx.num_tasks, layers, depth)
+            for r in range(runs):  # as the run alone sums them (index_add_ along dim 0)
+                grad_s[r].index_add_(0, rows, per_run[r], alpha=ctx.rescale)
         return ((grad if need_h else None), grad_w, grad_b, grad_s, None, None, None, None,
                 None)
