@@ -34,10 +34,17 @@ def test_only_the_variants_that_run_experiment_takes(bench, monkeypatch):
                   log=print, jobs=1):
         pass
 
+    def with_batches(name, jobs=1, batch_runs=True):
+        pass
+
+    monkeypatch.setitem(bench.STUDY_VARIANTS, "jobs-only", {"jobs": lambda: 2})
     monkeypatch.setattr(bench, "run_experiment", with_jobs)
-    monkeypatch.setitem(bench.STUDY_VARIANTS, "batched", {"batch_runs": lambda: True})
-    assert bench.study_variants(["serial", "pool", "batched"]) == ["serial", "pool"]
-    assert bench.STUDY_VARIANTS["serial"]["jobs"]() == 1  # today's one run after the other
+    assert bench.study_variants(["serial", "jobs-only", "batched"]) == ["jobs-only"]
+    monkeypatch.setattr(bench, "run_experiment", with_batches)
+    assert bench.study_variants(["serial", "pool", "batched"]) == ["serial", "pool", "batched"]
+    # today's one run after the other, each alone
+    assert bench.STUDY_VARIANTS["serial"]["jobs"]() == 1
+    assert bench.STUDY_VARIANTS["serial"]["batch_runs"]() is False
 
 
 @pytest.mark.parametrize("pool_accuracy, identical", [(0.9, True), (0.91, False)])
