@@ -252,3 +252,15 @@ def test_the_runner_gives_the_same_results_with_and_without_batches(tmp_path, mo
     run_experiment("random-tasks", out_dir="batched", jobs=1, **study)
     one, batched_ = run_results(Path("one")), run_results(Path("batched"))
     assert len(one) == 6 and one == batched_
+
+
+def test_runs_are_grouped_where_their_model_batches():
+    from flexmtl.runner import run_groups
+
+    runs = [(0, "soft", s) for s in range(3)] + [(0, "gumbel", s) for s in range(3)]
+    soft_only = lambda i, method: method == "soft"  # noqa: E731
+    assert run_groups(runs, 2, True, soft_only) == [
+        runs[:3], [runs[3]], [runs[4]], [runs[5]]]  # a model that does not batch: singles
+    assert run_groups(runs, 4, True) == [runs[:2], runs[2:3], runs[3:5], runs[5:]]
+    assert run_groups(runs, 1, True) == [runs[:3], runs[3:]]
+    assert run_groups(runs, 2, False) == [[run] for run in runs]

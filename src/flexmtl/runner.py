@@ -180,7 +180,7 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
             for seed in range(seeds)]
     points = [(None, dict(cfg)) if key is None else ((key, value), {**cfg, key: value})
               for value in values]
-    if _in_process(where, folder, points, plan, batch_runs):
+    if _in_process(where, folder, points, plan, batch_runs, exp):
         by_run = _run_here(exp, folder, points, plan, progress, log, batch_runs)
     else:
         by_run = _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs)
@@ -206,8 +206,8 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
     return results
 
 
-def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool = False
-                ) -> bool:
+def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool = False,
+                exp: Experiment | None = None) -> bool:
     """Whether the unfinished runs train in this process, one after the other (or one
     batch after the other): the ``local`` executor with one job (also when one run, or one
     batch, is left, and always under ``torchrun``)."""
@@ -218,28 +218,64 @@ def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool 
         return True
     left = [(i, method, seed) for i, method, seed in plan
             if not folder.run(method, seed, points[i][0]).is_finished()]
-    return worker_count(jobs, len(run_groups(left, jobs, batch_runs))) == 1
+    if worker_count(jobs, len(left)) == 1:
+        return True
+    groups = run_groups(left, jobs, batch_runs, _batchable(exp, points)) if batch_runs \
+        else left
+    return worker_count(jobs, len(groups)) == 1
 
 
-def run_groups(runs: Sequence[tuple[int, str, int]], jobs: int | None, batch_runs: bool
+def run_groups(runs: Sequence[tuple[int, str, int]], jobs: int | None, batch_runs: bool,
+               batchable: Callable[[int, str], bool] = lambda i, method: True
                ) -> list[list[tuple[int, str, int]]]:
     """The runs ``(point index, method, seed)`` to train, in groups that train as one
-    batch: the seeds of one method and point, split into as many groups as keep ``jobs``
-    workers busy when there are fewer groups than workers; one run each without
-    ``batch_runs``."""
+    batch: the seeds of one method and point whose model ``batchable(point index,
+    method)``, split into as many groups as keep ``jobs`` workers busy when there are fewer
+    groups than workers; one run each without ``batch_runs`` or where the model does not
+    batch (so that its seeds still spread over the workers)."""
     if not batch_runs:
         return [[run] for run in runs]
     by_key: dict[tuple[int, str], list[tuple[int, str, int]]] = {}
+    singles = []
     for run in runs:
         by_key.setdefault(run[:2], []).append(run)
+    for key in list(by_key):
+        if len(by_key[key]) > 1 and not batchable(*key):
+            singles += [[run] for run in by_key.pop(key)]
     workers = worker_count(jobs, len(runs))
-    split = max(1, math.ceil(workers / max(len(by_key), 1)))
+    split = max(1, math.ceil(max(workers - len(singles), 0) / max(len(by_key), 1)))
     groups = []
     for members in by_key.values():
         parts = min(split, len(members))
         size = math.ceil(len(members) / parts)
         groups += [members[k:k + size] for k in range(0, len(members), size)]
-    return groups
+    return groups + singles
+
+
+def _batchable(exp: Experiment, points) -> Callable[[int, str], bool]:
+    """Whether the runs of ``method`` at point ``i`` can train as one batch: a method of
+    the orderings whose model (built here once, for seed 0, and cached) and training
+    settings :func:`~flexmtl.training.batched.batch_reason` accepts."""
+    from flexmtl.sharing.methods import METHODS
+    from flexmtl.training.batched import batch_reason
+
+    known: dict[tuple[int, str], bool] = {}
+
+    def batchable(i: int, method: str) -> bool:
+        if (i, method) not in known:
+            ok = METHODS.get(method).family == "ordering"
+            if ok:
+                cfg = points[i][1]
+                seed_everything(0)
+                tasks = exp.build_tasks(cfg, 0)
+                seed_everything(0)
+                model = exp.build_model(method, tasks, cfg, 0)
+                ok = batch_reason([Trainer(model, tasks, exp.train_config(cfg, 0, False))]) \
+                    is None
+            known[i, method] = ok
+        return known[i, method]
+
+    return batchable
 
 
 def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool) -> dict:
@@ -256,7 +292,7 @@ def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool) -> dic
             left.append((i, method, seed))
     if distributed.world_size() > 1:
         batch_runs = False
-    for group in run_groups(left, 1, batch_runs):
+    for group in run_groups(left, 1, batch_runs, _batchable(exp, points)):
         i, method = group[0][:2]
         point, cfg = points[i]
         seeds = [seed for _, _, seed in group]
@@ -287,7 +323,8 @@ def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: 
             left.append((i, method, seed))
     executor, jobs, address = where
     # the label of each group of runs to train (one batch, or one run)
-    calls = {_group_label(group, points): group for group in run_groups(left, jobs, batch_runs)}
+    calls = {_group_label(group, points): group
+             for group in run_groups(left, jobs, batch_runs, _batchable(exp, points))}
     bar = tqdm(total=len(plan), initial=len(results), disable=not progress, unit="run",
                desc=f"{exp.name} runs", dynamic_ncols=True)
 

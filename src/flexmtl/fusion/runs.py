@@ -86,8 +86,6 @@ def runs_batch_reason(models: Sequence[nn.Module], batch_sizes: Sequence[int]) -
     if kind not in (ParallelOrdering, PermutedOrdering, SingleTaskCore, SoftOrdering):
         return f"the core {kind.__name__} has no batched path (the orderings have)"
     first = models[0]
-    if any(m.task_shapes is None for m in models):
-        return "the models' task shapes are unknown (build_model sets them)"
     names = [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in first.named_parameters()]
     for m in models:
         core = m.core
@@ -188,19 +186,17 @@ class RunStack:
 
     The models keep their own parameters: :meth:`to_models` writes the stack's values into
     them (before a run evaluates or checkpoints), :meth:`from_models` reads them (after a
-    run resumed). ``batch_sizes``: each task's batch size (equal in every run).
+    run resumed). ``batch_sizes``, ``shapes``: each task's batch size and per-example
+    input shape (equal in every run).
     """
 
-    def __init__(self, models: Sequence[nn.Module], batch_sizes: Sequence[int]):
+    def __init__(self, models: Sequence[nn.Module], batch_sizes: Sequence[int],
+                 shapes: Sequence[Sequence[int]]):
         self.models = list(models)
         self.runs = len(self.models)
         first = self.models[0]
         dtype = next(first.parameters()).dtype
-        shapes = [tuple(shape) for shape, _ in first.task_shapes] if first.task_shapes \
-            else None
-        if shapes is None:
-            raise ValueError("the models' task shapes are unknown (build them with "
-                             "build_model, or set task_shapes)")
+        shapes = [tuple(shape) for shape in shapes]
         self.encoders = _Heads(list(first.encoders), shapes, batch_sizes, dtype)
         self.decoders = _Heads(list(first.decoders), [tuple(first.core.output_shape)] *
                                len(shapes), batch_sizes, dtype)

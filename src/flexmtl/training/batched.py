@@ -146,7 +146,8 @@ class RunBatch:
     def _fit_group(self, trainers: list[Trainer]) -> list[TrainResult | BaseException]:
         first = trainers[0]
         sizes = [min(first.config.batch_size, len(t.train)) for t in first.tasks]
-        stack = RunStack([t.model for t in trainers], sizes)
+        stack = RunStack([t.model for t in trainers], sizes,
+                         [t.input_shape for t in first.tasks])
         named = [dict(t.model.named_parameters()) for t in trainers]
         optimizer = StackAdam(stack, first, [
             {n: t.optimizer.state[p] for n, p in named[r].items() if p in t.optimizer.state}
@@ -159,9 +160,8 @@ class RunBatch:
                 trainers[r]._begin_fit()
                 begun.append(r)
             while active:
-                self._step(stack, optimizer, trainers, active, named, outcomes)
                 still = []
-                for r in active:
+                for r in active:  # the runs that have trained all their steps end
                     trainer = trainers[r]
                     if outcomes[r] is not None:
                         continue
@@ -175,6 +175,8 @@ class RunBatch:
                     else:
                         still.append(r)
                 active = still
+                if active:
+                    self._step(stack, optimizer, trainers, active, named, outcomes)
         finally:
             for r in begun:
                 trainers[r]._end_fit()
