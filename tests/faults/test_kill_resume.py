@@ -53,6 +53,8 @@ SCRIPT = textwrap.dedent("""
         setattr(owner, name, patched)
 
     if phase == "step":  # after the backward of a step, before the optimiser steps
+        from flexmtl.training import batched  # a batch of runs: its one optimiser
+        wrap(batched.StackAdam, "step")
         original_update = trainer_module.Trainer.update
         def update(self, loss, tasks):
             original_step = self.optimizer.step
