@@ -161,9 +161,11 @@ class RunBatch:
                 begun.append(r)
             while active:
                 still = []
-                for r in active:  # the runs that have trained all their steps end
+                for r in active:  # the runs that failed or trained all their steps end
                     trainer = trainers[r]
-                    if outcomes[r] is not None:
+                    if outcomes[r] is not None:  # failed in the last step
+                        trainer._end_fit()
+                        begun.remove(r)
                         continue
                     if trainer.step >= trainer.config.steps:
                         trainer._end_fit()
@@ -193,7 +195,7 @@ class RunBatch:
               outcomes: list) -> None:
         """One joint step of every run (the stack trains them all; the runs in ``active``
         are logged, evaluated and checkpointed); a run that fails gets its exception in
-        ``outcomes`` and leaves ``active``'s later steps."""
+        ``outcomes`` (:meth:`_fit_group` then ends it)."""
         tasks = range(len(trainers[0].tasks))
         batches = [[t.draw_batch(i) for i in tasks] for t in trainers]
         for t in trainers:
@@ -213,7 +215,6 @@ class RunBatch:
                 live.append(r)
             except Exception as exc:  # the run stops, its last good checkpoint kept
                 outcomes[r] = exc
-                trainers[r]._end_fit()
         optimizer.zero_grad()
         if live:
             (totals.sum() if len(live) == len(trainers) else totals[live].sum()).backward()
@@ -234,7 +235,6 @@ class RunBatch:
                 trainer.after_step(values[r])
             except Exception as exc:
                 outcomes[r] = exc
-                trainer._end_fit()
 
 
 class StackAdam:
