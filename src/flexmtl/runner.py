@@ -220,8 +220,9 @@ def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool 
             if not folder.run(method, seed, points[i][0]).is_finished()]
     if worker_count(jobs, len(left)) == 1:
         return True
-    groups = run_groups(left, jobs, batch_runs, _batchable(exp, points)) if batch_runs \
-        else left
+    if not batch_runs or exp is None:
+        return False
+    groups = run_groups(left, jobs, batch_runs, _batchable(exp, points))
     return worker_count(jobs, len(groups)) == 1
 
 
@@ -603,10 +604,10 @@ def train_runs(experiment: str, method: str, seeds: Sequence[int], config: Mappi
         results.append(_write_result(exp, method, seeds[k], cfg, tasks, model, outcome,
                                      trainer.resumed_from, run, trainer.device))
     if failures:
-        k, exc = min(failures, key=lambda f: f[0])
+        k, error = min(failures, key=lambda f: f[0])
         if labels is not None:
-            exc.run_label = labels[k]  # type: ignore[attr-defined]
-        raise exc
+            error.run_label = labels[k]  # type: ignore[attr-defined]
+        raise error
     return results
 
 

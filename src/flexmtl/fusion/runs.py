@@ -26,7 +26,7 @@ together too: one product for all of them in all runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -85,9 +85,10 @@ def runs_batch_reason(models: Sequence[nn.Module], batch_sizes: Sequence[int]) -
     kind = kinds.pop()
     if kind not in (ParallelOrdering, PermutedOrdering, SingleTaskCore, SoftOrdering):
         return f"the core {kind.__name__} has no batched path (the orderings have)"
-    first = models[0]
+    runs = cast("Sequence[Any]", models)  # MultiTaskModels (checked above)
+    first = runs[0]
     names = [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in first.named_parameters()]
-    for m in models:
+    for m in runs:
         core = m.core
         if not core.fused:
             return "a core is built with fused=False"
@@ -194,12 +195,12 @@ class RunStack:
                  shapes: Sequence[Sequence[int]]):
         self.models = list(models)
         self.runs = len(self.models)
-        first = self.models[0]
+        first: Any = self.models[0]  # a MultiTaskModel (runs_batch_reason)
         dtype = next(first.parameters()).dtype
-        shapes = [tuple(shape) for shape in shapes]
-        self.encoders = _Heads(list(first.encoders), shapes, batch_sizes, dtype)
+        inputs = [tuple(shape) for shape in shapes]
+        self.encoders = _Heads(list(first.encoders), inputs, batch_sizes, dtype)
         self.decoders = _Heads(list(first.decoders), [tuple(first.core.output_shape)] *
-                               len(shapes), batch_sizes, dtype)
+                               len(inputs), batch_sizes, dtype)
         stacked = _stacked(first.core)
         assert stacked is not None  # runs_batch_reason
         # leaf key -> per-run member parameter names (a leaf [R, G, ...] has G members;
@@ -244,7 +245,7 @@ class RunStack:
         for r in range(self.runs) if runs is None else runs:
             for key, leaf in self.leaves.items():
                 for name, at in self._members(key):
-                    self._params[r][name].copy_(leaf[(r, *at)])
+                    self._params[r][name].copy_(leaf[(r,) + at])
 
     @torch.no_grad()
     def from_models(self) -> None:
@@ -312,7 +313,8 @@ def _core_runs(cores: list, leaves: dict[str, torch.Tensor], h: torch.Tensor,
     # hard orderings: the block of each task at each depth, per run (permutations differ)
     orders = [[_hard_order(c, t) for t in range(tasks)] for c in cores]
     blocks = weights.shape[1]
-    shapes, index = [], []
+    shapes: list[tuple[int, int] | None] = []
+    index: list[list[int]] = []
     for k in range(len(orders[0][0])):
         at = [[order[k] for order in run] for run in orders]
         if all(len(set(run)) == 1 for run in at):  # one block per run: [R, N, d]
