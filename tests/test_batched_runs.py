@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from study_helpers import run_results
 from torch import nn
 
 from flexmtl.experiments.soft_ordering import dense_blocks
@@ -232,15 +233,6 @@ def test_what_is_not_batched_says_why():
     for t in routed:  # a block that is not a dense layer
         t.model.core.blocks[0] = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
     assert "dense" in batch_reason(routed)
-
-
-def run_results(out: Path) -> dict:
-    found = {}
-    for path in sorted(out.rglob("result.json")):
-        result = json.loads(path.read_text())
-        result.pop("seconds")
-        found[path.parent.relative_to(out).as_posix()] = result
-    return found
 
 
 def test_the_runner_gives_the_same_results_with_and_without_batches(tmp_path, monkeypatch):

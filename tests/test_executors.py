@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from processes import sigterm_when
+from study_helpers import _isolate, quiet, run_results  # noqa: F401 (_isolate: autouse)
 
 import flexmtl
 import flexmtl.reproduction
@@ -26,33 +26,6 @@ from flexmtl.training import Trainer
 STUDY = dict(methods=["parallel", "soft"], seeds=2, steps=20,
              overrides={"n": 16, "m": 8, "eval_every": 5}, sweep=("n", [8, 16]),
              progress=False, plots=False)
-#: result.json keys that time the run: the only ones that may differ between executors
-TIMING = ("seconds",)
-
-
-@pytest.fixture(autouse=True)
-def _isolate(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def quiet(_message: str) -> None:
-    pass
-
-
-def run_results(out: Path) -> dict[str, dict]:
-    """Every run's result.json, timing left out, by its path in the study."""
-    results = {}
-    for path in sorted(out.rglob("result.json")):
-        result = json.loads(path.read_text())
-        for key in TIMING:
-            result.pop(key)
-        results[path.parent.relative_to(out).as_posix()] = result
-    return results
-
-
 def summary(out: Path) -> dict:
     """results.json without its timing: the study's wall time and every train_seconds."""
     results = json.loads((out / "results.json").read_text())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from study_helpers import _isolate, quiet  # noqa: F401 (_isolate: autouse)
 
 import flexmtl.runner
 from flexmtl.cli import main
@@ -36,20 +37,6 @@ except ImportError:  # the CI check is then skipped
 
 SUMMARY_KEYS = {"mean", "ci95", "values"}
 TRAIN_FILES = ("train_log.csv", "eval_log.csv", "best.pt", "last.pt", "result.json")
-
-
-@pytest.fixture(autouse=True)
-def _isolate(tmp_path, monkeypatch):
-    """Run in tmp_path (a default run folder would land in ./runs) and restore torch's
-    thread count, which the experiments set to 1."""
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def quiet(_msg: str) -> None:
-    pass
 
 
 def read_csv(path: Path) -> list[dict]:
