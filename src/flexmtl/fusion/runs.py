@@ -185,10 +185,10 @@ class RunStack:
     run dimension, as leaf tensors (:attr:`leaves`; those of frozen parameters without
     gradient), and their batched training forward (:meth:`forward`).
 
-    The models keep their own parameters: :meth:`to_models` writes the stack's values into
-    them (before a run evaluates or checkpoints), :meth:`from_models` reads them (after a
-    run resumed). ``batch_sizes``, ``shapes``: each task's batch size and per-example
-    input shape (equal in every run).
+    The models keep their own parameters: the stack starts from their values (a resumed
+    run's included) and :meth:`to_models` writes the stack's values back into them (before
+    a run evaluates or checkpoints). ``batch_sizes``, ``shapes``: each task's batch size
+    and per-example input shape (equal in every run).
     """
 
     def __init__(self, models: Sequence[nn.Module], batch_sizes: Sequence[int],
@@ -247,19 +247,9 @@ class RunStack:
                 for name, at in self._members(key):
                     self._params[r][name].copy_(leaf[(r,) + at])
 
-    @torch.no_grad()
-    def from_models(self) -> None:
-        """Read the models' own parameters into the stack."""
-        for key, leaf in self.leaves.items():
-            leaf.copy_(torch.stack([self._gather(r, self.members[key])
-                                    for r in range(self.runs)]))
-
     def trainable(self) -> dict[str, torch.Tensor]:
+        """The leaves the optimiser trains (those of frozen parameters left out)."""
         return {k: v for k, v in self.leaves.items() if v.requires_grad}
-
-    def per_run_ndim(self, key: str) -> int:
-        """The number of dimensions of one member parameter of the leaf ``key``."""
-        return self.leaves[key].ndim - 1 - (not isinstance(self.members[key], str))
 
     def member_names(self, key: str) -> list[str]:
         return [name for name, _ in self._members(key)]
