@@ -180,10 +180,13 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
             for seed in range(seeds)]
     points = [(None, dict(cfg)) if key is None else ((key, value), {**cfg, key: value})
               for value in values]
-    if _in_process(where, folder, points, plan, batch_runs, exp):
-        by_run = _run_here(exp, folder, points, plan, progress, log, batch_runs)
+    # whether a method's runs batch: probed once per (point, method), when first asked
+    batchable = _batchable(exp, points)
+    if _in_process(where, folder, points, plan, batch_runs, batchable):
+        by_run = _run_here(exp, folder, points, plan, progress, log, batch_runs, batchable)
     else:
-        by_run = _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs)
+        by_run = _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs,
+                                batchable)
 
     point_results = []
     stale: list[tuple[TrainingRun, dict]] = []  # finished runs reused that ran other code
@@ -207,7 +210,7 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
 
 
 def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool = False,
-                exp: Experiment | None = None) -> bool:
+                batchable: Callable[[int, str], bool] | None = None) -> bool:
     """Whether the unfinished runs train in this process, one after the other (or one
     batch after the other): the ``local`` executor with one job (also when one run, or one
     batch, is left, and always under ``torchrun``)."""
@@ -220,9 +223,9 @@ def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool 
             if not folder.run(method, seed, points[i][0]).is_finished()]
     if worker_count(jobs, len(left)) == 1:
         return True
-    if not batch_runs or exp is None:
+    if not batch_runs or batchable is None:
         return False
-    groups = run_groups(left, jobs, batch_runs, _batchable(exp, points))
+    groups = run_groups(left, jobs, batch_runs, batchable)
     return worker_count(jobs, len(groups)) == 1
 
 
@@ -279,7 +282,8 @@ def _batchable(exp: Experiment, points) -> Callable[[int, str], bool]:
     return batchable
 
 
-def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool) -> dict:
+def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool,
+              batchable: Callable[[int, str], bool]) -> dict:
     """The runs in this process: each finished one reused, the others of one method and
     point trained as one batch (:func:`train_runs`) or one by one."""
     results = {}
@@ -293,7 +297,7 @@ def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool) -> dic
             left.append((i, method, seed))
     if distributed.world_size() > 1:
         batch_runs = False
-    for group in run_groups(left, 1, batch_runs, _batchable(exp, points)):
+    for group in run_groups(left, 1, batch_runs, batchable):
         i, method = group[0][:2]
         point, cfg = points[i]
         seeds = [seed for _, _, seed in group]
@@ -306,8 +310,8 @@ def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool) -> dic
     return {run: results[run] for run in plan}
 
 
-def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: bool = True
-                   ) -> dict:
+def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: bool = True,
+                   batchable: Callable[[int, str], bool] = lambda i, method: False) -> dict:
     """Reuse the finished runs here and hand the others to the executor (``where``), with a
     bar of the study's finished runs; their results by ``(point index, method, seed)``."""
     from tqdm.auto import tqdm
@@ -325,7 +329,7 @@ def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: 
     executor, jobs, address = where
     # the label of each group of runs to train (one batch, or one run)
     calls = {_group_label(group, points): group
-             for group in run_groups(left, jobs, batch_runs, _batchable(exp, points))}
+             for group in run_groups(left, jobs, batch_runs, batchable)}
     bar = tqdm(total=len(plan), initial=len(results), disable=not progress, unit="run",
                desc=f"{exp.name} runs", dynamic_ncols=True)
 
