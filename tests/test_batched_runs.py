@@ -1,8 +1,10 @@
-"""Vectorised runs (flexmtl.training.batched, flexmtl.fusion.runs): runs trained as one
-batch equal the same runs trained alone -- parameters, every validation score, the
-selected step and the test metrics -- in float64 and float32, whatever the batch's size
-and a run's place in it; they resume (also alone) from the batch's checkpoints; a run that
-diverges leaves the batch; and the runner's results do not depend on batching."""
+"""Vectorised runs (flexmtl.training.batched, flexmtl.fusion.runs): a run trained in a
+batch is the same run whatever its batch -- bit for bit beside other runs, alone in a
+batch of one, at any place -- and equals the run trained alone by ``Trainer.fit`` up to
+float rounding (parameters, every validation score, the selected step, the test
+metrics; float64 and float32); batches resume (also alone) from their checkpoints; a run
+that diverges leaves the batch; and the runner's results do not depend on how runs are
+grouped."""
 
 from __future__ import annotations
 
@@ -100,12 +102,12 @@ def same_run(a: Trainer, ra, b: Trainer, rb, tolerance: float = 0.0) -> None:
     assert ra.test["accuracy"] == rb.test["accuracy"]
 
 
-#: float64: how far a batched run may be from its run alone. The batch runs the run alone's
-#: kernels per run (its products, its mask draws, its Adam), but at these small shapes
-#: (8-row batches, width 6) some parameters still differ in the last bit after a few
-#: steps: an op of the batched backward rounds otherwise (not traced yet). At the
-#: experiments' shapes the runs are bit for bit equal (the next test).
+#: how far a batched run may be from its run alone (``Trainer.fit``) after 12 steps: the
+#: batch computes the same functions with other kernels (a ``bmm`` over the runs for the
+#: run alone's ``mm``, its own Adam arithmetic for torch's fused Adam kernel), which round
+#: otherwise. Measured: float64 parameters within 3e-16, float32 within 3e-7.
 F64_TOLERANCE = 1e-12
+F32_TOLERANCE = 1e-5
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -124,29 +126,29 @@ def test_batched_runs_equal_runs_alone(method, tmp_path):
         assert len(logged) == 1 + CONFIG["steps"] // CONFIG["eval_every"]
 
 
-#: batches of 32 rows, width 32 (the uci experiment's): the products round alike
+#: batches of 32 rows, width 32 (the uci experiment's)
 EXACT = dict(batch_size=32, width=32)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_batched_runs_are_bit_exact_at_the_experiments_shapes(method):
-    """At these shapes a batched run is bit for bit its run alone, in float32 (permuted
-    ordering: where several tasks apply one block at a depth, their gradients of it are
-    summed in the order of the run alone's autograd)."""
-    kw = EXACT
-    runs = [alone(method, seed, None, **kw) for seed in (0, 1)]
-    trainers, results = batched(method, (0, 1), None, **kw)
+def test_batched_runs_equal_runs_alone_in_float32(method):
+    runs = [alone(method, seed, None, **EXACT) for seed in (0, 1)]
+    trainers, results = batched(method, (0, 1), None, **EXACT)
     for (a, ra), b, rb in zip(runs, trainers, results):
-        same_run(a, ra, b, rb)
+        same_run(a, ra, b, rb, F32_TOLERANCE)
 
 
-@pytest.mark.parametrize(("method", "dropout", "activation"),
-                         [("soft", 0.25, "relu"), ("soft", 0.5, "linear"),
-                          ("soft", 0.0, "relu"), ("permuted", 0.25, "linear")])
-def test_every_dropout_path_draws_as_alone(method, dropout, activation):
-    """p = 0.5 with ReLU clears bits; other p draw 8- or 16-bit codes; a linear block keeps
-    its mask for the backward: each run draws what its run alone draws."""
-    kw = dict(dropout=dropout, activation=activation, dtype=torch.float64)
+@pytest.mark.parametrize(("method", "dropout", "activation", "batch_size"),
+                         [("soft", 0.25, "relu", 8), ("soft", 0.5, "linear", 8),
+                          ("soft", 0.0, "relu", 8), ("permuted", 0.25, "linear", 8),
+                          ("soft", 0.8, "relu", 8), ("soft", 0.8, "relu", 5)])
+def test_every_dropout_path_draws_as_alone(method, dropout, activation, batch_size):
+    """p = 0.5 with ReLU clears bits; other p draw 8- or 16-bit codes, all depths at once
+    where each depth's masks take whole 64-bit words (else depth by depth: 5-row batches);
+    a linear block keeps its mask for the backward: each run draws what its run alone
+    draws."""
+    kw = dict(dropout=dropout, activation=activation, dtype=torch.float64,
+              batch_size=batch_size)
     runs = [alone(method, seed, None, **kw) for seed in (4, 5)]
     trainers, results = batched(method, (4, 5), None, **kw)
     for (a, ra), b, rb in zip(runs, trainers, results):
@@ -154,18 +156,20 @@ def test_every_dropout_path_draws_as_alone(method, dropout, activation):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_run_does_not_depend_on_its_batch(method):
+@pytest.mark.parametrize("shapes", [{}, EXACT], ids=["tiny", "uci-shaped"])
+def test_a_run_does_not_depend_on_its_batch(method, shapes):
     """Seed 1 trained beside seeds 0 and 2, beside seed 3, or in a batch of its own: the
-    same run, bit for bit (at shapes where a batch and a run alone round differently)."""
-    (_, b1, _), (_, r1, _) = batched(method, (0, 1, 2), None)
-    (c1, _), (s1, _) = batched(method, (1, 3), None)
-    (d1,), (t1,) = batched(method, (1,), None)
+    same run, bit for bit. (Tiny shapes include products with a dimension of 1 -- a binary
+    task's decoder -- which ``bmm`` would round by the number of runs.)"""
+    (_, b1, _), (_, r1, _) = batched(method, (0, 1, 2), None, **shapes)
+    (c1, _), (s1, _) = batched(method, (1, 3), None, **shapes)
+    (d1,), (t1,) = batched(method, (1,), None, **shapes)
     same_run(b1, r1, c1, s1)
     same_run(b1, r1, d1, t1)
 
 
 def test_a_batch_resumes_and_its_runs_resume_alone(tmp_path):
-    full = [alone("soft", seed, tmp_path / f"a{seed}", **EXACT) for seed in (0, 1)]
+    (full0, full1), (r0, r1) = batched("soft", (0, 1), tmp_path / "full", **EXACT)
 
     def stop(trainer, step):
         if step == 6:
@@ -180,10 +184,12 @@ def test_a_batch_resumes_and_its_runs_resume_alone(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         batch.fit()
     assert all(not (tmp_path / f"b{s}" / "run.lock").exists() for s in (0, 1))
-    # the batch resumes (seed 1 from a copy of its folder), and seed 1 resumes alone: all
-    # end as the uninterrupted runs
+    # the batch resumes (seed 1 from a copy of its folder): both end as the uninterrupted
+    # runs, bit for bit; seed 1 resumes alone in a batch of one (bit for bit) and by
+    # Trainer.fit (up to rounding)
     import shutil
     shutil.copytree(tmp_path / "b1", tmp_path / "c1")
+    shutil.copytree(tmp_path / "b1", tmp_path / "d1")
     again = RunBatch([])
     for seed, folder in ((0, "b0"), (1, "c1")):
         trainer = make_trainer("soft", seed, tmp_path / folder, **EXACT)
@@ -191,14 +197,17 @@ def test_a_batch_resumes_and_its_runs_resume_alone(tmp_path):
         again.trainers.append(trainer)
     assert [t.resumed_from for t in again.trainers] == [4, 4]  # the last checkpoint
     results = again.fit()
-    for (a, ra), b, rb in zip(full, again.trainers, results):
+    for a, ra, b, rb in zip((full0, full1), (r0, r1), again.trainers, results):
         same_run(a, ra, b, rb)
-    lone = make_trainer("soft", 1, tmp_path / "b1", **EXACT)
-    same_run(full[1][0], full[1][1], lone, lone.fit())
+    one = RunBatch([make_trainer("soft", 1, tmp_path / "b1", **EXACT)])
+    same_run(full1, r1, one.trainers[0], one.fit()[0])
+    lone = make_trainer("soft", 1, tmp_path / "d1", **EXACT)
+    same_run(full1, r1, lone, lone.fit(), F32_TOLERANCE)
 
 
 def test_a_diverging_run_leaves_the_batch(tmp_path):
-    """Seed 1 has NaN inputs: it stops with TrainingDiverged as alone, the others train on."""
+    """Seed 1 has NaN inputs: it stops with TrainingDiverged as alone, the others train on
+    as they would without it."""
     from flexmtl.errors import TrainingDiverged
 
     batch = RunBatch([])
@@ -209,9 +218,9 @@ def test_a_diverging_run_leaves_the_batch(tmp_path):
     outcomes = batch.fit()
     assert isinstance(outcomes[1], TrainingDiverged)
     assert "loss became nan at step 1" in str(outcomes[1])
-    for seed in (0, 2):
-        a, ra = alone("soft", seed, tmp_path / f"a{seed}", **EXACT)
-        same_run(a, ra, batch.trainers[seed], outcomes[seed])
+    trainers, results = batched("soft", (0, 2), tmp_path / "without", **EXACT)
+    for seed, b, rb in zip((0, 2), trainers, results):
+        same_run(batch.trainers[seed], outcomes[seed], b, rb)
 
 
 def test_what_is_not_batched_says_why():
@@ -236,14 +245,29 @@ def test_what_is_not_batched_says_why():
 
 
 def test_the_runner_gives_the_same_results_with_and_without_batches(tmp_path, monkeypatch):
+    """Batched: the same results in one batch per method, or split over two workers'
+    batches; without batches (each run by Trainer.fit), the same up to float rounding."""
     monkeypatch.chdir(tmp_path)
     study = dict(methods=["soft", "permuted"], seeds=3, steps=15, sweep=None, progress=False,
                  plots=False, overrides={"n": 16, "m": 8, "eval_every": 5, "dropout": 0.5,
                                          "activation": "relu"}, log=lambda _: None)
     run_experiment("random-tasks", out_dir="one", batch_runs=False, jobs=1, **study)
     run_experiment("random-tasks", out_dir="batched", jobs=1, **study)
+    run_experiment("random-tasks", out_dir="split", jobs=2, **study)
     one, batched_ = run_results(Path("one")), run_results(Path("batched"))
-    assert len(one) == 6 and one == batched_
+    split = run_results(Path("split"))
+    assert len(one) == 6 and batched_.keys() == split.keys()
+    for path in batched_:  # each differing value named
+        a, b = batched_[path], split[path]
+        assert [(k, a.get(k)) for k in a if a.get(k) != b.get(k)] == [], path
+    assert one.keys() == batched_.keys()
+    for path, result in one.items():
+        other = batched_[path]
+        assert other["best_step"] == result["best_step"]
+        for split in ("val", "test"):
+            assert other[split]["loss"] == pytest.approx(result[split]["loss"], abs=1e-5)
+            assert other[split]["accuracy"] == pytest.approx(result[split]["accuracy"],
+                                                             abs=1e-5, nan_ok=True)
 
 
 def test_runs_are_grouped_where_their_model_batches():

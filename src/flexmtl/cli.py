@@ -149,7 +149,8 @@ def _add_executor_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-batch-runs", action="store_true",
                          help="train every run by itself; by default the seeds of one method "
                               "and sweep point train as one batched model where the model "
-                              "allows it (each run's result is the same either way)")
+                              "allows it (a batched run's result is the same in any batch, "
+                              "and equals the run alone up to float rounding)")
     command.add_argument("--address", metavar="HOST:PORT",
                          help="with --executor ray: the running Ray cluster to use (`ray "
                               "start --head` prints it); its nodes must share the run "

@@ -562,8 +562,8 @@ def train_runs(experiment: str, method: str, seeds: Sequence[int], config: Mappi
     With ``batch`` they train as one batch (:class:`~flexmtl.training.batched.RunBatch`;
     one run: a batch of one) when :func:`~flexmtl.training.batched.batch_reason` allows
     it, else one after the other. A batched run's result does not depend on the other runs
-    of its batch; it equals the run trained alone up to float rounding (bit for bit at the
-    experiments' shapes). A run that fails does not stop the others:
+    of its batch (bit for bit); it equals the run trained alone up to float rounding. A
+    run that fails does not stop the others:
     their results are written, then the first failure is raised, its ``run_label`` set to
     the run's entry of ``labels`` (how messages name it).
     """

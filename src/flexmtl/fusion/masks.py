@@ -9,10 +9,12 @@ are deterministic and equal up to float rounding.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["keep_mask", "keep_probability", "drop_", "dropout", "half_bits", "bitwise_drop",
-           "clear_dropped_"]
+__all__ = ["keep_mask", "keep_masks", "keep_probability", "drop_", "dropout", "half_bits",
+           "bitwise_drop", "clear_dropped_"]
 
 
 def _code_bits(p: float) -> int:
@@ -83,6 +85,26 @@ def keep_mask(x: torch.Tensor, p: float, out: torch.Tensor | None = None,
 def bitwise_drop(x: torch.Tensor, p: float) -> bool:
     """Whether :func:`drop_` clears ``x``'s dropped elements with a bitwise AND."""
     return p == 0.5 and x.device.type == "cpu" and x.dtype in _SAME_SIZE_INT
+
+
+def keep_masks(shape: tuple[int, ...], p: float, generators: list[torch.Generator | None],
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[R, *shape]`` CPU masks of one draw per generator: entry ``r`` equals
+    ``keep_mask(torch.empty(shape, dtype=dtype), p, generator=generators[r])`` (the same
+    random words from the same stream), built by one pass for all of them."""
+    runs, n = len(generators), math.prod(shape)
+    bits = _code_bits(p)
+    out = torch.empty(runs, *shape, dtype=dtype)
+    if bits == 1:  # -1 / 0 -> 1 / 0
+        return out.copy_(torch.stack([half_bits(n, g) for g in generators])
+                         .view(out.shape)).abs_()
+    half, keep = 2 ** (bits - 1), round(keep_probability(p, out.device) * 2**bits)
+    words = torch.stack([_random_words(-(-n * bits // 64), g) for g in generators])
+    codes = words.view(torch.int8 if bits == 8 else torch.int16)[:, :n].reshape(out.shape)
+    exact = dtype in (torch.float32, torch.float64)  # integers up to 2**16 are exact
+    work = out if exact else torch.empty(out.shape, dtype=torch.float32)
+    work.copy_(codes).add_(keep - half + 1).clamp_(0.0, 1.0)
+    return out if exact else out.copy_(work)
 
 
 def drop_(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:

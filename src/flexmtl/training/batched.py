@@ -5,16 +5,14 @@ every run keeps its own :class:`~flexmtl.training.Trainer` -- its model, sampler
 folder, validation, checkpoint selection, ``last.pt``/``best.pt`` and result -- while the
 runs' parameters live stacked along a run dimension (:class:`~flexmtl.fusion.runs.RunStack`)
 and the forward, backward and Adam update of a step run once for all of them
-(:class:`StackAdam`: torch's own Adam kernel on views of the stack of each parameter's
-shape). Each run draws its batches from its own sampler and its dropout masks from its
-own random stream (a :class:`torch.Generator` started from the state its run alone would
-have at its first step, saved in its checkpoints as torch's state), so each run trains as
-it would alone: bit for bit at the experiments' shapes, within float rounding where MKL
-rounds a batched product otherwise (``tests/test_batched_runs.py``). The per-step training
-losses logged (``train_log.csv``) are batch means summed in another order and may differ
-in the last digit; validation, selection and test metrics do not. A run's result does not
-depend on the other runs of its batch. Runs with ``threads=0`` train on one thread in a
-batch (a run alone may take more for a large model).
+(:class:`StackAdam`: Adam's arithmetic on flat buffers of the stack). Each run draws its
+batches from its own sampler and its dropout masks from its own random stream (a
+:class:`torch.Generator` started from the state its run alone would have at its first
+step, saved in its checkpoints as torch's state). A run's result does not depend on the
+other runs of its batch (bit for bit), and equals the run trained alone by
+:meth:`Trainer.fit` up to float rounding (``tests/test_batched_runs.py``; see
+:mod:`flexmtl.fusion.runs`). Runs with ``threads=0`` train on one thread in a batch (a
+run alone may take more for a large model).
 
 A run that diverges (non-finite loss) stops as it would alone -- its last good
 checkpoint kept -- and leaves the batch; the others go on. Runs resumed at different steps
@@ -25,18 +23,17 @@ one).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import cast
 
 import torch
-from torch.optim.adam import adam
-from torch.optim.optimizer import _get_scalar_dtype
 
 from flexmtl.fusion.runs import RunStack, runs_batch_reason
 from flexmtl.sharing import find_cores
-from flexmtl.tasks import Task, kind_loss
+from flexmtl.tasks import Task
 from flexmtl.training import distributed
 from flexmtl.training.trainer import Trainer, TrainResult
 
@@ -199,7 +196,8 @@ class RunBatch:
         tasks = range(len(trainers[0].tasks))
         batches = [[t.draw_batch(i) for i in tasks] for t in trainers]
         for t in trainers:
-            t.model.train()
+            if not t.model.training:  # (an evaluation may leave it in eval mode)
+                t.model.train()
         outs = stack.forward([torch.stack([run[i][0] for run in batches]) for i in tasks],
                              [t.random_stream for t in trainers])
         losses = torch.stack([  # [R, T]
@@ -239,31 +237,50 @@ class RunBatch:
 
 class StackAdam:
     """Adam over a :class:`~flexmtl.fusion.runs.RunStack`, with the settings of a run's own
-    optimiser (``trainer.optimizer``: its groups' lr and weight decay, betas, eps, fused
-    or foreach). Each parameter of each run is updated by torch's functional Adam on views
-    of the stack of that parameter's own shape -- the kernel its run alone applies to the
-    same tensors, so the update is exactly the run alone's -- in one call per group for all
-    runs. ``states``: each run's optimiser state by parameter name (a resumed run's), or
-    empty ones."""
+    optimiser (``trainer.optimizer``: its groups' lr and weight decay, betas, eps).
+
+    The trainable leaves of each parameter group become views of one flat buffer, and a
+    step is Adam's arithmetic (torch's ``Adam`` formula, L2 weight decay added to the
+    gradient) on the group's flat buffers: a dozen elementwise passes for all runs. Only
+    single IEEE operations (multiply, add, divide, square root), which round alike in a
+    kernel's vectorised body and its scalar tail, so an element's update does not depend
+    on where the number of runs puts it -- a run's update is the same in any batch (torch's
+    fused kernel rounds the two parts differently). It equals the run alone's ``torch.optim.
+    Adam`` up to float rounding. The runs of a batch have taken equally many steps (a batch
+    groups runs by step): one step count per group. ``states``: each run's optimiser state
+    by parameter name (a resumed run's), or empty ones."""
 
     def __init__(self, stack: RunStack, trainer: Trainer, states: Sequence[dict]):
         self.stack = stack
         opt = trainer.optimizer
-        self.defaults = opt.defaults
+        d = self.defaults = opt.defaults
+        if d.get("amsgrad") or d.get("maximize") or d.get("decoupled_weight_decay"):
+            raise ValueError("StackAdam trains plain Adam (no amsgrad, maximize or "
+                             "decoupled weight decay)")
         named = dict(trainer.model.named_parameters())
         group_of = {id(p): i for i, g in enumerate(opt.param_groups) for p in g["params"]}
-        self.groups: list[dict] = [{"lr": g["lr"], "weight_decay": g["weight_decay"],
-                                    "keys": []} for g in opt.param_groups]
+        groups: list[dict] = [{"lr": g["lr"], "weight_decay": g["weight_decay"],
+                               "keys": []} for g in opt.param_groups]
         for key in stack.trainable():
-            self.groups[group_of[id(named[stack.member_names(key)[0]])]]["keys"].append(key)
-        self.groups = [g for g in self.groups if g["keys"]]
-        fused = bool(self.defaults.get("fused"))
-        self.exp_avg = {k: torch.zeros_like(v) for k, v in stack.trainable().items()}
-        self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in stack.trainable().items()}
-        # one step count per (run, member), as a run's own Adam keeps one per parameter
-        self.steps = {k: [torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused))
-                          for _ in stack.views(v.detach(), k)]
-                      for k, v in stack.trainable().items()}
+            groups[group_of[id(named[stack.member_names(key)[0]])]]["keys"].append(key)
+        self.groups = [g for g in groups if g["keys"]]
+        self.exp_avg: dict[str, torch.Tensor] = {}
+        self.exp_avg_sq: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for group in self.groups:
+                keys = group["keys"]
+                leaves = [stack.leaves[k] for k in keys]
+                flat = torch.cat([leaf.detach().flatten() for leaf in leaves])
+                group["flat"] = flat
+                group["avg"], group["sq"] = torch.zeros_like(flat), torch.zeros_like(flat)
+                group["step"] = 0
+                at = 0
+                for k, leaf in zip(keys, leaves):  # the leaves: views of the flat buffer
+                    n = leaf.numel()
+                    stack.leaves[k] = flat[at : at + n].view(leaf.shape).requires_grad_()
+                    self.exp_avg[k] = group["avg"][at : at + n].view(leaf.shape)
+                    self.exp_avg_sq[k] = group["sq"][at : at + n].view(leaf.shape)
+                    at += n
         self._load(states)
 
     def _members(self, key: str) -> list[tuple[int, str]]:
@@ -273,26 +290,33 @@ class StackAdam:
 
     @torch.no_grad()
     def _load(self, states: Sequence[dict]) -> None:
-        for key in self.exp_avg:
-            avg = self.stack.views(self.exp_avg[key], key)
-            sq = self.stack.views(self.exp_avg_sq[key], key)
-            for i, (r, name) in enumerate(self._members(key)):
-                state = states[r].get(name) if r < len(states) else None
-                if state:
-                    avg[i].copy_(state["exp_avg"])
-                    sq[i].copy_(state["exp_avg_sq"])
-                    self.steps[key][i].copy_(state["step"])
+        for group in self.groups:
+            counts = set()
+            for key in group["keys"]:
+                avg = self.stack.views(self.exp_avg[key], key)
+                sq = self.stack.views(self.exp_avg_sq[key], key)
+                for i, (r, name) in enumerate(self._members(key)):
+                    state = states[r].get(name) if r < len(states) else None
+                    if state:
+                        avg[i].copy_(state["exp_avg"])
+                        sq[i].copy_(state["exp_avg_sq"])
+                    counts.add(int(state["step"]) if state else 0)
+            if len(counts) > 1:
+                raise RuntimeError("the runs of a batch have taken different numbers of "
+                                   f"optimiser steps: {sorted(counts)}")
+            group["step"] = counts.pop()
 
     def run_state(self, run: int) -> dict:
         """Run ``run``'s optimiser state by parameter name, as its own Adam keeps it."""
         out = {}
-        for key in self.exp_avg:
-            avg = self.stack.views(self.exp_avg[key], key)
-            sq = self.stack.views(self.exp_avg_sq[key], key)
-            for i, (r, name) in enumerate(self._members(key)):
-                if r == run:
-                    out[name] = {"step": self.steps[key][i].clone(),
-                                 "exp_avg": avg[i].clone(), "exp_avg_sq": sq[i].clone()}
+        for group in self.groups:
+            for key in group["keys"]:
+                avg = self.stack.views(self.exp_avg[key], key)
+                sq = self.stack.views(self.exp_avg_sq[key], key)
+                for i, (r, name) in enumerate(self._members(key)):
+                    if r == run:
+                        out[name] = {"step": torch.tensor(float(group["step"])),
+                                     "exp_avg": avg[i].clone(), "exp_avg_sq": sq[i].clone()}
         return out
 
     def zero_grad(self) -> None:
@@ -301,33 +325,29 @@ class StackAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        d = self.defaults
-        leaves, view = self.stack.leaves, self.stack.views
+        beta1, beta2 = self.defaults["betas"]
+        eps = self.defaults["eps"]
+        leaves = self.stack.leaves
         for group in self.groups:
-            if group.get("lists") is None:  # the views of the parameters and state: fixed
-                keys = group["keys"]
-                group["lists"] = (
-                    [v for k in keys for v in view(leaves[k].detach(), k)],
-                    [v for k in keys for v in view(self.exp_avg[k], k)],
-                    [v for k in keys for v in view(self.exp_avg_sq[k], k)],
-                    [s for k in keys for s in self.steps[k]])
-            if any(leaves[k].grad is None for k in group["keys"]):
+            grads = [leaves[k].grad for k in group["keys"]]
+            if any(g is None for g in grads):
                 raise RuntimeError("a stacked parameter got no gradient in a joint step")
-            params, avgs, sqs, steps = group["lists"]
-            adam(params, [v for k in group["keys"]
-                          for v in view(cast(torch.Tensor, leaves[k].grad), k)],
-                 avgs, sqs, [], steps, foreach=d.get("foreach"), fused=d.get("fused"),
-                 capturable=False, differentiable=False, amsgrad=False, beta1=d["betas"][0],
-                 beta2=d["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"],
-                 eps=d["eps"], maximize=d["maximize"])
+            grad = torch.cat([cast(torch.Tensor, g).flatten() for g in grads])
+            flat, avg, sq = group["flat"], group["avg"], group["sq"]
+            if group["weight_decay"]:
+                grad.add_(flat * group["weight_decay"])
+            group["step"] += 1
+            step = group["step"]
+            avg.mul_(beta1).add_(grad * (1 - beta1))
+            sq.mul_(beta2).add_(grad.mul_(grad).mul_(1 - beta2))
+            step_size = group["lr"] / (1 - beta1**step)
+            denom = sq.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
+            flat.sub_(torch.div(avg, denom).mul_(step_size))
 
 
 def _run_losses(tasks: Sequence[Task], out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``[tasks[r].loss(out[r], y[r]) for r]`` (task ``t`` of every run; ``out`` ``[R, B,
-    ...]``) as one loss over all runs' rows where the tasks use :meth:`Task.loss`: the
-    same per-example losses (:func:`~flexmtl.tasks.kind_loss`) and batch means."""
-    if all(type(t).loss is Task.loss for t in tasks):
-        per_example = kind_loss(tasks[0].kind, out.flatten(0, 1), y.flatten(0, 1),
-                                reduction="none")
-        return per_example.reshape(len(tasks), -1).mean(1)
+    ...]``), one loss call per run: a kernel's vectorised body and its scalar tail compute
+    ``exp`` or ``log`` differently, so a loss over all runs' rows at once would give a row
+    other values when the number of runs moves it between the two."""
     return torch.stack([t.loss(o, target) for t, o, target in zip(tasks, out, y)])
