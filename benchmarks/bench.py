@@ -583,7 +583,33 @@ def time_study(args: dict, variants, repeats, log=print) -> dict:
             "all_seconds": seconds, "other_load": loads,
             "ratio": {v: statistics.median(a / b for a, b in zip(seconds[v], seconds[first]))
                       for v in variants[1:]},
-            "identical": {v: all(m == base for m in ms) for v, ms in metrics.items()}}
+            "identical": {v: all(m == base for m in ms) for v, ms in metrics.items()},
+            "max_difference": {v: max(metric_difference(m, base) for m in ms)
+                               for v, ms in metrics.items()},
+            "batched_identical": _batched_identical(metrics)}
+
+
+def metric_difference(a: dict, b: dict) -> float:
+    """The largest absolute difference of one run's test metric between two
+    :func:`run_metrics` (NaN where both are NaN counts as equal; inf when runs differ)."""
+    if a.keys() != b.keys():
+        return math.inf
+    worst = 0.0
+    for key in a:
+        if key == "runs":
+            continue
+        for x, y in zip(a[key], b[key]):
+            if not (math.isnan(x) and math.isnan(y)):
+                worst = max(worst, abs(x - y))
+    return worst
+
+
+def _batched_identical(metrics: dict) -> bool | None:
+    """Whether every repeat of every batched variant gave the same per-run test metrics
+    (a batched run does not depend on its batch or the workers); None without one."""
+    batched = [m for v, ms in metrics.items() if STUDY_VARIANTS[v].get("batch_runs", bool)()
+               for m in ms]
+    return None if not batched else all(m == batched[0] for m in batched)
 
 
 def run_metrics(results: dict) -> dict:
@@ -911,20 +937,27 @@ def _studies_markdown(rows) -> list[str]:
              "`batched`: such batches on the worker processes (the default). "
              "Scale 1/k: the studies' steps (or epochs) and eval_every divided by k. "
              "Seconds: medians; ratio: the median of the paired "
-             "ratios variant / first variant; identical: the per-run test metrics (the "
-             "tasks' own included) of every repeat of the variant equal those of the first "
-             "variant's first repeat. Other load: before each run "
-             "(the 1-minute load average less this process's own share).", "",
-             "| study | scale | runs | variant seconds | ratio | identical | other load | "
-             "measured |", "|---|---|---|---|---|---|---|---|"]
+             "ratios variant / first variant; identical: whether the per-run test metrics "
+             "(the tasks' own included) of every repeat of the variant equal those of the "
+             "first variant's first repeat, else the largest absolute difference of one; "
+             "batched alike: whether every repeat of the batched variants gave the same "
+             "per-run metrics (a run does not depend on its batch or the workers). Other "
+             "load: before each run (the 1-minute load average less this process's own "
+             "share).", "",
+             "| study | scale | runs | variant seconds | ratio | identical | batched alike | "
+             "other load | measured |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         first = r["variants"][0]
         seconds = ", ".join(f"{v} {t:.1f}" for v, t in r["seconds"].items())
         ratio = ", ".join(f"{v}/{first} {x:.2f}" for v, x in r["ratio"].items()) or "-"
-        same = ", ".join(f"{v}: {'yes' if x else 'NO'}" for v, x in r["identical"].items())
+        worst = r.get("max_difference", {})
+        same = ", ".join(f"{v}: " + ("yes" if x else f"no, max {worst[v]:.2g}" if v in worst
+                                     else "NO")
+                         for v, x in r["identical"].items())
+        alike = {None: "-", True: "yes", False: "NO"}[r.get("batched_identical")]
         load = ", ".join(f"{v} {min(x):.1f}-{max(x):.1f}" for v, x in r["other_load"].items())
         lines.append(f"| {name} | 1/{r['scale']} | {r['runs']} x {r['repeats']} | {seconds} | "
-                     f"{ratio} | {same or '-'} | {load} | {r['measured']} |")
+                     f"{ratio} | {same or '-'} | {alike} | {load} | {r['measured']} |")
     return lines
 
 

@@ -66,6 +66,9 @@ def test_variants_alternate_in_fresh_folders_and_their_runs_are_compared(
     assert calls == [1, 2, 1, 2]
     assert row["runs"] == 4  # two seeds at two sweep points
     assert row["identical"] == {"serial": True, "pool": identical}
+    assert row["max_difference"] == pytest.approx(
+        {"serial": 0.0, "pool": 0.0 if identical else 0.01})
+    assert row["batched_identical"] is None  # no batched variant ran
     assert set(row["ratio"]) == {"pool"} and len(row["all_seconds"]["pool"]) == 2
 
 
