@@ -57,7 +57,7 @@ def make_tasks(seed: int, dtype: torch.dtype = torch.float32, nan: bool = False,
 
 def make_trainer(method: str, seed: int, out: Path | None, dtype=torch.float32,
                  dropout: float = 0.5, activation: str = "relu", nan: bool = False,
-                 width: int = 6, **config) -> Trainer:
+                 width: int = 6, encoder: str = "learned", **config) -> Trainer:
     """A run as the runner makes one: seeded, its tasks, seeded again, its model."""
     seed_everything(seed)
     batch = config.get("batch_size", CONFIG["batch_size"])
@@ -65,7 +65,7 @@ def make_trainer(method: str, seed: int, out: Path | None, dtype=torch.float32,
     seed_everything(seed)
     core = make_core(method, dense_blocks(width, 3, activation), len(tasks), seed=seed,
                      dropout=dropout)
-    model = build_model(tasks, core).to(dtype)
+    model = build_model(tasks, core, encoder=encoder).to(dtype)
     return Trainer(model, tasks, {**CONFIG, "seed": seed, **config}, out_dir=out)
 
 
@@ -166,6 +166,28 @@ def test_a_run_does_not_depend_on_its_batch(method, shapes):
     (d1,), (t1,) = batched(method, (1,), None, **shapes)
     same_run(b1, r1, c1, s1)
     same_run(b1, r1, d1, t1)
+
+
+@pytest.mark.parametrize("method", ["soft", "permuted"])
+def test_frozen_encoders_are_applied_once(method, tmp_path):
+    """Frozen random encoders (mnist-pairs): the batch encodes each run's training inputs
+    once and its batches index the encodings; the runs still equal their runs alone, and
+    a run does not depend on its batch."""
+    from flexmtl.fusion.runs import RunStack
+
+    kw = dict(encoder="frozen", dtype=torch.float64)
+    trainer = make_trainer(method, 0, None, **kw)
+    trainer.setup()
+    stack = RunStack([trainer.model], [8] * 3, [t.input_shape for t in trainer.tasks])
+    assert stack.fixed_encoders() == [0, 1, 2]
+    x = trainer.train_data[1].x
+    assert torch.allclose(stack.encode(1, 0, x), trainer.model.encoders[1](x), atol=1e-12)
+    runs = [alone(method, seed, tmp_path / f"a{seed}", **kw) for seed in (0, 1)]
+    trainers, results = batched(method, (0, 1), tmp_path / "b", **kw)
+    for (a, ra), b, rb in zip(runs, trainers, results):
+        same_run(a, ra, b, rb, F64_TOLERANCE)
+    (c1,), (s1,) = batched(method, (1,), None, **kw)
+    same_run(trainers[1], results[1], c1, s1)
 
 
 def test_a_batch_resumes_and_its_runs_resume_alone(tmp_path):

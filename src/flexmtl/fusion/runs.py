@@ -30,12 +30,15 @@ experiment of the paper on vectors), and whose encoders and decoders are dense
 ``[Flatten ->] Linear [-> ReLU]`` or parameter-free; hard orderings other than parallel
 need equal batch sizes of all tasks (their run alone draws one mask over the tasks' rows
 side by side). Alike encoders (and decoders) of tasks with one batch size are stacked
-together too: one product for all of them in all runs.
+together too: one product for all of them in all runs. A frozen dense encoder (the
+mnist-pairs experiments' fixed random projections) is a fixed function of its input:
+:meth:`RunStack.encode` applies it to a run's whole training set once, and the batch's
+steps take its rows (:class:`~flexmtl.training.batched.RunBatch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, cast
 
 import torch
@@ -161,11 +164,16 @@ class _Heads:
         self._parts = [dense_parts(module) for module in self.modules]
 
     def forward(self, leaves: dict[str, torch.Tensor], prefix: str, names: dict[int, str],
-                xs: list[torch.Tensor]) -> list[torch.Tensor]:
+                xs: list[torch.Tensor], given: Collection[int] = ()) -> list[torch.Tensor]:
         """``xs[t]`` ``[R, B_t, *shape]`` -> the modules' outputs ``[R, B_t, *out]``, the
-        parameters the stack's leaves (``names``: a parameter's id -> its leaf key)."""
-        outs: list[torch.Tensor | None] = [None] * len(xs)
+        parameters the stack's leaves (``names``: a parameter's id -> its leaf key); the
+        tasks in ``given`` pass through (their ``xs`` are the modules' outputs already)."""
+        outs: list[torch.Tensor | None] = [xs[t] if t in given else None
+                                           for t in range(len(xs))]
         for tasks, stacked in self.groups:
+            tasks = [t for t in tasks if t not in given]
+            if not tasks:
+                continue
             module = self.modules[tasks[0]]
             parts = self._parts[tasks[0]]
             runs = xs[tasks[0]].shape[0]
@@ -276,13 +284,34 @@ class RunStack:
         return list(tensor.flatten(0, 1).unbind(0))
 
     # ------------------------------------------------------------------ the forward
+    def fixed_encoders(self) -> list[int]:
+        """The tasks whose encoder is a dense layer with every parameter frozen: a fixed
+        function of the input, which :meth:`encode` can apply to a whole data set once."""
+        return [t for t, parts in enumerate(self.encoders._parts)
+                if parts is not None and not any(
+                    p.requires_grad for p in self.encoders.modules[t].parameters())]
+
+    @torch.no_grad()
+    def encode(self, task: int, run: int, x: torch.Tensor) -> torch.Tensor:
+        """Run ``run``'s encoder of ``task`` (one of :meth:`fixed_encoders`) on the rows of
+        ``x`` ``[N, *shape]`` -> ``[N, *out]``, by the stack's own product for one run (the
+        same values whatever the number of runs)."""
+        flatten, layer, tail = cast("tuple", self.encoders._parts[task])
+        w = self.leaves[self._names[id(layer.weight)]][run : run + 1]
+        b = (None if layer.bias is None
+             else self.leaves[self._names[id(layer.bias)]][run : run + 1])
+        y = _products((x.flatten(1) if flatten else x).unsqueeze(0), w.transpose(1, 2), b)[0]
+        return y.relu_() if tail else y
+
     def forward(self, xs: Sequence[torch.Tensor],
-                streams: Sequence[torch.Generator | None]) -> list[torch.Tensor]:
+                streams: Sequence[torch.Generator | None],
+                encoded: Collection[int] = ()) -> list[torch.Tensor]:
         """A joint training step of every task of every run in one pass: ``xs[t]``
         ``[R, B_t, *shape]`` (task ``t``'s batch of each run) -> ``[R, B_t, *out]``, row
         ``r`` equal to ``models[r](xs[t][r], t)``. Run ``r`` draws its dropout masks from
-        ``streams[r]`` (None: torch's default generator)."""
-        hs = self.encoders.forward(self.leaves, "encoders.", self._names, list(xs))
+        ``streams[r]`` (None: torch's default generator). For the tasks in ``encoded``,
+        ``xs[t]`` is the encoder's output already (:meth:`encode`)."""
+        hs = self.encoders.forward(self.leaves, "encoders.", self._names, list(xs), encoded)
         counts = [h.shape[1] for h in hs]
         h = _core_runs([m.core for m in self.models], self.leaves, torch.cat(hs, 1), counts,
                        list(streams))

@@ -145,6 +145,12 @@ class RunBatch:
         sizes = [min(first.config.batch_size, len(t.train)) for t in first.tasks]
         stack = RunStack([t.model for t in trainers], sizes,
                          [t.input_shape for t in first.tasks])
+        # a frozen dense encoder is a fixed function: each run's training inputs encoded
+        # once (its batches then index the encodings), not every step
+        encoded = {t: [stack.encode(t, r, cast(torch.Tensor, trainer.train_data[t].x))
+                       for r, trainer in enumerate(trainers)]
+                   for t in stack.fixed_encoders()
+                   if all(torch.is_tensor(trainer.train_data[t].x) for trainer in trainers)}
         named = [dict(t.model.named_parameters()) for t in trainers]
         optimizer = StackAdam(stack, first, [
             {n: t.optimizer.state[p] for n, p in named[r].items() if p in t.optimizer.state}
@@ -175,7 +181,8 @@ class RunBatch:
                         still.append(r)
                 active = still
                 if active:
-                    self._step(stack, optimizer, trainers, active, named, outcomes)
+                    self._step(stack, optimizer, trainers, active, named, outcomes,
+                               encoded)
         finally:
             for r in begun:
                 trainers[r]._end_fit()
@@ -189,17 +196,26 @@ class RunBatch:
 
     def _step(self, stack: RunStack, optimizer: StackAdam,
               trainers: list[Trainer], active: list[int], named: list[dict],
-              outcomes: list) -> None:
+              outcomes: list, encoded: dict[int, list[torch.Tensor]] | None = None) -> None:
         """One joint step of every run (the stack trains them all; the runs in ``active``
         are logged, evaluated and checkpointed); a run that fails gets its exception in
-        ``outcomes`` (:meth:`_fit_group` then ends it)."""
+        ``outcomes`` (:meth:`_fit_group` then ends it). ``encoded``: each run's training
+        inputs of a task with a fixed encoder, encoded (:meth:`RunStack.encode`)."""
         tasks = range(len(trainers[0].tasks))
-        batches = [[t.draw_batch(i) for i in tasks] for t in trainers]
+        encoded = encoded or {}
+
+        def draw(r: int, t: Trainer, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if i not in encoded:
+                return t.draw_batch(i)
+            idx = t.draw_indices(i)  # the same rows as draw_batch draws
+            return encoded[i][r].index_select(0, idx), t.train_data[i].y.index_select(0, idx)
+
+        batches = [[draw(r, t, i) for i in tasks] for r, t in enumerate(trainers)]
         for t in trainers:
             if not t.model.training:  # (an evaluation may leave it in eval mode)
                 t.model.train()
         outs = stack.forward([torch.stack([run[i][0] for run in batches]) for i in tasks],
-                             [t.random_stream for t in trainers])
+                             [t.random_stream for t in trainers], encoded)
         losses = torch.stack([  # [R, T]
             _run_losses([t.tasks[i] for t in trainers], outs[i],
                         torch.stack([run[i][1] for run in batches])) for i in tasks], 1)

@@ -320,10 +320,15 @@ class Trainer(Checkpointing):
     def _to_device(self, split: Split) -> Split:
         return Split(split.x.to(self.device), split.y.to(self.device))
 
+    def draw_indices(self, task: int) -> torch.Tensor:
+        """The rows of the task's training set in this rank's piece of its next (global)
+        batch, on the device (what :meth:`draw_batch` draws)."""
+        self.setup()
+        return distributed.shard(self.sampler.next(task)).to(self.device)
+
     def draw_batch(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's piece of the task's next (global) batch, on the device."""
-        self.setup()
-        idx = distributed.shard(self.sampler.next(task)).to(self.device)
+        idx = self.draw_indices(task)
         data = self.train_data[task]
         augment = self.tasks[task].augment
         # index_select: the same rows as data.x[idx], several times faster on the CPU
