@@ -137,13 +137,12 @@ def runs_batch_reason(models: Sequence[nn.Module], batch_sizes: Sequence[int]) -
 
 
 class _Heads:
-    """The encoders (or decoders) of the tasks, run for all runs as a run alone runs them
-    (:func:`~flexmtl.fusion.dense.stacked_groups`): the tasks whose dense modules a run
-    alone stacks into one batched product are one group, whose product here covers every
-    run (``[R*G, B, in]``: the same product per matrix); a module a run alone calls by
-    itself is called per run here too (the same ``F.linear``); a parameter-free module runs
-    on the rows of all runs at once. ``shapes``: each task's per-example input shape;
-    ``batch_sizes``: its batch size."""
+    """The encoders (or decoders) of the tasks, run for all runs at once: the tasks whose
+    dense modules are alike (:func:`~flexmtl.fusion.dense.stacked_groups`' rule) are one
+    group, one product over every run and task (``[R*G, B, in]``); a module of its own is
+    one product over the runs (``[R, B, in]``); a parameter-free module runs on the rows of
+    all runs at once. ``shapes``: each task's per-example input shape; ``batch_sizes``: its
+    batch size."""
 
     def __init__(self, modules: Sequence[nn.Module], shapes: Sequence[tuple],
                  batch_sizes: Sequence[int], dtype: torch.dtype):
