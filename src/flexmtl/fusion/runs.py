@@ -13,7 +13,8 @@ the stack.
 Two promises, held by ``tests/test_batched_runs.py``:
 
 * a run's values do not depend on its batch: the same bit for bit beside any other runs,
-  at any place, or in a batch of one. Every kernel used gives each run's slice the same
+  at any place, or in a batch of one (checked on one thread, as a study's workers train;
+  several threads split large elementwise kernels by size). Every kernel used gives each run's slice the same
   values whatever the number of runs: ``bmm`` does except for a product with a
   dimension of 1, which :func:`_products` pads; elementwise kernels on all runs' rows
   (a vectorised body and a scalar tail, which round ``exp``, ``log`` or fused
