@@ -14,12 +14,12 @@ Two promises, held by ``tests/test_batched_runs.py``:
 
 * a run's values do not depend on its batch: the same bit for bit beside any other runs,
   at any place, or in a batch of one (checked on one thread, as a study's workers train;
-  several threads split large elementwise kernels by size). Every kernel used gives each run's slice the same
-  values whatever the number of runs: ``bmm`` does except for a product with a
-  dimension of 1, which :func:`_products` pads; elementwise kernels on all runs' rows
-  (a vectorised body and a scalar tail, which round ``exp``, ``log`` or fused
-  multiply-adds differently) only where each element is one IEEE operation -- the
-  losses are computed run by run, and Adam is written out (``StackAdam``);
+  several threads split large elementwise kernels by size). Every kernel used gives each
+  run's slice the same values whatever the number of runs: ``bmm`` does except for a
+  product with a dimension of 1, which :func:`_products` pads; elementwise kernels on all
+  runs' rows (a vectorised body and a scalar tail, which round ``exp``, ``log`` or fused
+  multiply-adds differently) only where each element is one IEEE operation -- the losses
+  are computed run by run, and Adam is written out (``StackAdam``);
 * a run equals the same run trained alone by :meth:`~flexmtl.training.Trainer.fit` up
   to float rounding: the same functions, other kernels (measured after 12 steps: float64
   parameters within 3e-16, float32 within 3e-7).
