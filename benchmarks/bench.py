@@ -32,7 +32,8 @@ Two more modes time other things, with tables of their own in the same results f
 * ``--study`` -- whole studies as users run them (``run_experiment``: the README's main job,
   Fig. 4a at the quick protocol, four-mnists), run by each variant in turn (``serial``;
   ``pool``, once ``run_experiment`` takes ``jobs``; a new variant is one entry of
-  ``STUDY_VARIANTS``), checking that every variant's runs give the same test metrics.
+  ``STUDY_VARIANTS``), comparing every variant's per-run test metrics with the first
+  variant's (the largest difference) and the batched variants' with each other.
 
 Usage::
 
