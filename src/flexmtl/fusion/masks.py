@@ -68,18 +68,8 @@ def keep_mask(x: torch.Tensor, p: float, out: torch.Tensor | None = None,
     if x.device.type != "cpu":
         return out.copy_(torch.rand(out.shape, generator=generator, device=out.device,
                                     dtype=out.dtype) >= p)
-    bits = _code_bits(p)
-    n = x.numel()
-    if bits == 1:  # -1 / 0 -> 1 / 0
-        return out.copy_(half_bits(n, generator).view(x.shape)).abs_()
-    half, keep = 2 ** (bits - 1), round(keep_probability(p, x.device) * 2**bits)
-    words = _random_words(-(-n * bits // 64), generator)
-    codes = words.view(torch.int8 if bits == 8 else torch.int16)[:n].view(x.shape)
-    # codes are uniform integers in [-half, half): keep the top ``keep`` of them
-    exact = out.dtype in (torch.float32, torch.float64)  # integers up to 2**16 are exact
-    work = out if exact else torch.empty(out.shape, dtype=torch.float32)
-    work.copy_(codes).add_(keep - half + 1).clamp_(0.0, 1.0)
-    return out if exact else out.copy_(work)
+    keep_masks(tuple(x.shape), p, [generator], out.dtype, out=out.unsqueeze(0))
+    return out
 
 
 def bitwise_drop(x: torch.Tensor, p: float) -> bool:
@@ -88,20 +78,23 @@ def bitwise_drop(x: torch.Tensor, p: float) -> bool:
 
 
 def keep_masks(shape: tuple[int, ...], p: float, generators: list[torch.Generator | None],
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``[R, *shape]`` CPU masks of one draw per generator: entry ``r`` equals
-    ``keep_mask(torch.empty(shape, dtype=dtype), p, generator=generators[r])`` (the same
-    random words from the same stream), built by one pass for all of them."""
+               dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """``[R, *shape]`` CPU masks of one draw per generator (written into ``out`` when
+    given): entry ``r`` is :func:`keep_mask` of a tensor of ``shape`` drawn from
+    ``generators[r]``, built by one pass for all of them (:func:`keep_mask` is this for
+    one generator)."""
     runs, n = len(generators), math.prod(shape)
     bits = _code_bits(p)
-    out = torch.empty(runs, *shape, dtype=dtype)
+    out = torch.empty(runs, *shape, dtype=dtype) if out is None else out
     if bits == 1:  # -1 / 0 -> 1 / 0
         return out.copy_(torch.stack([half_bits(n, g) for g in generators])
                          .view(out.shape)).abs_()
     half, keep = 2 ** (bits - 1), round(keep_probability(p, out.device) * 2**bits)
     words = torch.stack([_random_words(-(-n * bits // 64), g) for g in generators])
     codes = words.view(torch.int8 if bits == 8 else torch.int16)[:, :n].reshape(out.shape)
-    exact = dtype in (torch.float32, torch.float64)  # integers up to 2**16 are exact
+    # codes are uniform integers in [-half, half): keep the top ``keep`` of them
+    exact = out.dtype in (torch.float32, torch.float64)  # integers up to 2**16 are exact
     work = out if exact else torch.empty(out.shape, dtype=torch.float32)
     work.copy_(codes).add_(keep - half + 1).clamp_(0.0, 1.0)
     return out if exact else out.copy_(work)
