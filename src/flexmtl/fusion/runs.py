@@ -388,15 +388,6 @@ def _products(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None = Non
     return y if n != 1 else y[..., :1]
 
 
-def _linear_runs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-                 ) -> torch.Tensor:
-    """``F.linear(h[r], weight[r], bias[r])`` of every run ``r`` as one batched product
-    (``bmm`` gives each run the same values whatever the number of runs). Not
-    differentiable: for the hand-written kernels."""
-    wt = weight.transpose(1, 2)
-    return torch.bmm(h, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, wt)
-
-
 class _GatherBlocks(torch.autograd.Function):
     """``[params.flatten(0, 1)[i] for i in index]``: each depth's blocks, gathered from a
     leaf ``[R, K, ...]`` by flat indices ``r * K + block``. The backward sums the gradients
@@ -458,7 +449,7 @@ class RunsDenseSoftOrder(torch.autograd.Function):
                  and n * width * _code_bits(p) % 64 == 0 else None)  # [R, D, ...]
         inputs, acts, masks = [], [], []
         for k, s in enumerate(scales):
-            z = _linear_runs(h, weight, bias)
+            z = _products(h, weight.transpose(1, 2), bias)
             if relu:
                 z.relu_()
             if bits is not None:

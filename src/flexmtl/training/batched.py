@@ -299,24 +299,27 @@ class StackAdam:
                     at += n
         self._load(states)
 
-    def _members(self, key: str) -> list[tuple[int, str]]:
-        """(run, parameter name) of each view of the leaf ``key``, in :meth:`views` order."""
-        names = self.stack.member_names(key)
-        return [(r, n) for r in range(self.stack.runs) for n in names]
+    def _members(self, group: dict):
+        """``(run, parameter name, exp_avg view, exp_avg_sq view)`` of every parameter of
+        every run in ``group``, each view of the parameter's own shape."""
+        for key in group["keys"]:
+            avg = self.stack.views(self.exp_avg[key], key)
+            sq = self.stack.views(self.exp_avg_sq[key], key)
+            names = self.stack.member_names(key)
+            members = [(r, n) for r in range(self.stack.runs) for n in names]
+            for (r, name), a, s in zip(members, avg, sq):
+                yield r, name, a, s
 
     @torch.no_grad()
     def _load(self, states: Sequence[dict]) -> None:
         for group in self.groups:
             counts = set()
-            for key in group["keys"]:
-                avg = self.stack.views(self.exp_avg[key], key)
-                sq = self.stack.views(self.exp_avg_sq[key], key)
-                for i, (r, name) in enumerate(self._members(key)):
-                    state = states[r].get(name) if r < len(states) else None
-                    if state:
-                        avg[i].copy_(state["exp_avg"])
-                        sq[i].copy_(state["exp_avg_sq"])
-                    counts.add(int(state["step"]) if state else 0)
+            for r, name, avg, sq in self._members(group):
+                state = states[r].get(name) if r < len(states) else None
+                if state:
+                    avg.copy_(state["exp_avg"])
+                    sq.copy_(state["exp_avg_sq"])
+                counts.add(int(state["step"]) if state else 0)
             if len(counts) > 1:
                 raise RuntimeError("the runs of a batch have taken different numbers of "
                                    f"optimiser steps: {sorted(counts)}")
@@ -324,16 +327,10 @@ class StackAdam:
 
     def run_state(self, run: int) -> dict:
         """Run ``run``'s optimiser state by parameter name, as its own Adam keeps it."""
-        out = {}
-        for group in self.groups:
-            for key in group["keys"]:
-                avg = self.stack.views(self.exp_avg[key], key)
-                sq = self.stack.views(self.exp_avg_sq[key], key)
-                for i, (r, name) in enumerate(self._members(key)):
-                    if r == run:
-                        out[name] = {"step": torch.tensor(float(group["step"])),
-                                     "exp_avg": avg[i].clone(), "exp_avg_sq": sq[i].clone()}
-        return out
+        return {name: {"step": torch.tensor(float(group["step"])), "exp_avg": avg.clone(),
+                       "exp_avg_sq": sq.clone()}
+                for group in self.groups for r, name, avg, sq in self._members(group)
+                if r == run}
 
     def zero_grad(self) -> None:
         for leaf in self.stack.trainable().values():
