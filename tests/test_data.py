@@ -381,6 +381,39 @@ def test_exact_builtin_sets(tmp_path, name):
     _check_scaled(data, *shape)
 
 
+@pytest.mark.parametrize("loader", sorted(uci._SKLEARN_FILES))
+def test_sklearn_csv_read_equals_the_loader(loader):
+    """The sets read from scikit-learn's csv files without importing it are the loader's."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    read = uci._read_sklearn_csv(loader)
+    assert read is not None
+    bunch = getattr(datasets, loader)()
+    np.testing.assert_array_equal(read[0], bunch.data.astype(np.float64))
+    np.testing.assert_array_equal(read[1], np.asarray(bunch.target_names)[bunch.target])
+
+
+def test_sklearn_csv_falls_back_where_the_file_is_unexpected(tmp_path, monkeypatch):
+    """A csv file not laid out as scikit-learn writes it is not read by hand (None: the
+    loader reads it)."""
+    import importlib.machinery
+    import importlib.util
+
+    data = tmp_path / "sklearn" / "datasets" / "data"
+    data.mkdir(parents=True)
+    spec = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path / "sklearn")]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    assert uci._read_sklearn_csv("load_iris") is None  # no file
+    (data / "iris.csv").write_text("3,2,a,b\n1,2,0\n3,4,1\n")  # 2 rows, header says 3
+    assert uci._read_sklearn_csv("load_iris") is None
+    (data / "iris.csv").write_text("2,2,a,b\n1,2,0\n3,4,2\n")  # class index 2 of 2 names
+    assert uci._read_sklearn_csv("load_iris") is None
+    (data / "iris.csv").write_text("2,2,a,b\n1,2,0\n3,4,1\n")
+    x, labels = uci._read_sklearn_csv("load_iris")
+    assert x.tolist() == [[1, 2], [3, 4]] and labels.tolist() == ["a", "b"]
+    assert uci._read_sklearn_csv("load_digits") is None  # not one of the three
+
+
 STAND_INS = {
     "australian": "ionosphere.arff",
     "ecoli": "glass.arff",

@@ -325,11 +325,50 @@ def _read_text(path: Path, fmt: _TextFormat, num_features: int) -> tuple[np.ndar
     return np.array(rows, dtype=np.float64), np.array(labels)
 
 
+#: the csv file in scikit-learn's ``datasets/data`` that each loader reads
+_SKLEARN_FILES = {"load_breast_cancer": "breast_cancer.csv", "load_iris": "iris.csv",
+                  "load_wine": "wine_data.csv"}
+
+
 def _read_sklearn(loader: str) -> tuple[np.ndarray, np.ndarray]:
+    """A scikit-learn bundled set: x and its labels as class-name strings.
+
+    Read straight from the package's csv file when it has the layout scikit-learn's loader
+    reads (a header ``rows,features,class names...``, then rows of features and a class
+    index), which spares every process that loads it the seconds of importing scikit-learn;
+    otherwise through the loader itself. Both give the same arrays (tested)."""
+    read = _read_sklearn_csv(loader)
+    if read is not None:
+        return read
     import sklearn.datasets
 
     bunch = getattr(sklearn.datasets, loader)()
     return bunch.data.astype(np.float64), np.asarray(bunch.target_names)[bunch.target]
+
+
+def _read_sklearn_csv(loader: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``loader``'s csv file read without importing scikit-learn, or None where the file is
+    not found or not laid out as expected."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if loader not in _SKLEARN_FILES or spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    try:
+        with open(path / _SKLEARN_FILES[loader], encoding="utf-8") as f:
+            header = f.readline().strip().split(",")
+            rows, features, names = int(header[0]), int(header[1]), header[2:]
+            data = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
+    except (OSError, ValueError, IndexError):
+        return None
+    if data.shape != (rows, features + 1) or not names:
+        return None
+    target = data[:, -1]
+    index = target.astype(np.int64)
+    if (index != target).any() or index.min() < 0 or index.max() >= len(names):
+        return None
+    return data[:, :-1].copy(), np.asarray(names)[index]
 
 
 def _read_arff(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
