@@ -302,3 +302,26 @@ def test_runs_are_grouped_where_their_model_batches():
     assert run_groups(runs, 4, True) == [runs[:2], runs[2:3], runs[3:5], runs[5:]]
     assert run_groups(runs, 1, True) == [runs[:3], runs[3:]]
     assert run_groups(runs, 2, False) == [[run] for run in runs]
+
+
+def test_the_longest_groups_start_first():
+    """The probe estimates a run's time from timed steps (the main process's torch threads
+    unchanged) and orders groups longest first: more runs, or slower steps, first."""
+    from flexmtl.experiments import get_experiment
+    from flexmtl.runner import _Probe
+
+    exp = get_experiment("random-tasks")
+    cfg = exp.resolve_config(None, {"n": 16, "m": 8, "steps": 40})
+    probe = _Probe(exp, [(None, cfg)])
+    threads = torch.get_num_threads()
+    seconds = probe.run_seconds(0, "soft")
+    assert torch.get_num_threads() == threads
+    assert seconds > 0 and probe.run_seconds(0, "soft") == seconds  # probed once
+    probe._seconds.update({(0, "soft"): 3.0, (0, "parallel"): 1.0, (0, "permuted"): 1.25})
+    soft, parallel, permuted = ([(0, m, s) for s in range(3)]
+                                for m in ("soft", "parallel", "permuted"))
+    groups = [parallel[:1], permuted[:2], soft[:1], parallel[1:]]
+    assert probe.longest_first(groups) == [soft[:1], permuted[:2], parallel[1:],
+                                           parallel[:1]]
+    assert probe.longest_first([parallel[:1], parallel[1:2]]) == [parallel[:1],
+                                                                  parallel[1:2]]  # ties kept

@@ -180,13 +180,15 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
             for seed in range(seeds)]
     points = [(None, dict(cfg)) if key is None else ((key, value), {**cfg, key: value})
               for value in values]
-    # whether a method's runs batch: probed once per (point, method), when first asked
-    batchable = _batchable(exp, points)
-    if _in_process(where, folder, points, plan, batch_runs, batchable):
-        by_run = _run_here(exp, folder, points, plan, progress, log, batch_runs, batchable)
+    # whether a method's runs batch and how long they take: probed once per (point,
+    # method), when first asked
+    probe = _Probe(exp, points)
+    if _in_process(where, folder, points, plan, batch_runs, probe.batchable):
+        by_run = _run_here(exp, folder, points, plan, progress, log, batch_runs,
+                           probe.batchable)
     else:
         by_run = _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs,
-                                batchable)
+                                probe)
 
     point_results = []
     stale: list[tuple[TrainingRun, dict]] = []  # finished runs reused that ran other code
@@ -256,30 +258,68 @@ def run_groups(runs: Sequence[tuple[int, str, int]], jobs: int | None, batch_run
     return groups + singles
 
 
-def _batchable(exp: Experiment, points) -> Callable[[int, str], bool]:
-    """Whether the runs of ``method`` at point ``i`` can train as one batch: a method of
-    the orderings whose model (built here once, for seed 0, and cached) and training
-    settings :func:`~flexmtl.training.batched.batch_reason` accepts."""
-    from flexmtl.sharing.methods import METHODS
-    from flexmtl.training.batched import batch_reason
+class _Probe:
+    """What the runner learns of the runs of ``method`` at point ``i`` from their model, built
+    here once for seed 0 when first asked: whether they can train as one batch, and how long
+    one training step of a run takes."""
 
-    known: dict[tuple[int, str], bool] = {}
+    #: a step's time is the fastest of this many steps after one that warms up, or of as
+    #: many as fit in :attr:`TIMING_SECONDS`
+    TIMED_STEPS = 3
+    TIMING_SECONDS = 0.5
 
-    def batchable(i: int, method: str) -> bool:
-        if (i, method) not in known:
+    def __init__(self, exp: Experiment, points) -> None:
+        self.exp, self.points = exp, points
+        self._batchable: dict[tuple[int, str], bool] = {}
+        self._seconds: dict[tuple[int, str], float] = {}
+
+    def _trainer(self, i: int, method: str) -> Trainer:
+        cfg = self.points[i][1]
+        seed_everything(0)
+        tasks = self.exp.build_tasks(cfg, 0)
+        seed_everything(0)
+        model = self.exp.build_model(method, tasks, cfg, 0)
+        return Trainer(model, tasks, self.exp.train_config(cfg, 0, False))
+
+    def batchable(self, i: int, method: str) -> bool:
+        """A method of the orderings whose model and training settings
+        :func:`~flexmtl.training.batched.batch_reason` accepts."""
+        from flexmtl.sharing.methods import METHODS
+        from flexmtl.training.batched import batch_reason
+
+        if (i, method) not in self._batchable:
             ok = METHODS.get(method).family == "ordering"
             if ok:
-                cfg = points[i][1]
-                seed_everything(0)
-                tasks = exp.build_tasks(cfg, 0)
-                seed_everything(0)
-                model = exp.build_model(method, tasks, cfg, 0)
-                ok = batch_reason([Trainer(model, tasks, exp.train_config(cfg, 0, False))]) \
-                    is None
-            known[i, method] = ok
-        return known[i, method]
+                ok = batch_reason([self._trainer(i, method)]) is None
+            self._batchable[i, method] = ok
+        return self._batchable[i, method]
 
-    return batchable
+    def run_seconds(self, i: int, method: str) -> float:
+        """The expected training time of one run alone: its steps times the fastest of a
+        few timed steps in this process (its torch threads restored after)."""
+        if (i, method) not in self._seconds:
+            threads = torch.get_num_threads()
+            trainer = self._trainer(i, method)
+            try:
+                trainer.train_step()  # warms up
+                times: list[float] = []
+                while len(times) < self.TIMED_STEPS and sum(times) < self.TIMING_SECONDS:
+                    start = time.perf_counter()
+                    trainer.train_step()
+                    times.append(time.perf_counter() - start)
+            finally:
+                trainer.close()
+                torch.set_num_threads(threads)
+            self._seconds[i, method] = trainer.config.steps * min(times)
+        return self._seconds[i, method]
+
+    def longest_first(self, groups: list[list[tuple[int, str, int]]]
+                      ) -> list[list[tuple[int, str, int]]]:
+        """``groups`` ordered by their expected training time (runs x
+        :meth:`run_seconds`), longest first, so that the last to start are short ones and
+        the workers finish close together (the longest-processing-time rule); ties keep
+        their order."""
+        return sorted(groups, key=lambda group: -len(group) * self.run_seconds(*group[0][:2]))
 
 
 def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool,
@@ -310,10 +350,12 @@ def _run_here(exp, folder, points, plan, progress, log, batch_runs: bool,
     return {run: results[run] for run in plan}
 
 
-def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: bool = True,
-                   batchable: Callable[[int, str], bool] = lambda i, method: False) -> dict:
+def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: bool,
+                   probe: _Probe) -> dict:
     """Reuse the finished runs here and hand the others to the executor (``where``), with a
-    bar of the study's finished runs; their results by ``(point index, method, seed)``."""
+    bar of the study's finished runs; their results by ``(point index, method, seed)``.
+    Where there are more groups of runs than the local workers, the longest start first
+    (:meth:`_Probe.longest_first`)."""
     from tqdm.auto import tqdm
 
     results = {}
@@ -328,8 +370,10 @@ def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: 
             left.append((i, method, seed))
     executor, jobs, address = where
     # the label of each group of runs to train (one batch, or one run)
-    calls = {_group_label(group, points): group
-             for group in run_groups(left, jobs, batch_runs, batchable)}
+    groups = run_groups(left, jobs, batch_runs, probe.batchable)
+    if executor == "local" and len(groups) > worker_count(jobs, len(groups)):
+        groups = probe.longest_first(groups)
+    calls = {_group_label(group, points): group for group in groups}
     bar = tqdm(total=len(plan), initial=len(results), disable=not progress, unit="run",
                desc=f"{exp.name} runs", dynamic_ncols=True)
 
