@@ -33,7 +33,12 @@ Two more modes time other things, with tables of their own in the same results f
   Fig. 4a at the quick protocol, four-mnists), run by each variant in turn (``serial``;
   ``pool``, once ``run_experiment`` takes ``jobs``; a new variant is one entry of
   ``STUDY_VARIANTS``), comparing every variant's per-run test metrics with the first
-  variant's (the largest difference) and the batched variants' with each other.
+  variant's (the largest difference) and the batched variants' with each other;
+* ``--batch-scaling`` -- the training of a study's seeds as one batch of R runs
+  (``train_runs``, one process, one thread), for several R alternating: the seconds per run
+  at each R, fitted as ``a / R + b`` (a: the cost a batch pays once, b: each run's own), and
+  what that bounds: batching makes a run at most ``T(1) / b`` times faster, however many
+  runs share a batch.
 
 Usage::
 
@@ -43,6 +48,7 @@ Usage::
     python benchmarks/bench.py --only four-mnists --repeats 3 --merge   # update some rows
     python benchmarks/bench.py --threads-crossover --steps 36 --busy 0,0.5,1,2 --quiet-wait 900
     python benchmarks/bench.py --study uci --study-scale 10   # steps / 10: a quicker look
+    python benchmarks/bench.py --batch-scaling uci:soft,uci:parallel --batch-sizes 1,2,4,8
 
 Results are written as ``benchmarks/results/<machine>.json`` and ``.md``.
 """
@@ -631,6 +637,56 @@ def run_metrics(results: dict) -> dict:
     return out
 
 
+#: ``--batch-scaling``'s studies: (experiment, its overrides) by name
+SCALING_STUDIES = {"uci": ("uci", {}), "mnist-pairs": ("mnist-pairs", {})}
+
+
+def batch_scaling(name: str, method: str, sizes, steps: int, repeats: int,
+                  log=print) -> dict:
+    """Seconds per run of ``method``'s seeds trained as one batch of R runs for each R of
+    ``sizes`` (``train_runs``, fresh folders, this process on one thread; ``steps`` steps,
+    0: the study's own, and its eval_every), the sizes alternating in each repeat; medians, the fit
+    ``seconds per run = a / R + b`` (least squares over every measurement) and what it
+    bounds: ``T(1) / b``, the most a run can gain from batching with any R."""
+    from flexmtl.runner import train_runs
+
+    experiment, overrides = SCALING_STUDIES[name]
+    cfg = get_experiment(experiment).resolve_config(overrides=overrides)
+    steps = steps or cfg["steps"]
+    cfg = {**cfg, "steps": steps}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    per_run: dict = {r: [] for r in sizes}
+    loads: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # a batch of one first: data and imports
+            train_runs(experiment, method, [0], {**cfg, "steps": 2}, [tmp + "/warm"])
+        for _ in range(repeats):
+            for r in sizes:
+                loads.append(other_load())
+                with tempfile.TemporaryDirectory() as tmp:
+                    t0 = time.perf_counter()
+                    train_runs(experiment, method, list(range(r)), cfg,
+                               [f"{tmp}/{seed}" for seed in range(r)])
+                    per_run[r].append((time.perf_counter() - t0) / r)
+                log(f"  {name} {method} R={r}: {per_run[r][-1]:.2f} s per run (other load "
+                    f"{loads[-1]:.1f})", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    x = np.array([1 / r for r in sizes for _ in per_run[r]])
+    y = np.array([t for r in sizes for t in per_run[r]])
+    a, b = np.polyfit(x, y, 1)
+    median = {r: statistics.median(t) for r, t in per_run.items()}
+    first = median[min(sizes)] if min(sizes) == 1 else float(a + b)
+    return {"study": name, "method": method, "steps": steps, "repeats": repeats,
+            "seconds_per_run": {str(r): t for r, t in median.items()},
+            "all_seconds_per_run": {str(r): t for r, t in per_run.items()},
+            "batch_cost": float(a), "run_cost": float(b),
+            "batching_bound": float(first / b) if b > 0 else math.inf,
+            "other_load": [min(loads), max(loads)], "platform": platform.platform(),
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
 def _quiet(_message: str) -> None:
     pass
 
@@ -676,6 +732,12 @@ def main(argv=None):
     p.add_argument("--variants", default=",".join(STUDY_VARIANTS),
                    help="study variants, the first the baseline; those that this "
                         "run_experiment cannot run are left out")
+    p.add_argument("--batch-scaling", help="instead: time batches of R runs of these "
+                   "study:method pairs (comma-separated; studies: "
+                   + ", ".join(SCALING_STUDIES) + ")")
+    p.add_argument("--batch-sizes", default="1,2,4,8", help="the R of --batch-scaling")
+    p.add_argument("--scaling-steps", type=int, default=0,
+                   help="training steps of each --batch-scaling batch (0: the study's)")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     p.add_argument("--memory", help=argparse.SUPPRESS)  # internal: CONFIG:fused|reference
@@ -705,9 +767,9 @@ def main(argv=None):
     # a mode replaces its own tables: the step benchmark keeps only the others' (and with
     # --merge its other rows and main job), the others keep everything else
     # ("machine": that of the step benchmark; the other tables name their own platform)
-    steps = not (args.threads_crossover or args.study)
+    steps = not (args.threads_crossover or args.study or args.batch_scaling)
     report = {k: v for k, v in previous.items()
-              if not steps or k in ("threads_crossover", "studies")}
+              if not steps or k in ("threads_crossover", "studies", "batch_scaling")}
     if steps or "machine" not in report:
         report["machine"] = machine(args.device)
     if args.threads_crossover:
@@ -723,6 +785,8 @@ def main(argv=None):
                                        "crossover": crossover_points(rows)}
     elif args.study:
         report["studies"] = study_report(args, previous.get("studies", {}))
+    elif args.batch_scaling:
+        report["batch_scaling"] = scaling_report(args, previous.get("batch_scaling", []))
     else:
         report = {**report, **step_report(args, names, previous)}
     report = {key: report[key] for key in REPORT_KEYS if key in report}
@@ -734,7 +798,7 @@ def main(argv=None):
 
 #: the tables of a results file, in order
 REPORT_KEYS = ("machine", "matmul_peak_gflops", "results", "main_job_seconds",
-               "main_job_measured", "threads_crossover", "studies")
+               "main_job_measured", "threads_crossover", "studies", "batch_scaling")
 
 
 def machine(device: str) -> dict:
@@ -767,6 +831,25 @@ def study_report(args, previous: dict) -> dict:
                       "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       **time_study(study, variants, args.study_repeats)}
     return {name: rows[name] for name in STUDY_NAMES if name in rows}
+
+
+def scaling_report(args, previous: list) -> list:
+    """The batch-scaling table: each ``study:method`` of ``--batch-scaling`` timed by
+    :func:`batch_scaling`, the other pairs' rows of ``previous`` kept."""
+    sizes = [int(r) for r in args.batch_sizes.split(",")]
+    if len(set(sizes)) < 2 or min(sizes) < 1:
+        raise SystemExit(f"--batch-sizes {args.batch_sizes!r}: give two or more sizes >= 1")
+    pairs = [pair.split(":") for pair in args.batch_scaling.split(",")]
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] not in SCALING_STUDIES:
+            raise SystemExit(f"--batch-scaling {':'.join(pair)!r}: give STUDY:METHOD, "
+                             f"STUDY one of {', '.join(SCALING_STUDIES)}")
+    rows = [r for r in previous if [r["study"], r["method"]] not in pairs]
+    for study, method in pairs:
+        print(f"{study} {method}: batches of {sizes} runs, {args.scaling_steps} steps",
+              flush=True)
+        rows.append(batch_scaling(study, method, sizes, args.scaling_steps, args.repeats))
+    return rows
 
 
 def step_report(args, names, previous: dict) -> dict:
@@ -848,7 +931,29 @@ def markdown(report) -> str:
         lines += _crossover_markdown(report["threads_crossover"])
     if "studies" in report:
         lines += _studies_markdown(report["studies"])
+    if "batch_scaling" in report:
+        lines += _scaling_markdown(report["batch_scaling"])
     return "\n".join(lines) + "\n"
+
+
+def _scaling_markdown(rows: list) -> list[str]:
+    lines = ["", "## Batch scaling", "",
+             "`python benchmarks/bench.py --batch-scaling`: a method's seeds trained as one "
+             "batch of R runs (`flexmtl.runner.train_runs`: `RunBatch`, with its evaluations, "
+             "logs and checkpoints), in one process on one thread, the sizes alternating. "
+             "Seconds per run: medians; a, b: the least-squares fit seconds per run = a / R + "
+             "b (a: paid once per batch, b: by each run); bound: T(1) / b (T(1): a batch of "
+             "one), the most batching can speed a run up with any R. A study on c cores "
+             "gains at most c times that (less its own start-up, probe and plots).", "",
+             "| study | method | steps | seconds per run by R | a | b | bound | other load | "
+             "measured |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        per = ", ".join(f"{k}: {v:.2f}" for k, v in r["seconds_per_run"].items())
+        lines.append(f"| {r['study']} | {r['method']} | {r['steps']} x {r['repeats']} | {per} "
+                     f"| {r['batch_cost']:.2f} | {r['run_cost']:.2f} | "
+                     f"{r['batching_bound']:.2f}x | {r['other_load'][0]:.1f}-"
+                     f"{r['other_load'][1]:.1f} | {r['measured']} |")
+    return lines
 
 
 def _steps_markdown(report) -> list[str]:

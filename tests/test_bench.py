@@ -88,3 +88,28 @@ def test_studies_are_scaled_from_their_own_protocols(bench):
     assert fig4a["overrides"] == {"steps": 500, "eval_every": 25}
     assert studies["four-mnists"]["overrides"]["epochs"] == pytest.approx(1.0)
     assert studies["uci"]["overrides"] == {"steps": 150, "eval_every": 5}
+
+
+def test_batch_scaling_fits_what_a_batch_and_each_run_cost(bench, monkeypatch):
+    """A stand-in train_runs that takes a + b * R seconds of a stand-in clock: the fit finds
+    a and b, and the bound is T(1) / b; the sizes alternate and each batch trains its own
+    seeds in fresh folders."""
+    import flexmtl.runner
+
+    clock = [0.0]
+    calls = []
+
+    def fake_train_runs(experiment, method, seeds, config, run_dirs, *args, **kwargs):
+        assert len(run_dirs) == len(seeds) == len(set(run_dirs))
+        calls.append(len(seeds))
+        clock[0] += 3.0 + 0.5 * len(seeds)
+
+    monkeypatch.setattr(flexmtl.runner, "train_runs", fake_train_runs)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    row = bench.batch_scaling("uci", "soft", [1, 2, 4], 10, 2, log=lambda *a, **k: None)
+    assert calls == [1, 1, 2, 4, 1, 2, 4]  # a warm-up batch of one, then alternating
+    assert row["seconds_per_run"] == {"1": 3.5, "2": 2.0, "4": 1.25}
+    assert row["batch_cost"] == pytest.approx(3.0) and row["run_cost"] == pytest.approx(0.5)
+    assert row["batching_bound"] == pytest.approx(7.0)
+    assert "| uci | soft | 10 x 2 | 1: 3.50, 2: 2.00, 4: 1.25 | 3.00 | 0.50 | 7.00x |" in \
+        "\n".join(bench._scaling_markdown([row]))
