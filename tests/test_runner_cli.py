@@ -60,8 +60,10 @@ def check_summary(summary: dict, n: int) -> None:
 
 
 def check_results(results: dict, out: Path, experiment: str, methods: list[str],
-                  tasks: list[str], seeds: int, point_dir: Path | None = None) -> None:
-    """The documented results.json structure, every number traced back to the runs."""
+                  tasks: list[str], seeds: int, point_dir: Path | None = None,
+                  split: str = "test") -> None:
+    """The documented results.json structure, every number traced back to the runs (their
+    ``split``: test, or val where the tasks have no test split)."""
     point_dir = point_dir or out
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))  # what was returned was written
@@ -70,29 +72,29 @@ def check_results(results: dict, out: Path, experiment: str, methods: list[str],
     assert list(results["methods"]) == methods
     for method, entry in results["methods"].items():
         metrics = entry["metrics"]
-        assert {"test_loss", "test_accuracy"} <= set(metrics)
-        check_summary(metrics["test_loss"], seeds)
-        check_summary(metrics["test_accuracy"], seeds)
+        assert {f"{split}_loss", f"{split}_accuracy"} <= set(metrics)
+        check_summary(metrics[f"{split}_loss"], seeds)
+        check_summary(metrics[f"{split}_accuracy"], seeds)
         assert sorted(entry["per_task"]) == sorted(tasks)
         for task in tasks:
-            assert set(entry["per_task"][task]) == {"test_loss", "test_accuracy"}
-            check_summary(entry["per_task"][task]["test_loss"], seeds)
-            check_summary(entry["per_task"][task]["test_accuracy"], seeds)
+            assert set(entry["per_task"][task]) == {f"{split}_loss", f"{split}_accuracy"}
+            check_summary(entry["per_task"][task][f"{split}_loss"], seeds)
+            check_summary(entry["per_task"][task][f"{split}_accuracy"], seeds)
         for seed in range(seeds):
             run = json.loads((point_dir / method / f"seed-{seed}" / "result.json").read_text())
             assert (run["method"], run["seed"]) == (method, seed)
-            assert metrics["test_loss"]["values"][seed] == pytest.approx(run["test"]["loss"])
-            assert metrics["test_accuracy"]["values"][seed] == pytest.approx(
-                run["test"]["accuracy"])
-            # test loss is the sum over tasks, test accuracy the mean over tasks
+            assert metrics[f"{split}_loss"]["values"][seed] == pytest.approx(run[split]["loss"])
+            assert metrics[f"{split}_accuracy"]["values"][seed] == pytest.approx(
+                run[split]["accuracy"])
+            # the loss is the sum over tasks, the accuracy the mean over tasks
             per_task = entry["per_task"]
-            assert metrics["test_loss"]["values"][seed] == pytest.approx(
-                sum(per_task[t]["test_loss"]["values"][seed] for t in tasks))
-            assert metrics["test_accuracy"]["values"][seed] == pytest.approx(
-                sum(per_task[t]["test_accuracy"]["values"][seed] for t in tasks) / len(tasks))
+            assert metrics[f"{split}_loss"]["values"][seed] == pytest.approx(
+                sum(per_task[t][f"{split}_loss"]["values"][seed] for t in tasks))
+            assert metrics[f"{split}_accuracy"]["values"][seed] == pytest.approx(
+                sum(per_task[t][f"{split}_accuracy"]["values"][seed] for t in tasks) / len(tasks))
             for t in tasks:
-                assert 0.0 <= per_task[t]["test_accuracy"]["values"][seed] <= 1.0
-                assert per_task[t]["test_loss"]["values"][seed] >= 0.0
+                assert 0.0 <= per_task[t][f"{split}_accuracy"]["values"][seed] <= 1.0
+                assert per_task[t][f"{split}_loss"]["values"][seed] >= 0.0
 
 
 def check_run_folder(run_dir: Path, steps: int, eval_steps: list[int], seed: int) -> dict:
@@ -181,8 +183,46 @@ def test_uci_iris_wine_all_methods(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     monkeypatch.setenv("FLEXMTL_DATA", str(tmp_path / "no-data"))  # no original UCI files
     out = tmp_path / "uci"
+    lines = []
     results = run_experiment("uci", seeds=2, steps=10, out_dir=out,
                              overrides=["tasks=iris,wine", "width=8", "eval_every=5"],
+                             progress=False, plots=False, log=lines.append, floors=True)
+    methods = ["single", "parallel", "permuted", "soft"]
+    # the paper's protocol: one fixed 80/20 train/validation split, no test split
+    check_results(results, out, "uci", methods, ["iris", "wine"], 2, split="val")
+    assert not any(k.startswith("test_") for e in results["methods"].values()
+                   for k in e["metrics"])
+    table = format_table(results)
+    assert "val loss (sum)" in table and "test loss" not in table
+    assert "no test split" in table
+    assert any(": val loss " in line for line in lines)  # each run's line says which split
+    # the floors: seed 0's splits, on the validation split, the mean over the two tasks
+    floors = json.loads((out / "floors.json").read_text())
+    scored = floors["points"][0]["seeds"]
+    assert list(scored) == ["0"] and {t["split"] for t in scored["0"].values()} == {"val"}
+    majority = sum(t["majority"] for t in scored["0"].values()) / 2
+    assert results["floors"]["majority"]["mean"] == pytest.approx(majority)
+    assert 0 < results["floors"]["logistic"]["mean"] <= 1
+    assert any(line.startswith("reference floors on the same splits (val accuracy")
+               for line in lines)
+    val_sizes = {}
+    for name in ("iris", "wine"):
+        n = len(load_uci(name).x)
+        val_sizes[name] = len(split_indices(n, (0.8, 0.2, 0.0), 0)[1])
+    assert val_sizes == {"iris": 30, "wine": 36}
+    for entry in results["methods"].values():
+        for name, size in val_sizes.items():
+            for acc in entry["per_task"][name]["val_accuracy"]["values"]:
+                assert acc * size == pytest.approx(round(acc * size), abs=1e-9)
+
+
+def test_uci_test_fraction_holds_out_an_extra_test_split(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.setenv("FLEXMTL_DATA", str(tmp_path / "no-data"))  # no original UCI files
+    out = tmp_path / "uci"
+    results = run_experiment("uci", seeds=2, steps=10, out_dir=out,
+                             overrides=["tasks=iris,wine", "width=8", "eval_every=5",
+                                        "test_fraction=0.2"],
                              progress=False, plots=False, log=quiet)
     methods = ["single", "parallel", "permuted", "soft"]
     check_results(results, out, "uci", methods, ["iris", "wine"], 2)

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="run only the configured point")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--no-plots", action="store_true", help="skip plotting at the end")
+    run.add_argument("--no-floors", action="store_true",
+                     help="skip the reference floors (majority class, logistic regression on "
+                          "the same splits; they need scikit-learn)")
     run.add_argument("--device", type=_device, metavar="{cpu,cuda,cuda:N,auto}",
                      help="train on cpu or cuda (auto: cuda when present); default: the "
                           "config's device key (cpu). Under torchrun each process takes "
@@ -271,6 +274,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         sweep=sweep,
         progress=not args.no_progress,
         plots=not args.no_plots,
+        floors=not args.no_floors,
         restart=args.restart,
         **_executor_options(args),
     )

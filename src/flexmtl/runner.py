@@ -74,6 +74,7 @@ def run_experiment(
     executor: Executor = "local",
     address: str | None = None,
     batch_runs: bool = True,
+    floors: bool = False,
 ) -> dict:
     """Run ``methods`` of experiment ``name`` for ``seeds`` seeds; return the results dict.
 
@@ -100,6 +101,11 @@ def run_experiment(
     result) where the model allows it (:func:`~flexmtl.training.batched.batch_reason`),
     else one by one; each run's result equals the run alone up to float rounding. False
     (``--no-batch-runs``) trains every run by itself.
+
+    ``floors`` (the CLI's default; ``--no-floors``): also score trivial models on the same
+    splits (:mod:`flexmtl.analysis.floors`: the majority class and a logistic regression,
+    with scikit-learn), written to the folder's ``floors.json``, the primary point's mean
+    over tasks in the results' ``floors`` and under the table.
     """
     exp = get_experiment(name)
     methods = exp.check_methods(_method_names(methods) or exp.default_methods
@@ -144,7 +150,8 @@ def run_experiment(
         distributed.on_main(_write_or_check_manifest, folder, manifest)
         distributed.on_main(_check_runs, planned)
         return _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values,
-                           progress, plots, log, (executor, jobs, address), batch_runs)
+                           progress, plots, log, (executor, jobs, address), batch_runs,
+                           floors)
     finally:
         lock.release()
 
@@ -168,7 +175,7 @@ def _method_names(methods: object) -> list[str] | None:
 
 def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, progress,
                 plots, log, where: tuple[Executor, int | None, str | None],
-                batch_runs: bool = True) -> dict:
+                batch_runs: bool = True, floors: bool = False) -> dict:
     log(f"{name}: {exp.paper}; methods {', '.join(methods)}; {seeds} seed(s); run folder "
         f"{folder.path}")
     for note in exp.notes:
@@ -207,8 +214,23 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
         log(_stale_warning(folder, stale))
     results = _results(exp, manifest, point_results, time.perf_counter() - start)
     results["stale_runs"] = [_relative(run.path, folder.path) for run, _ in stale]
+    if floors:
+        results["floors"] = distributed.on_main(_floors, folder, results, log)
     distributed.on_main(_write_results, folder, results, log, plots)
     return results
+
+
+def _floors(folder: ExperimentFolder, results: dict, log) -> dict | None:
+    """The reference floors of the study's first seed (``floors.json``, computed where
+    missing; ``flexmtl reproduce`` adds the other seeds') at its primary point: per floor,
+    the mean over tasks' accuracy (mean ± CI over the seeds scored)."""
+    from flexmtl.reproduction.report import floors_entry, write_floors
+
+    rows = floors_entry(write_floors(folder, log, seeds=results["seeds"][:1]))
+    sweep = results.get("sweep")
+    primary = None if sweep is None else sweep["primary"]
+    row = next((r for r in rows if r["value"] == primary), None)
+    return None if row is None else {k: row[k] for k in ("majority", "logistic") if k in row}
 
 
 def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool = False,
@@ -450,6 +472,14 @@ def _stale_warning(folder: ExperimentFolder, stale: list[tuple[TrainingRun, dict
 def _write_results(out: ExperimentFolder, results: dict, log, plots: bool) -> None:
     out.write_results(results)
     log(format_table(results))
+    if results.get("floors"):
+        split = "test" if any(k.startswith("test_") for e in results["methods"].values()
+                              for k in e["metrics"]) else "val"
+        log(f"reference floors on the same splits ({split} accuracy, mean over tasks): "
+            + ", ".join(f"{name} {format_mean_ci(results['floors'][key])}"
+                        for key, name in (("majority", "majority class"),
+                                          ("logistic", "logistic regression"))
+                        if key in results["floors"]))
     if plots:
         _plot(out.path, log)
 
@@ -720,10 +750,11 @@ def _finished_line(method: str, seed: int, result: dict,
                    point: tuple[str, Any] | None = None) -> str:
     """The line printed when a run has trained: its test loss and accuracy (validation
     ones where it has no test split), best step and training time."""
-    test = result["test"] if result["test"]["tasks"] else result["val"]
-    accuracy = "" if math.isnan(test["accuracy"]) else f" accuracy {test['accuracy']:.4f}"
+    split = _reported_split(result)
+    metrics = result[split]
+    accuracy = "" if math.isnan(metrics["accuracy"]) else f" accuracy {metrics['accuracy']:.4f}"
     at = "" if point is None else f" ({point[0]}={point[1]})"
-    return (f"  {method:>9} seed {seed}{at}: test loss {test['loss']:.4f}{accuracy} "
+    return (f"  {method:>9} seed {seed}{at}: {split} loss {metrics['loss']:.4f}{accuracy} "
             f"(best step {result['best_step']}, {result['seconds']:.1f}s)")
 
 
@@ -750,16 +781,23 @@ def _aggregate(runs: dict[str, list[dict]]) -> dict:
         for key in results[0].get("analysis", {}):
             metrics[key] = summarize([r["analysis"][key] for r in results])
         per_task: dict[str, dict] = {}
-        for name in results[0]["test"]["tasks"]:
+        split = _reported_split(results[0])
+        for name in results[0][split]["tasks"]:
             per_task[name] = {}
             for key in ("loss", "accuracy"):
-                summary = _summary([r["test"]["tasks"][name][key] for r in results], seeds)
+                summary = _summary([r[split]["tasks"][name][key] for r in results], seeds)
                 if summary is not None:
-                    per_task[name][f"test_{key}"] = summary
+                    per_task[name][f"{split}_{key}"] = summary
         out[method] = {"metrics": metrics, "per_task": per_task,
                        "seeds": [r["seed"] for r in results],
                        "best_steps": [r["best_step"] for r in results]}
     return out
+
+
+def _reported_split(result: dict) -> str:
+    """The split a run's results are reported on: ``test``, or ``val`` for tasks without a
+    test split (e.g. the UCI protocol: one fixed train/validation split)."""
+    return "test" if result["test"]["tasks"] else "val"
 
 
 def _summary(values: list, seeds: list[int]) -> dict | None:
@@ -803,7 +841,9 @@ def _results(exp, manifest, points, seconds) -> dict:
 def format_table(results: dict) -> str:
     """A text table of mean ± 95% CI per method (and sweep value).
 
-    Columns: test loss, test accuracy, and any analysis metric of the experiment.
+    Columns: test loss, test accuracy, and any analysis metric of the experiment; where no
+    run has a test split, the validation loss and accuracy instead (of the checkpoint they
+    selected, which the table says).
     """
     lines = []
     sweep = results.get("sweep")
@@ -812,7 +852,11 @@ def format_table(results: dict) -> str:
     standard = {"test_loss", "test_accuracy", "val_loss", "val_accuracy", "train_seconds"}
     extra = list(dict.fromkeys(k for _, methods in blocks for e in methods.values()
                                for k in e["metrics"] if k not in standard))
-    columns = [("test_loss", "test loss (sum)"), ("test_accuracy", "test accuracy (mean)")]
+    tested = any(k.startswith("test_") for _, methods in blocks for e in methods.values()
+                 for k in e["metrics"])
+    split = "test" if tested else "val"
+    columns = [(f"{split}_loss", f"{split} loss (sum)"),
+               (f"{split}_accuracy", f"{split} accuracy (mean)")]
     columns += [(k, k.replace("_", " ")) for k in extra]
     header = f"{'method':>14}" + "".join(f"  {title:>22}" for _, title in columns)
     for label, methods in blocks:
@@ -826,6 +870,9 @@ def format_table(results: dict) -> str:
             lines.append(f"{method:>14}" + "".join(f"  {c:>22}" for c in cells))
     n = len(results["seeds"])
     lines.append(f"(mean ± 95% CI over {n} seed(s))" if n > 1 else "(one seed: no interval)")
+    if not tested:
+        lines.append("(no test split: the validation split's loss and accuracy at the "
+                     "checkpoint selected on that split)")
     return "\n".join(lines)
 
 

@@ -213,12 +213,14 @@ def _manifest_points(manifest: dict) -> list[tuple[Any, dict]]:
     return [(value, {**cfg, sweep["key"]: value}) for value in sweep["values"]]
 
 
-def write_floors(folder: ExperimentFolder, log: Callable[[str], None] = print) -> dict | None:
+def write_floors(folder: ExperimentFolder, log: Callable[[str], None] = print,
+                 seeds: Sequence[int] | None = None) -> dict | None:
     """Compute the reference floors (:func:`flexmtl.analysis.floors.reference_floors`) of
-    every sweep value and seed of a finished study folder, on the tasks the runner built
-    (``exp.build_tasks(cfg, seed)`` after ``seed_everything(seed)``), into its
-    ``floors.json``; those already there are kept. None (said in ``log``) when they cannot be
-    computed here (no manifest, scikit-learn missing)."""
+    every sweep value and seed (or those of ``seeds`` among them) of a finished study
+    folder, on the tasks the runner built (``exp.build_tasks(cfg, seed)`` after
+    ``seed_everything(seed)``), into its ``floors.json``; those already there are kept.
+    None (said in ``log``) when they cannot be computed here (no manifest, scikit-learn
+    missing)."""
     from flexmtl.analysis import floors as floors_mod
     from flexmtl.experiments import get_experiment
     from flexmtl.training import seed_everything
@@ -237,14 +239,16 @@ def write_floors(folder: ExperimentFolder, log: Callable[[str], None] = print) -
             for p in old.get("points") or [] for seed, tasks in (p.get("seeds") or {}).items()}
     points = []
     for value, cfg in _manifest_points(manifest):
-        seeds = {}
+        scored = {}
         for seed in manifest["seeds"]:
             key = (json.dumps(value), str(seed))
+            if key not in done and seeds is not None and seed not in seeds:
+                continue
             if key not in done:
                 seed_everything(seed)
                 done[key] = floors_mod.reference_floors(exp.build_tasks(cfg, seed))
-            seeds[str(seed)] = done[key]
-        points.append({"value": value, "seeds": seeds})
+            scored[str(seed)] = done[key]
+        points.append({"value": value, "seeds": scored})
     data = {"protocol": (f"majority class of the train split; sklearn LogisticRegression("
                          f"max_iter={floors_mod.MAX_ITER}, random_state={floors_mod.SEED}) on "
                          f"flattened inputs, train subsampled to at most "
