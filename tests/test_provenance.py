@@ -242,7 +242,12 @@ def test_per_seed_runs_and_floors_of_a_sweep(tmp_path):
     assert [p["value"] for p in floors["points"]] == [8, 16]
     rows = report_mod.floors_entry(folder.read_floors())
     assert [(r["key"], r["value"], r["seeds"]) for r in rows] == [("n", 8, 1), ("n", 16, 1)]
+    assert {r["split"] for r in rows} == {"test"}
     line = report_mod._provenance_lines({"floors": rows})[0]
     assert line.startswith("Reference floors on the same splits: n=8: majority class ")
+    assert "(test accuracy, mean over tasks" in line
+    val_rows = [{**r, "split": "val"} for r in rows]  # tasks without a test split
+    assert "(validation accuracy, mean over tasks" in \
+        report_mod._provenance_lines({"floors": val_rows})[0]
     folder.clear()  # --restart: the floors go with the runs
     assert folder.read_floors() is None

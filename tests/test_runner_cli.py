@@ -203,6 +203,7 @@ def test_uci_iris_wine_all_methods(tmp_path, monkeypatch):
     majority = sum(t["majority"] for t in scored["0"].values()) / 2
     assert results["floors"]["majority"]["mean"] == pytest.approx(majority)
     assert 0 < results["floors"]["logistic"]["mean"] <= 1
+    assert results["floors"]["split"] == "val"
     assert any(line.startswith("reference floors on the same splits (val accuracy")
                for line in lines)
     val_sizes = {}

@@ -230,7 +230,8 @@ def _floors(folder: ExperimentFolder, results: dict, log) -> dict | None:
     sweep = results.get("sweep")
     primary = None if sweep is None else sweep["primary"]
     row = next((r for r in rows if r["value"] == primary), None)
-    return None if row is None else {k: row[k] for k in ("majority", "logistic") if k in row}
+    return None if row is None else {k: row[k] for k in ("majority", "logistic", "split")
+                                     if k in row}
 
 
 def _in_process(where, folder: ExperimentFolder, points, plan, batch_runs: bool = False,
@@ -473,8 +474,7 @@ def _write_results(out: ExperimentFolder, results: dict, log, plots: bool) -> No
     out.write_results(results)
     log(format_table(results))
     if results.get("floors"):
-        split = "test" if any(k.startswith("test_") for e in results["methods"].values()
-                              for k in e["metrics"]) else "val"
+        split = results["floors"].get("split", "test")
         log(f"reference floors on the same splits ({split} accuracy, mean over tasks): "
             + ", ".join(f"{name} {format_mean_ci(results['floors'][key])}"
                         for key, name in (("majority", "majority class"),

@@ -280,6 +280,9 @@ def floors_entry(floors: dict | None) -> list[dict]:
                         if "note" in t})
         if notes:
             row["notes"] = notes
+        splits = {t.get("split", "test") for tasks in seeds.values() for t in tasks.values()
+                  if "majority" in t}
+        row["split"] = splits.pop() if len(splits) == 1 else "test or val"
         if "majority" in row:
             out.append(row)
     return out
@@ -710,7 +713,10 @@ def _provenance_lines(e: dict) -> list[str]:
             return (f"{point}majority class {fmt(row.get('majority'))}, logistic regression "
                     f"{fmt(row.get('logistic'))}")
         notes = sorted({n for row in floors for n in row.get("notes") or []})
+        splits = sorted({row.get("split", "test") for row in floors})
+        split = ("validation" if splits == ["val"] else splits[0] if len(splits) == 1
+                 else "test or validation")
         lines += ["Reference floors on the same splits: " + "; ".join(one(r) for r in floors)
-                  + " (test accuracy, mean over tasks" + (f"; {'; '.join(notes)}" if notes
-                                                          else "") + ").", ""]
+                  + f" ({split} accuracy, mean over tasks" + (f"; {'; '.join(notes)}" if notes
+                                                              else "") + ").", ""]
     return lines
