@@ -436,8 +436,11 @@ def _assess_fig5b(run: StudyRun) -> Assessment:
 
 
 def _tasks(run: StudyRun) -> list[dict]:
-    """The tasks (names, notes, data info) recorded by the first finished soft run."""
-    seeds = seed_dirs(ExperimentFolder(run.run_dir).method_dir("soft"))
+    """The tasks (names, notes, data info) recorded by the first finished soft run (of the
+    first sweep point, for a sweep)."""
+    sweep = run.results.get("sweep")
+    point = (sweep["key"], sweep["points"][0]["value"]) if sweep else None
+    seeds = seed_dirs(ExperimentFolder(run.run_dir).method_dir("soft", point))
     if not seeds:
         return []
     return (TrainingRun(seeds[0]).read_result() or {}).get("tasks") or []
