@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from data_fixtures import write_omniglot
+from torch import nn
 
 from flexmtl.data import mnist, omniglot
 from flexmtl.data.mnist import ImageData
@@ -139,6 +140,13 @@ def test_clusters_leave_one_out_tasks_and_embedding_analysis(tiny_images, tmp_pa
         assert int(t.train.y.max()) <= 8
     model = exp.build_model("gumbel-budget", tasks, cfg, 0)
     assert [layer.num_components for layer in model.core.routed_layers] == [16, 16, 16]
+    # as the Omniglot network (Sec. V-B): GroupNorm + ReLU after the stem and every routed
+    # layer, shared by all tasks
+    layers = list(model.core.layers)
+    after = [layers[i + 1] for i, layer in enumerate(layers)
+             if isinstance(layer, (RoutedLayer, nn.Conv2d))]
+    assert len(after) == 4 and all(
+        [type(m) for m in block] == [nn.GroupNorm, nn.ReLU] for block in after)
     model.eval()
     assert model(tasks[0].test.x[:2], 0).shape == (2, 9)
     # embeddings equal within clusters and different across: the analysis recovers them

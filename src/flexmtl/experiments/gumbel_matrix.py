@@ -357,10 +357,13 @@ def _cluster_tasks(cfg: dict, seed: int) -> list[Task]:
 
 def _cluster_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
     """Sec. V-C: 1x1 stem conv to 8 channels, 3 routed layers x 16 components (8 conv 3x3,
-    8 conv 5x5, GroupNorm, stride 2), linear heads."""
+    8 conv 5x5, GroupNorm, stride 2), linear heads. "We follow the setup described in
+    Section V-B with respect to the use of padding, GroupNorm and ReLU": GroupNorm + ReLU
+    after the stem and after every routed layer, as in the Omniglot network."""
     c, T = cfg["channels"], len(tasks)
     layers: list[nn.Module | list[nn.Module]] = [nn.Conv2d(3, c, 1), post_layer_norm(c)]
-    layers += [cluster_components(c, stride=2) for _ in range(cfg["layers"])]
+    for _ in range(cfg["layers"]):
+        layers += [cluster_components(c, stride=2), post_layer_norm(c)]
     layers.append(nn.Flatten())
     core = allocation_core(method, layers, T, (3, 32, 32), cfg)
     encoders = [GreyToRGB() if t.input_shape[0] == 1 else nn.Identity() for t in tasks]

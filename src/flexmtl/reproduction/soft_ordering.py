@@ -507,7 +507,7 @@ register_study(Study(
 
 #: scale learning rates of the ablation: 1e-9 keeps the scales at their uniform start (a
 #: soft ordering that only averages the layers), 1e-3 is the model's (the default)
-SCALE_LRS = (1e-9, 1e-3, 1e-2, 1e-1)
+SCALE_LRS = (1e-9, 1e-3, 1e-2, 1e-1, 1.0)
 FROZEN_LR, DEFAULT_LR = SCALE_LRS[0], SCALE_LRS[1]
 
 SCALES_BEST = Claim("at its best scale learning rate (the lowest mean combined validation "
