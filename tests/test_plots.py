@@ -135,6 +135,25 @@ def test_plot_run_with_sweep(tmp_path):
         _check_png(p)
 
 
+def test_plot_run_with_sweep_and_no_test_split(tmp_path, monkeypatch):
+    """Tasks without a test split (the UCI protocol): the sweep plot shows the validation
+    split's metric, as the runner's table does."""
+    import flexmtl.analysis.plots as plots_mod
+
+    run = _make_run(tmp_path / "run", ("dropout", [0, 1]))
+    results = json.loads((run / "results.json").read_text())
+    for point in results["sweep"]["points"]:
+        for entry in point["methods"].values():
+            entry["metrics"] = {"val_accuracy": entry["metrics"]["test_accuracy"]}
+    (run / "results.json").write_text(json.dumps(results))
+    drawn = []
+    original = plots_mod.plot_sweep
+    monkeypatch.setattr(plots_mod, "plot_sweep", lambda r, out, metric: drawn.append(metric)
+                        or original(r, out, metric))
+    paths = plot_run(run)
+    assert drawn == ["val_accuracy"] and "sweep.png" in [p.name for p in paths]
+
+
 def test_plot_run_without_results_json_uses_method_folders(tmp_path):
     run = _make_run(tmp_path / "run", None)
     (run / "results.json").unlink()

@@ -744,7 +744,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
     results = _read_json(ExperimentFolder(run_dir).results) or {}
     points = (results.get("sweep") or {}).get("points") or []
-    for metric in ("test_accuracy", "test_loss"):
+    # the test split's metric, or the validation split's where the tasks have none (the
+    # UCI protocol), as the runner's table reports them
+    for metric in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
         if any(metric in (m.get("metrics") or {}) for p in points
                for m in (p.get("methods") or {}).values()):
             written.append(plot_sweep(results, out / PlotNames.SWEEP, metric))
