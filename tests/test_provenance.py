@@ -251,3 +251,26 @@ def test_per_seed_runs_and_floors_of_a_sweep(tmp_path):
         report_mod._provenance_lines({"floors": val_rows})[0]
     folder.clear()  # --restart: the floors go with the runs
     assert folder.read_floors() is None
+
+
+def test_floors_are_scored_once_per_distinct_data(tmp_path, monkeypatch):
+    """Seeds whose tasks hold the same data (the UCI split is fixed across seeds) share one
+    scoring of each task; the floors equal those scored seed by seed."""
+    pytest.importorskip("sklearn")
+    monkeypatch.setenv("FLEXMTL_DATA", str(tmp_path / "no-data"))
+    out = tmp_path / "uci"
+    run_experiment("uci", seeds=2, steps=2, out_dir=out, progress=False, plots=False,
+                   log=_quiet, overrides=["tasks=iris,wine", "width=8", "eval_every=2"])
+    scored = []
+    original = floors_mod._task_floors
+    monkeypatch.setattr(floors_mod, "_task_floors",
+                        lambda task, *a: scored.append(task.name) or original(task, *a))
+    floors = report_mod.write_floors(ExperimentFolder(out), log=_quiet)
+    assert scored == ["iris", "wine"]  # not once per seed
+    by_seed = floors["points"][0]["seeds"]
+    assert list(by_seed) == ["0", "1"] and by_seed["0"] == by_seed["1"]
+    from flexmtl.experiments import get_experiment
+
+    exp = get_experiment("uci")
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert by_seed["1"] == floors_mod.reference_floors(exp.build_tasks(cfg, 1))

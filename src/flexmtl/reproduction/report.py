@@ -234,21 +234,22 @@ def write_floors(folder: ExperimentFolder, log: Callable[[str], None] = print,
         log("reference floors skipped: install scikit-learn (pip install 'flexmtl[data]')")
         return None
     exp = get_experiment(manifest["experiment"])
+    scored: dict[tuple, dict] = {}  # a task's floors by its data: seeds and points share them
     old = folder.read_floors() or {}
     done = {(json.dumps(p.get("value")), str(seed)): tasks
             for p in old.get("points") or [] for seed, tasks in (p.get("seeds") or {}).items()}
     points = []
     for value, cfg in _manifest_points(manifest):
-        scored = {}
+        by_seed = {}
         for seed in manifest["seeds"]:
             key = (json.dumps(value), str(seed))
             if key not in done and seeds is not None and seed not in seeds:
                 continue
             if key not in done:
                 seed_everything(seed)
-                done[key] = floors_mod.reference_floors(exp.build_tasks(cfg, seed))
-            scored[str(seed)] = done[key]
-        points.append({"value": value, "seeds": scored})
+                done[key] = _reference_floors(exp.build_tasks(cfg, seed), scored)
+            by_seed[str(seed)] = done[key]
+        points.append({"value": value, "seeds": by_seed})
     data = {"protocol": (f"majority class of the train split; sklearn LogisticRegression("
                          f"max_iter={floors_mod.MAX_ITER}, random_state={floors_mod.SEED}) on "
                          f"flattened inputs, train subsampled to at most "
@@ -259,6 +260,30 @@ def write_floors(folder: ExperimentFolder, log: Callable[[str], None] = print,
     if data != old:
         folder.write_floors(data)
     return data
+
+
+def _reference_floors(tasks: list, scored: dict[tuple, dict]) -> dict[str, dict]:
+    """:func:`flexmtl.analysis.floors.reference_floors` of ``tasks``, each in-memory task's
+    taken from ``scored`` when a task of the same data (kind and every split's bytes) was
+    scored before, and added to it otherwise; tasks with inputs read from files are scored
+    together, as they share their reads."""
+    from flexmtl.analysis import floors as floors_mod
+    from flexmtl.tasks import LazyInputs
+    from flexmtl.training.fingerprint import data_digest
+
+    splits = [(t, [s for s in (t.train, t.val, t.test) if s is not None]) for t in tasks]
+    if any(isinstance(s.x, LazyInputs) for _, ss in splits for s in ss):
+        return floors_mod.reference_floors(tasks)
+    out = {}
+    for task, _ in splits:
+        key = (task.kind, task.soft_targets, task.num_outputs,
+               *((None,) if s is None else (data_digest(s.x), data_digest(s.y))
+                 for s in (task.train, task.val, task.test)))
+        if key not in scored:
+            scored[key] = floors_mod.reference_floors([task]).get(task.name, {})
+        if scored[key]:
+            out[task.name] = scored[key]
+    return out
 
 
 def floors_entry(floors: dict | None) -> list[dict]:
