@@ -481,7 +481,9 @@ register_study(Study(
             "checkpoint): dropout rate is read in Keras semantics (that share of units "
             "dropped), and the loss of every method rises after its minimum. The ablation "
             "so-fig5b-dropout runs the same comparison under the other reading of the paper's "
-            "dropout rate: the share of units kept rather than dropped. Sets marked "
+            "dropout rate: the share of units kept rather than dropped, and at lower rates; "
+            "so-fig5b-scales measures why soft ordering then loses (its scales' learning "
+            "rate), and so-fig4a-scales repeats that on MNIST digit pairs. Sets marked "
             "STAND-IN are not on this machine: `flexmtl data fetch uci --allow-unverified` puts "
             "the originals where the loader looks, and then `flexmtl reproduce --only so-fig5b` "
             "runs on the paper's sets."),
