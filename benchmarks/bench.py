@@ -849,8 +849,8 @@ def scaling_report(args, previous: list) -> list:
                              f"STUDY one of {', '.join(SCALING_STUDIES)}")
     rows = [r for r in previous if [r["study"], r["method"]] not in pairs]
     for study, method in pairs:
-        print(f"{study} {method}: batches of {sizes} runs, {args.scaling_steps} steps",
-              flush=True)
+        length = f"{args.scaling_steps} steps" if args.scaling_steps else "the study's steps"
+        print(f"{study} {method}: batches of {sizes} runs, {length}", flush=True)
         rows.append(batch_scaling(study, method, sizes, args.scaling_steps, args.repeats))
     return rows
 

@@ -271,11 +271,11 @@ def _reference_floors(tasks: list, scored: dict[tuple, dict]) -> dict[str, dict]
     from flexmtl.tasks import LazyInputs
     from flexmtl.training.fingerprint import data_digest
 
-    splits = [(t, [s for s in (t.train, t.val, t.test) if s is not None]) for t in tasks]
-    if any(isinstance(s.x, LazyInputs) for _, ss in splits for s in ss):
+    if any(isinstance(s.x, LazyInputs) for t in tasks for s in (t.train, t.val, t.test)
+           if s is not None):
         return floors_mod.reference_floors(tasks)
     out = {}
-    for task, _ in splits:
+    for task in tasks:
         key = (task.kind, task.soft_targets, task.num_outputs,
                *((None,) if s is None else (data_digest(s.x), data_digest(s.y))
                  for s in (task.train, task.val, task.test)))
