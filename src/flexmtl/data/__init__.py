@@ -22,12 +22,14 @@ from flexmtl.data.omniglot import (
 )
 from flexmtl.data.paths import DataFormatError, SourceStatus, data_root
 from flexmtl.data.random_tasks import random_binary_tasks
+from flexmtl.data.rdata import RDATA_TASKS, load_rdata, rdata_status
 from flexmtl.data.uci import UCI_TASKS, UCIData, load_uci, uci_status
 
 __all__ = [
     "OMNIGLOT_ALPHABET_ORDER",
     "OMNIGLOT_GUMBEL_ALPHABETS",
     "OMNIGLOT_SORTED_ORDER",
+    "RDATA_TASKS",
     "UCI_TASKS",
     "CelebAIndex",
     "Cifar100Data",
@@ -45,9 +47,11 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "load_omniglot",
+    "load_rdata",
     "load_uci",
     "omniglot_status",
     "random_binary_tasks",
+    "rdata_status",
     "read_celeba_image",
     "read_idx",
     "uci_status",
@@ -55,8 +59,8 @@ __all__ = [
 
 
 def data_status(root: str | os.PathLike[str] | None = None) -> list[SourceStatus]:
-    """One row per source (mnist, fashion-mnist, the ten UCI tasks, omniglot, cifar-100,
-    celeba): what is on disk, where flexmtl looks, what a load would use now, and what to
-    download for the exact data."""
-    return [*image_status(root), *uci_status(root), *omniglot_status(root),
+    """One row per source (mnist, fashion-mnist, the ten UCI tasks, the tabular suite,
+    omniglot, cifar-100, celeba): what is on disk, where flexmtl looks, what a load would use
+    now, and what to download for the exact data."""
+    return [*image_status(root), *uci_status(root), *rdata_status(), *omniglot_status(root),
             *cifar100_status(root), *celeba_status(root)]

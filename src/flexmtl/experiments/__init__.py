@@ -3,6 +3,7 @@
 from flexmtl.experiments import (  # noqa: F401  (registers them)
     gumbel_matrix,
     layer_visualization,
+    planted,
     soft_ordering,
     soft_ordering_images,
 )

@@ -24,7 +24,7 @@ from flexmtl.analysis.layer_vis_plots import plot_layer_vis_run
 from flexmtl.data import load_mnist
 from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
-from flexmtl.experiments.soft_ordering import dense_blocks
+from flexmtl.experiments.soft_ordering import PAPER_SCALE_LR, dense_blocks
 from flexmtl.models import GlobalAveragePool, MultiTaskModel
 from flexmtl.sharing import make_core
 from flexmtl.tasks import Task
@@ -63,7 +63,8 @@ def _tasks(cfg: dict, seed: int) -> list[Task]:
 def _model(method: str, tasks: list[Task], cfg: dict, seed: int) -> MultiTaskModel:
     width = cfg["width"]
     core = make_core("soft", dense_blocks(width, cfg["layers"]), len(tasks), depth=cfg["depth"],
-                     dropout=0.0, gate="sigmoid")
+                     dropout=0.0, gate="sigmoid",
+                     scale_lr_multiplier=PAPER_SCALE_LR["scale_lr_multiplier"])
     encoder = nn.Linear(2, width)  # E: linear, one for all tasks
     decoder = GlobalAveragePool()  # D: mean over the core's units
     return MultiTaskModel(core, [encoder] * len(tasks), [decoder] * len(tasks),

@@ -25,7 +25,7 @@ from flexmtl.data.celeba import SPLITS, CelebAImages, load_celeba_index
 from flexmtl.data.omniglot import OMNIGLOT_ALPHABET_ORDER, load_omniglot
 from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
-from flexmtl.experiments.soft_ordering import dense_blocks
+from flexmtl.experiments.soft_ordering import PAPER_SCALE_LR, dense_blocks
 from flexmtl.models import MultiTaskModel, make_decoder
 from flexmtl.sharing import make_core, method_options
 from flexmtl.tasks import Task
@@ -119,7 +119,7 @@ register_experiment(Experiment(
         **train_defaults(steps=5000, batch_size=16, lr=1e-3, eval_every=250, eval_batch_size=256),
         "num_tasks": 50, "alphabets": (), "test_fraction": 0.2, "val_fraction": 0.1,
         "image_size": 105, "channels": 53, "layers": 4, "padding": "valid", "depth": 0,
-        "dropout": 0.5, "gate": "softmax",
+        "dropout": 0.5, "gate": "softmax", **PAPER_SCALE_LR,
     },
     build_tasks=_omniglot_tasks,
     build_model=_omniglot_model,
@@ -186,7 +186,7 @@ register_experiment(Experiment(
                          eval_batch_size=256, finetune_optimizer="rmsprop", finetune_lr=1e-5,
                          finetune_patience=4),
         "image_size": 224, "pretrained": True, "pretrained_weights": "", "loader_threads": 8,
-        "width": 256, "layers": 4, "depth": 0, "dropout": 0.5, "gate": "softmax",
+        "width": 256, "layers": 4, "depth": 0, "dropout": 0.5, "gate": "softmax", **PAPER_SCALE_LR,
     },
     build_tasks=_celeba_tasks,
     build_model=_celeba_model,

@@ -159,6 +159,19 @@ def noninferior_claim(claim: Claim, name_a: str, a: dict, name_b: str, b: dict, 
                        f"({diff['n']} seeds)", f"{PAIRED_TEST} above -{margin}")
 
 
+def not_worse_claim(claim: Claim, name_a: str, a: dict, name_b: str, b: dict,
+                    lower_is_better: bool, digits: int = 3, where: str = "") -> ClaimResult:
+    """``A at least as good as B``: holds unless the paired 95% interval of the per-seed
+    difference lies wholly on B's side (a B ahead by chance alone does not fail it)."""
+    diff = paired_difference(a, b)
+    behind = diff["mean"] > 0 if lower_is_better else diff["mean"] < 0
+    at = f"{where}: " if where else ""
+    evidence = (f"{at}{name_a} {fmt(a, digits)} vs {name_b} {fmt(b, digits)}, difference "
+                f"{fmt(diff, digits)} ({diff['n']} seeds)")
+    return ClaimResult(claim, FAILS if behind and significant(diff) else HOLDS, evidence,
+                       f"{PAIRED_TEST}: fails only when it excludes zero on {name_b}'s side")
+
+
 def bound_claim(claim: Claim, name: str, values: Sequence[float], bound: float, above: bool,
                 digits: int = 3, scale: float = 1.0) -> ClaimResult:
     """One measured quantity (per seed) on the claimed side of ``bound``: holds when its 95%

@@ -185,7 +185,7 @@ for _method in (
     Method("permuted", "ordering", _ordering(PermutedOrdering), _ORDERING_OPTIONS,
            "Eq. 3: a fixed random order of the shared blocks per task"),
     Method("soft", "ordering", _ordering(SoftOrdering),
-           (*_ORDERING_OPTIONS, "gate", "depth"),
+           (*_ORDERING_OPTIONS, "gate", "depth", "scale_lr_multiplier"),
            "Eq. 7: each task learns a soft order of the shared blocks"),
     Method("gumbel", "allocation", _allocation("gumbel", "gumbel"), _GUMBEL_OPTIONS,
            "Gumbel-Matrix: learned binary allocation of components to tasks"),

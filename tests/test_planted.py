@@ -1,0 +1,110 @@
+"""Planted structure (flexmtl.data.planted, flexmtl.analysis.planted, the planted-orders
+experiment): the generator's tasks are its teacher's plus the stated noise, the given
+blocks are the teacher's layers (one-hot scales on the true orders reproduce the teacher
+exactly), and order recovery scores known cases exactly, its chance level by Monte Carlo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flexmtl.analysis.planted import order_recovery
+from flexmtl.data.planted import planted_orders
+from flexmtl.errors import ConfigError, ShapeError
+from flexmtl.experiments import get_experiment
+
+
+def one_hot(orders, layers):
+    s = np.zeros((len(orders), layers, len(orders[0])))
+    for t, order in enumerate(orders):
+        for d, layer in enumerate(order):
+            s[t, layer, d] = 1.0
+    return s
+
+
+def test_planted_tasks_are_the_teacher_plus_the_stated_noise():
+    data = planted_orders(5, layers=3, width=8, samples=(4000, 100, 100), noise=0.1, seed=3)
+    assert len(set(data.orders)) == 5 and all(sorted(o) == [0, 1, 2] for o in data.orders)
+    for t in range(5):
+        (x, y), (xv, yv), (xt, yt) = data.splits[t]
+        assert x.shape == (4000, 8) and xv.shape == xt.shape == (100, 8)
+        residual = y - data.teacher(x, t)
+        assert residual.std() == pytest.approx(0.1, rel=0.05)  # the noise, nothing else
+        assert data.teacher(x, t).std() == pytest.approx(1.0, rel=0.1)  # standardised
+    again = planted_orders(5, layers=3, width=8, samples=(4000, 100, 100), noise=0.1, seed=3)
+    assert again.orders == data.orders and np.array_equal(again.splits[0][0][1],
+                                                          data.splits[0][0][1])
+    # orders repeat only once every permutation is used: 3! = 6 < 8 tasks
+    assert len(set(planted_orders(8, layers=3, width=4, samples=(2, 1, 1)).orders)) <= 6
+    with pytest.raises(ConfigError):
+        planted_orders(2, noise=-1.0)
+
+
+def test_order_recovery_scores_known_cases():
+    orders = [(0, 2, 3, 1), (0, 3, 1, 2), (3, 1, 0, 2)]
+    perfect = one_hot(orders, 4)
+    assert order_recovery(perfect, orders)["order_match"] == 1.0
+    assert order_recovery(perfect, orders)["scale_max"] == 1.0
+    swapped = perfect[:, [1, 0, 3, 2], :]  # the model's layer 0 plays the true layer 1, ...
+    assert order_recovery(swapped, orders)["order_match"] == 0.0
+    assert order_recovery(swapped, orders, relabel=True)["order_match"] == 1.0
+    uniform = order_recovery(np.full((3, 4, 4), 0.25), orders)
+    # argmax of a tie is layer 0, at one depth of each task: 3 of 12 positions
+    assert uniform["order_match"] == 0.25 and uniform["scale_max"] == 0.25
+    # chance: a uniform layer per position matches with probability 1/4
+    assert uniform["order_chance"] == pytest.approx(0.25, abs=0.01)
+    assert uniform["order_chance_p95"] > uniform["order_chance"]
+    # the best relabelling lifts chance: the statistic is a maximum over 4! relabellings
+    assert order_recovery(np.full((3, 4, 4), 0.25), orders, relabel=True)["order_chance"] > 0.4
+    with pytest.raises(ShapeError):
+        order_recovery(np.zeros((3, 4)), orders)
+    with pytest.raises(ConfigError):
+        order_recovery(np.zeros((3, 2, 4)), orders)
+
+
+def test_relabelled_matches_agree_with_the_assignment_solver():
+    """Enumerating relabellings (few layers) and linear assignment (many) agree."""
+    from flexmtl.analysis import planted as module
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, size=(4, 5))
+    picks = rng.integers(0, 5, size=(20, 4, 5))
+    enumerated = module._relabelled_matches(picks, truth, 5)
+    old, module._ENUMERATE = module._ENUMERATE, 0
+    try:
+        assigned = module._relabelled_matches(picks, truth, 5)
+    finally:
+        module._ENUMERATE = old
+    assert np.allclose(enumerated, assigned)
+
+
+def test_given_blocks_are_the_teachers_layers():
+    """With one-hot scales on the true orders, the model's core computes the teacher's last
+    layer: its readout over the task's scale equals the teacher's output."""
+    exp = get_experiment("planted-orders")
+    cfg = exp.resolve_config(overrides={"samples": 40, "num_tasks": 3})
+    tasks = exp.build_tasks(cfg, 0)
+    model = exp.build_model("soft", tasks, cfg, 0)
+    from flexmtl.experiments.planted import _orders_data
+
+    data = _orders_data(cfg)
+    frozen = [p for b in model.core.blocks for p in b.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    assert not any(p.requires_grad for p in model.encoders[0].parameters())
+    with torch.no_grad():
+        model.core.scale_logits.copy_(torch.from_numpy(one_hot(data.orders, 4) * 60.0 - 30.0))
+    model.eval()
+    for t, task in enumerate(tasks):
+        x, _ = task.test
+        h = model.core(model.encoders[t](x), t).double()
+        out = h @ torch.from_numpy(data.readout) / data.scales[t]
+        assert torch.allclose(out.float(), torch.from_numpy(data.teacher(x.numpy(), t)),
+                              atol=1e-5)
+    # the analysis reads the scales: all positions matched
+    assert exp.analyze(model, tasks, cfg)["order_match"] == 1.0
+    assert exp.analyze(exp.build_model("parallel", tasks, cfg, 0), tasks, cfg) == {}
+    learned = exp.resolve_config(overrides={"samples": 40, "num_tasks": 3, "blocks": "learned"})
+    assert all(p.requires_grad for p in exp.build_model("soft", tasks, learned, 0).parameters())
+    with pytest.raises(ConfigError, match="blocks"):
+        exp.build_tasks(exp.resolve_config(overrides={"blocks": "frozen"}), 0)
