@@ -108,3 +108,60 @@ def test_given_blocks_are_the_teachers_layers():
     assert all(p.requires_grad for p in exp.build_model("soft", tasks, learned, 0).parameters())
     with pytest.raises(ConfigError, match="blocks"):
         exp.build_tasks(exp.resolve_config(overrides={"blocks": "frozen"}), 0)
+
+
+def test_planted_groups_share_their_teacher():
+    from flexmtl.data.planted import planted_groups
+
+    data = planted_groups(3, 2, features=5, hidden=8, samples=(3000, 10, 10), noise=0.1, seed=1)
+    assert data.groups == (0, 0, 1, 1, 2, 2)
+    y = np.stack([ys[0] for ys in data.ys])  # train targets of the 6 tasks
+    # within a group: the same teacher, so the difference is two noises (sd 0.1 * sqrt 2)
+    assert np.std(y[0] - y[1]) == pytest.approx(0.1 * np.sqrt(2), rel=0.05)
+    # across groups: unrelated standardised teachers, far apart
+    assert np.std(y[0] - y[2]) > 0.5
+    assert all(x.shape[1] == 5 for x in data.x)
+    with pytest.raises(ConfigError):
+        planted_groups(0)
+
+
+def test_adjusted_rand_index_matches_its_definition():
+    from flexmtl.analysis.planted import adjusted_rand_index
+
+    assert adjusted_rand_index([0, 0, 1, 1], [1, 1, 0, 0]) == 1.0  # labels are names only
+    assert adjusted_rand_index([0, 0, 0], [0, 0, 0]) == 1.0
+    # Hubert & Arabie's worked value: ARI = (index - expected) / (mean - expected)
+    a, b = [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]
+    index, rows, cols = 2.0, 6.0, 3.0  # pairs together in both, in a, in b
+    expected = rows * cols / 15.0
+    assert adjusted_rand_index(a, b) == pytest.approx((index - expected) /
+                                                      ((rows + cols) / 2 - expected))
+    with pytest.raises(ShapeError):
+        adjusted_rand_index([0, 1], [0, 1, 2])
+
+
+def test_group_recovery_scores_known_embeddings():
+    from flexmtl.analysis.planted import group_recovery
+
+    groups = [0, 0, 1, 1, 2, 2]
+    exact = np.array([[1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1], [0, 0, 1, 1, 1, 0],
+                      [0, 0, 1, 1, 1, 0], [1, 0, 1, 0, 0, 1], [1, 0, 1, 0, 0, 1]])
+    found = group_recovery(exact, groups)
+    assert found["group_ari"] == 1.0 and found["groups_separated"] == 1.0
+    assert found["within_group_similarity"] == 1.0 and found["across_group_similarity"] < 0.5
+    everyone = group_recovery(np.ones((6, 4)), groups)  # shared bottom: nothing revealed
+    assert everyone["group_ari"] == 0.0 and everyone["groups_separated"] == 0.0
+    alone = group_recovery(np.eye(6), groups)  # no sharing: every pair orthogonal
+    assert alone["within_group_similarity"] == alone["across_group_similarity"] == 0.0
+    with pytest.raises(ShapeError):
+        group_recovery(np.ones((5, 4)), groups)
+
+
+def test_planted_groups_experiment_reads_the_routed_core():
+    exp = get_experiment("planted-groups")
+    cfg = exp.resolve_config(overrides={"samples": 40})
+    tasks = exp.build_tasks(cfg, 0)
+    assert [t.info["group"] for t in tasks] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    out = exp.analyze(exp.build_model("no-sharing", tasks, cfg, 0), tasks, cfg)
+    assert out["active_connections"] == pytest.approx(100 / 9)
+    assert out["within_group_similarity"] == 0.0 and out["distinct_embeddings"] == 9

@@ -1,7 +1,8 @@
 """Did a learned-sharing method find planted structure? (:mod:`flexmtl.data.planted`)
 
 :func:`order_recovery` scores soft-order scales against the true layer orders, beside a
-Monte-Carlo chance level of the same statistic.
+Monte-Carlo chance level of the same statistic; :func:`group_recovery` scores task
+embeddings against the true groups of tasks.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from flexmtl.errors import ConfigError, ShapeError
 
-__all__ = ["order_recovery"]
+__all__ = ["adjusted_rand_index", "group_recovery", "order_recovery"]
 
 #: relabellings are enumerated up to this many layers (8! = 40,320), assigned beyond it
 _ENUMERATE = 7
@@ -77,3 +78,61 @@ def _relabelled_matches(picks: np.ndarray, truth: np.ndarray, layers: int) -> np
         best = np.array([c[linear_sum_assignment(c, maximize=True)].sum() for c in counts])
     result: np.ndarray = best / truth.size
     return result
+
+
+def adjusted_rand_index(a: Sequence[int], b: Sequence[int]) -> float:
+    """Hubert and Arabie's adjusted Rand index of two labelings (1: the same partition; about
+    0: as alike as chance). Two partitions into one cluster each score 1."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ShapeError(f"labelings must be two equal 1-d sequences, got {a.shape}, {b.shape}")
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(table, (ai, bi), 1.0)
+
+    def pairs(counts: np.ndarray) -> float:
+        return float((counts * (counts - 1) / 2).sum())
+
+    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    expected = rows * cols / pairs(np.array([len(a)]))
+    top = (rows + cols) / 2
+    return 1.0 if top == expected else (index - expected) / (top - expected)
+
+
+def group_recovery(embeddings: np.ndarray, groups: Sequence[int]) -> dict[str, float]:
+    """How well task embeddings (``[tasks, components]``) reveal the true ``groups``.
+
+    Returns ``group_ari`` (adjusted Rand index of an average-linkage clustering of the
+    embeddings by cosine distance into as many clusters as there are groups),
+    ``within_group_similarity`` and ``across_group_similarity`` (mean cosine similarity of
+    the task pairs of one group, of different groups) and ``groups_separated`` (1 when every
+    within-group pair is more similar than every across-group pair).
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    e = np.asarray(embeddings, dtype=np.float64)
+    truth = np.asarray(groups)
+    if e.ndim != 2 or len(e) != len(truth):
+        raise ShapeError(f"embeddings must be [tasks, components] for {len(truth)} tasks, "
+                         f"got {e.shape}")
+    norms = np.linalg.norm(e, axis=1)
+    sim = (e @ e.T) / np.maximum(norms[:, None] * norms[None, :], np.finfo(float).tiny)
+    zero = norms == 0
+    sim[zero[:, None] & zero[None, :]] = 1.0  # two unused tasks: identical
+    np.fill_diagonal(sim, 1.0)
+    same = truth[:, None] == truth[None, :]
+    upper = np.triu(np.ones_like(same), 1).astype(bool)
+    within, across = sim[same & upper], sim[~same & upper]
+    k = len(np.unique(truth))
+    if k in (1, len(truth)):
+        labels = truth
+    else:
+        distance = squareform(np.clip(1.0 - sim, 0.0, None), checks=False)
+        labels = fcluster(linkage(distance, method="average"), k, criterion="maxclust")
+    return {"group_ari": adjusted_rand_index(truth, labels),
+            "within_group_similarity": float(within.mean()) if within.size else float("nan"),
+            "across_group_similarity": float(across.mean()) if across.size else float("nan"),
+            "groups_separated": float(bool(within.size and across.size)
+                                      and within.min() > across.max())}

@@ -5,6 +5,11 @@ whether a learned-sharing method finds it (``flexmtl run planted-orders``).
 task-specific orders, the structure soft layer ordering (Eq. 7) can represent exactly: a
 shared random projection ``E``, layers ``f_l(h) = tanh(W_l h + b_l)`` and task ``t``'s output
 ``r . f_{o_t(D)}(... f_{o_t(1)}(E x))``, standardised per task, plus Gaussian noise.
+
+:func:`planted_groups` draws groups of tasks that share a teacher network (``flexmtl run
+planted-groups``): a task's output is its group's teacher plus its own noise, so the tasks of
+a group are the same function and tasks of different groups unrelated -- the structure
+Gumbel-Matrix task embeddings (Sec. III-E) should reveal.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 
 from flexmtl.errors import ConfigError
 
-__all__ = ["PlantedOrders", "planted_orders"]
+__all__ = ["PlantedGroups", "PlantedOrders", "planted_groups", "planted_orders"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +95,40 @@ def planted_orders(num_tasks: int, layers: int = 4, width: int = 16,
               for x in task_xs)
         for t, task_xs in enumerate(xs))
     return PlantedOrders(encoder, weights, biases, readout, orders, scales, splits, noise)
+
+
+@dataclass(frozen=True)
+class PlantedGroups:
+    """Groups of tasks sharing a teacher: ``groups[t]`` is task ``t``'s group; all tasks see
+    the same inputs ``x`` (train, val, test) and ``ys[t]`` are its targets per split."""
+
+    groups: tuple[int, ...]
+    x: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ys: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+    noise: float
+
+
+def planted_groups(num_groups: int = 3, tasks_per_group: int = 3, features: int = 16,
+                   hidden: int = 32, samples: tuple[int, int, int] = (2000, 500, 500),
+                   noise: float = 0.1, seed: int = 0) -> PlantedGroups:
+    """Draw ``num_groups`` teachers, random two-layer tanh networks ``features -> hidden ->
+    1`` (standardised outputs), and ``tasks_per_group`` tasks of each: the teacher's output
+    plus noise of standard deviation ``noise``, drawn per task. Inputs ``x ~ N(0, I)``."""
+    if num_groups < 1 or tasks_per_group < 1 or features < 1 or hidden < 1:
+        raise ConfigError("num_groups, tasks_per_group, features and hidden must be >= 1")
+    if noise < 0:
+        raise ConfigError(f"noise must be >= 0, got {noise}")
+    rng = np.random.default_rng(seed)
+    x = tuple(rng.standard_normal((n, features)).astype(np.float32) for n in samples)
+    teachers = []
+    for _ in range(num_groups):
+        w1 = rng.standard_normal((hidden, features)) * (2.0 / np.sqrt(features))
+        b1 = 0.5 * rng.standard_normal(hidden)
+        w2 = rng.standard_normal(hidden) / np.sqrt(hidden)
+        out = [np.tanh(split @ w1.T + b1) @ w2 for split in x]
+        scale = float(out[0].std()) or 1.0
+        teachers.append([o / scale for o in out])
+    groups = tuple(g for g in range(num_groups) for _ in range(tasks_per_group))
+    ys = tuple(tuple((teachers[g][i] + noise * rng.standard_normal(len(x[i])))
+                     .astype(np.float32) for i in range(3)) for g in groups)
+    return PlantedGroups(groups, x, ys, noise)
