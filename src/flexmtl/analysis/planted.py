@@ -80,14 +80,15 @@ def _relabelled_matches(picks: np.ndarray, truth: np.ndarray, layers: int) -> np
     return result
 
 
-def adjusted_rand_index(a: Sequence[int], b: Sequence[int]) -> float:
+def adjusted_rand_index(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> float:
     """Hubert and Arabie's adjusted Rand index of two labelings (1: the same partition; about
     0: as alike as chance). Two partitions into one cluster each score 1."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ShapeError(f"labelings must be two equal 1-d sequences, got {a.shape}, {b.shape}")
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
+    la, lb = np.asarray(a), np.asarray(b)
+    if la.shape != lb.shape or la.ndim != 1:
+        raise ShapeError(f"labelings must be two equal 1-d sequences, got {la.shape}, "
+                         f"{lb.shape}")
+    _, ai = np.unique(la, return_inverse=True)
+    _, bi = np.unique(lb, return_inverse=True)
     table = np.zeros((ai.max() + 1, bi.max() + 1))
     np.add.at(table, (ai, bi), 1.0)
 
@@ -95,7 +96,7 @@ def adjusted_rand_index(a: Sequence[int], b: Sequence[int]) -> float:
         return float((counts * (counts - 1) / 2).sum())
 
     index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
-    expected = rows * cols / pairs(np.array([len(a)]))
+    expected = rows * cols / pairs(np.array([len(la)]))
     top = (rows + cols) / 2
     return 1.0 if top == expected else (index - expected) / (top - expected)
 

@@ -119,7 +119,9 @@ def planted_groups(num_groups: int = 3, tasks_per_group: int = 3, features: int 
     if noise < 0:
         raise ConfigError(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
-    x = tuple(rng.standard_normal((n, features)).astype(np.float32) for n in samples)
+    x_train, x_val, x_test = (rng.standard_normal((n, features)).astype(np.float32)
+                              for n in samples)
+    x = (x_train, x_val, x_test)
     teachers = []
     for _ in range(num_groups):
         w1 = rng.standard_normal((hidden, features)) * (2.0 / np.sqrt(features))
@@ -129,6 +131,10 @@ def planted_groups(num_groups: int = 3, tasks_per_group: int = 3, features: int 
         scale = float(out[0].std()) or 1.0
         teachers.append([o / scale for o in out])
     groups = tuple(g for g in range(num_groups) for _ in range(tasks_per_group))
-    ys = tuple(tuple((teachers[g][i] + noise * rng.standard_normal(len(x[i])))
-                     .astype(np.float32) for i in range(3)) for g in groups)
+    def targets(g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y_train, y_val, y_test = ((teachers[g][i] + noise * rng.standard_normal(len(x[i])))
+                                  .astype(np.float32) for i in range(3))
+        return y_train, y_val, y_test
+
+    ys = tuple(targets(g) for g in groups)
     return PlantedGroups(groups, x, ys, noise)

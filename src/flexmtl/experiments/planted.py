@@ -121,9 +121,10 @@ def _groups_tasks(cfg: dict, seed: int) -> list[Task]:
     note = (f"planted groups: {cfg['num_groups']} teachers (tanh networks {cfg['features']} -> "
             f"{cfg['teacher_hidden']} -> 1), {cfg['tasks_per_group']} tasks each (the teacher "
             f"plus noise sd {cfg['noise']}); this task's group {{group}}")
-    return [Task(f"g{g}t{t}", "regression", *[(x, y) for x, y in zip(data.x, ys)],
-                 note=note.format(group=g), info={"group": g})
-            for t, (g, ys) in enumerate(zip(data.groups, data.ys))]
+    x_train, x_val, x_test = data.x
+    return [Task(f"g{g}t{t}", "regression", (x_train, y_train), (x_val, y_val),
+                 (x_test, y_test), note=note.format(group=g), info={"group": g})
+            for t, (g, (y_train, y_val, y_test)) in enumerate(zip(data.groups, data.ys))]
 
 
 def _groups_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
