@@ -37,6 +37,8 @@ METRICS = {  # what each experiment's results hold, per method
     "mnist-pairs": ["test_accuracy"],
     "uci": ["val_loss", "test_accuracy"],
     "tabular": ["val_loss", "test_accuracy"],
+    "planted-groups": ["test_loss", "group_ari", "within_group_similarity",
+                       "across_group_similarity", "groups_separated", "active_connections"],
     "planted-orders": ["test_loss", "order_match", "order_chance", "order_chance_p95",
                        "scale_max"],
     "layer-vis": LAYER_VIS,

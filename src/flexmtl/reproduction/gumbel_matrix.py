@@ -171,6 +171,57 @@ register_study(Study(
 ))
 
 
+# ---------------------------------------------------------------------- planted groups
+
+PG_ARI = Claim("the Gumbel-Matrix task embeddings recover planted groups (tasks that share a "
+               "teacher network): the adjusted Rand index of their clustering into as many "
+               "clusters as groups lies above chance (0)", main=True)
+PG_SIM = Claim("tasks of one group have more similar embeddings than tasks of different "
+               "groups (mean cosine similarity within vs across groups, paired over seeds)")
+PG_NS = Claim("Gumbel-Matrix fits the tasks better than no sharing: lower combined test loss")
+PG_SB = Claim("Gumbel-Matrix fits the tasks better than shared bottom: lower combined test loss")
+PG_CLAIMS = (PG_ARI, PG_SIM, PG_NS, PG_SB)
+
+
+def _assess_planted_groups(run: StudyRun) -> Assessment:
+    methods = run.results["methods"]
+    loss = {m: metric(methods, m, "test_loss") for m in ("gumbel", "no-sharing", "shared-bottom")}
+    ari = metric(methods, "gumbel", "group_ari")
+    within = metric(methods, "gumbel", "within_group_similarity")
+    across = metric(methods, "gumbel", "across_group_similarity")
+    separated = metric(methods, "gumbel", "groups_separated")
+    active = metric(methods, "gumbel", "active_connections")
+    ours = table(["method", "test loss (sum over tasks)"], [[m, fmt(v)] for m, v in loss.items()])
+    ours += ["", f"Gumbel-Matrix task embeddings: adjusted Rand index {fmt(ari)}; similarity "
+                 f"within groups {fmt(within)}, across groups {fmt(across)}; every within-group "
+                 f"pair above every across-group pair in a share {fmt(separated)} of the seeds; "
+                 f"active connections {fmt(active, 1)} %."]
+    claims = [bound_claim(PG_ARI, "adjusted Rand index", ari["values"], 0.0, True),
+              paired_claim(PG_SIM, "within", within, "across", across, False),
+              paired_claim(PG_NS, "gumbel", loss["gumbel"], "no sharing", loss["no-sharing"],
+                           True),
+              paired_claim(PG_SB, "gumbel", loss["gumbel"], "shared bottom",
+                           loss["shared-bottom"], True)]
+    return Assessment(ours, claims, {"group_ari": ari["mean"],
+                                     "loss": {m: v["mean"] for m, v in loss.items()}})
+
+
+register_study(Study(
+    key="gm-planted-groups", paper=GUMBEL_MATRIX, figure="Sec. III-E (test bench: planted groups)",
+    claim="three groups of three tasks, each group sharing a teacher network (`flexmtl run "
+          "planted-groups`): do the task embeddings recover the groups, without giving up "
+          "accuracy?",
+    published="(Beyond the paper: Sec. III-E reads task embeddings as task relatedness; Fig. 7 "
+              "and Figs. 5-6 test it on pairs and on clusters of image tasks.)",
+    experiment="planted-groups",
+    full=Protocol(10, {}, None, ("gumbel", "no-sharing", "shared-bottom"),
+                  note="10 seeds of the model, one draw of the teachers; the library's "
+                       "allocation defaults; 2 routed layers of 9 components"),
+    claims=PG_CLAIMS,
+    assess=_assess_planted_groups,
+))
+
+
 # ---------------------------------------------------------------------- Table I
 
 TABLE1 = {  # test accuracy % (mean, std over 30 runs), active connections %
