@@ -165,3 +165,35 @@ def test_planted_groups_experiment_reads_the_routed_core():
     out = exp.analyze(exp.build_model("no-sharing", tasks, cfg, 0), tasks, cfg)
     assert out["active_connections"] == pytest.approx(100 / 9)
     assert out["within_group_similarity"] == 0.0 and out["distinct_embeddings"] == 9
+
+
+def _probe():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "probes" / "planted_orders.py"
+    spec = importlib.util.spec_from_file_location("planted_orders_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_finds_orders_by_exhaustive_search_and_its_gates_normalise():
+    """probes/planted_orders.py: the hard order chosen on validation is the true one, at the
+    noise floor; the Sinkhorn gate is doubly stochastic, the softmax sums over layers, the
+    Gumbel gates give hard orders at evaluation."""
+    probe = _probe()
+    data = planted_orders(2, layers=3, width=6, samples=(400, 200, 200), noise=0.05, seed=0)
+    for t in range(2):
+        found = probe.exhaustive(data, t)
+        assert found["found"] and found["test"] < 0.05 ** 2 * 1.5 < found["others_median"]
+    logits = torch.randn(4, 4)
+    sink = probe.gate(logits, probe.Remedy("s", "sinkhorn", 0.1), 1.0, True)
+    assert torch.allclose(sink.sum(0), torch.ones(4), atol=1e-4)
+    assert torch.allclose(sink.sum(1), torch.ones(4), atol=1e-4)
+    soft = probe.gate(logits, probe.Remedy("m", "softmax", 0.1), 0.5, True)
+    assert torch.allclose(soft.sum(0), torch.ones(4))
+    hard = probe.gate(logits, probe.Remedy("g", "gumbel-hard", 0.1), 1.0, False)
+    assert torch.equal(hard.argmax(0), logits.argmax(0)) and set(hard.unique().tolist()) <= {0, 1}
