@@ -518,6 +518,19 @@ FROZEN_LR, PAPER_LR = SCALE_LRS[0], SCALE_LRS[1]
 LIBRARY_LR = 1e-3 * SoftOrdering.DEFAULT_SCALE_LR_MULTIPLIER
 
 
+def _largest_scale(run: StudyRun, value: float) -> dict | None:
+    """Over the finished soft-ordering seeds at one scale learning rate: the mean over tasks
+    and depths of the largest scale of the selected model (None when no run records it)."""
+    sweep_key = (run.results.get("sweep") or {}).get("key", "sharing_lr")
+    folder = ExperimentFolder(run.run_dir).method_dir("soft", (sweep_key, value))
+    values = []
+    for seed_dir in seed_dirs(folder):
+        sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing") or {}
+        if sharing.get("scales"):
+            values.append(float(np.asarray(sharing["scales"]).max(axis=1).mean()))
+    return summarize(values) if values else None
+
+
 def _scales_claims(measure: str, lower_is_better: bool) -> tuple[Claim, Claim, Claim]:
     """The claims of a scale-learning-rate ablation judged on ``measure``."""
     best, better = ("lowest", "lower") if lower_is_better else ("highest", "higher")
@@ -543,8 +556,14 @@ def _scales_assessment(claims: tuple[Claim, Claim, Claim], key: str, column: str
         pts = {value: methods for value, methods in points(run.results)}
         soft = {v: metric(ms, "soft", key) for v, ms in pts.items()}
         parallel = {v: metric(ms, "parallel", key) for v, ms in pts.items()}
-        ours = table(["scale learning rate", f"soft: {column}", "parallel (no scales to learn)"],
-                     [[f"{v:g}", fmt(soft[v]), fmt(parallel[v])] for v in sorted(pts)])
+        sharp = {v: _largest_scale(run, v) for v in pts}
+        ours = table(["scale learning rate", f"soft: {column}", "parallel (no scales to learn)",
+                      "soft: largest scale at the end"],
+                     [[f"{v:g}", fmt(soft[v]), fmt(parallel[v]), fmt(sharp[v])]
+                      for v in sorted(pts)])
+        ours += ["", "The largest scale is the mean over tasks and depths of the largest of the "
+                     "layers' scales, at the selected checkpoint (1/layers: uniform; 1: a hard "
+                     "order)."]
         judged = []
         if LIBRARY_LR in soft:
             judged.append(not_worse_claim(library_claim, "soft", soft[LIBRARY_LR], "parallel",
