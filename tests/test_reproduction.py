@@ -203,7 +203,8 @@ def test_table1_verdict_ignores_the_data_size(tmp_path):
 
 def test_select_by_key_or_experiment_with_suggestions():
     keys = [s.key for s in report_mod.select(["four-mnists"])]
-    assert keys == ["gm-table1", "gm-table1-epochs50", "gm-table1-patterns", "gm-p-init",
+    assert keys == ["gm-table1", "gm-table1-fashion", "gm-table1-epochs50",
+                    "gm-table1-patterns", "gm-p-init",
                     "gm-logit-lr", "gm-eval-mode", "gm-fig8"]
     assert [s.key for s in report_mod.select(["so-fig2a"])] == ["so-fig2a"]
     with pytest.raises(UnknownNameError, match="so-fig4a"):
