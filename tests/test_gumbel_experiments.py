@@ -199,3 +199,21 @@ def test_omniglot_without_data_says_what_to_download(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "images_background.zip" in err and "images_evaluation.zip" in err
     assert str(tmp_path / "omniglot") in err
+
+
+def test_synthetic_pairs_components_read_two_or_three_relu_layers():
+    """appendix A3's "three dense layers": hidden_layers=2 (two ReLU layers and a linear
+    output), hidden_layers=3 (three ReLU layers before it); the budgeted method runs too."""
+    exp = get_experiment("synthetic-pairs")
+    for depth in (2, 3):
+        cfg = exp.resolve_config(overrides={"d": 8, "n_train": 20, "n_val": 5, "n_test": 5,
+                                            "hidden_layers": depth})
+        tasks = exp.build_tasks(cfg, 0)
+        model = exp.build_model("gumbel-budget", tasks, cfg, 0)
+        core = gm.routed_core_of(model)
+        component = core.routed_layers[0].components[0]
+        assert sum(isinstance(m, nn.Linear) for m in component) == depth + 1
+        assert sum(isinstance(m, nn.ReLU) for m in component) == depth
+        assert core.budget == cfg["budget"]
+    with pytest.raises(Exception, match="hidden_layers"):
+        exp.build_model("gumbel", tasks, {**cfg, "hidden_layers": 0}, 0)

@@ -224,3 +224,23 @@ def test_soft_scales_learn_at_their_multiplier_of_the_model_rate():
         exp = get_experiment(name)
         assert exp.resolve_config()["scale_lr_multiplier"] == 1.0
     assert get_experiment("tabular").resolve_config()["scale_lr_multiplier"] == 0.0
+
+
+def test_mnist_pairs_reads_fashion_class_pairs():
+    from flexmtl.data import mnist
+    from flexmtl.experiments import get_experiment
+
+    try:
+        data = mnist.load_fashion_mnist()
+    except Exception:
+        pytest.skip("Fashion-MNIST is not on this machine")
+    exp = get_experiment("mnist-pairs")
+    cfg = exp.resolve_config(overrides={"dataset": "fashion", "num_tasks": 2})
+    tasks = exp.build_tasks(cfg, 0)
+    for task in tasks:
+        a, b = task.info["digits"]
+        count = int(((data.train_y == a) | (data.train_y == b)).sum())
+        assert len(task.train.y) + len(task.val.y) == count == 12000  # 6,000 per class
+        assert "Fashion" in task.note
+    with pytest.raises(ConfigError, match="dataset"):
+        exp.build_tasks(exp.resolve_config(overrides={"dataset": "kmnist"}), 0)

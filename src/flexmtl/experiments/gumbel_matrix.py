@@ -150,11 +150,19 @@ def _pairs_tasks(cfg: dict, seed: int) -> list[Task]:
 
 
 def _pairs_model(method: str, tasks: list[Task], cfg: dict, seed: int) -> nn.Module:
-    """Appendix A3: one routed layer of 4 components, each 3 dense layers of 16 ReLU units
-    with one linear output; no task heads."""
-    d, h = cfg["d"], cfg["hidden"]
-    components = [nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
-                                nn.Linear(h, 1)) for _ in range(4)]
+    """Appendix A3: one routed layer of 4 components, each "3 dense layers" of 16 ReLU units;
+    no task heads. ``hidden_layers`` reads that: 2 (the default) is two ReLU layers and a
+    linear output (three dense layers in all), 3 is three ReLU layers before the output."""
+    d, h, depth = cfg["d"], cfg["hidden"], cfg["hidden_layers"]
+    if depth < 1:
+        raise ConfigError(f"hidden_layers must be >= 1, got {depth}")
+
+    def component() -> nn.Module:
+        dims = [d] + [h] * depth
+        body = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+        return nn.Sequential(*body, nn.Linear(h, 1))
+
+    components = [component() for _ in range(4)]
     core = allocation_core(method, [components], 4, (d,), cfg)
     return MultiTaskModel(core, [nn.Identity()] * 4, [nn.Identity()] * 4,
                           [t.name for t in tasks])
@@ -179,13 +187,13 @@ register_experiment(Experiment(
         **train_defaults(steps=3000, batch_size=64, lr=0.01, sharing_lr=0.01,
                          clip_grad_norm=1.0,
                          eval_every=100, schedule="round-robin", select_on="last", threads=1),
-        "d": 128, "c": 1.0, "m": 6, "noise": 0.01, "hidden": 16,
+        "d": 128, "c": 1.0, "m": 6, "noise": 0.01, "hidden": 16, "hidden_layers": 2,
         "n_train": 8000, "n_val": 1000, "n_test": 1000, **ALLOCATION_KEYS,
     },
     build_tasks=_pairs_tasks,
     build_model=_pairs_model,
     family="allocation",
-    methods=("gumbel", "no-sharing", "shared-bottom"),
+    methods=("gumbel", "gumbel-budget", "no-sharing", "shared-bottom"),
     default_methods=("gumbel", "no-sharing"),
     data=("synthetic",),
     analyze=_pairs_analysis,

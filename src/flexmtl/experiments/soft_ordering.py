@@ -19,6 +19,7 @@ from flexmtl.data import (
     RDATA_TASKS,
     UCI_TASKS,
     UCIData,
+    load_fashion_mnist,
     load_mnist,
     load_rdata,
     load_uci,
@@ -103,7 +104,10 @@ def digit_pairs(num_tasks: int, seed: int) -> list[tuple[int, int]]:
 
 
 def _mnist_pair_tasks(cfg: dict, seed: int) -> list[Task]:
-    data = load_mnist(allow_subset=cfg["allow_subset"])
+    if cfg["dataset"] not in ("mnist", "fashion"):
+        raise ConfigError(f"dataset must be 'mnist' or 'fashion', got {cfg['dataset']!r}")
+    data = (load_mnist(allow_subset=cfg["allow_subset"]) if cfg["dataset"] == "mnist"
+            else load_fashion_mnist())
     tasks = []
     for i, (a, b) in enumerate(digit_pairs(cfg["num_tasks"], seed)):
         train = np.flatnonzero((data.train_y == a) | (data.train_y == b))
@@ -133,13 +137,15 @@ register_experiment(Experiment(
         **train_defaults(steps=1000, batch_size=32, lr=1e-3, eval_every=50, threads=1),
         "num_tasks": 10, "width": 64, "layers": 4, "depth": 0, "dropout": 0.5,
         "gate": "softmax", **PAPER_SCALE_LR, "encoder": "frozen", "val_fraction": 0.1,
-        "allow_subset": True,
+        "allow_subset": True, "dataset": "mnist",
     },
     build_tasks=_mnist_pair_tasks,
     build_model=_mnist_pairs_model,
     data=("mnist",),
     notes=("validation: a fixed fraction of each pair's training images (the paper gives no "
-           "validation protocol); test: the test images of the two digits",),
+           "validation protocol); test: the test images of the two digits",
+           "dataset=fashion: class pairs of the full Fashion-MNIST instead (60,000 training "
+           "images; beyond the paper)"),
 ))
 
 

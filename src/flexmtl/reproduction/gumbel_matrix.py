@@ -171,6 +171,135 @@ register_study(Study(
 ))
 
 
+# ---------------------------------------------------------------------- Fig. 7: budget
+
+#: budgets of the Fig. 7 reading: 0.5 leaves each task 2 of the 4 components (room for each
+#: pair to own two), 0.25 one (no sharing's share)
+FIG7_BUDGETS = (0.25, 0.5)
+
+G7B_MAIN = Claim("with the budget penalty at 0.5 Gumbel-Matrix does what Fig. 7 shows: its loss "
+                 "ends below no sharing, and in most seeds the two unrelated pairs share no "
+                 "component", main=True)
+G7B_LOW = Claim("with the budget at 0.25 too, its loss ends below no sharing and in most seeds "
+                "the unrelated pairs share no component")
+G7B_PAIRS = Claim("at budget 0.5 related tasks converge to the same components: in most seeds "
+                  "both pairs' embeddings are more alike within than across pairs")
+G7B_CLAIMS = (G7B_MAIN, G7B_LOW, G7B_PAIRS)
+
+
+def _budget_point(run: StudyRun, budget: float) -> tuple[dict, dict, list[int], dict] | None:
+    """At one budget: the Gumbel-Matrix and no-sharing losses, the components shared by the
+    two pairs per seed and the pairs-recovered summary (None if the point did not run)."""
+    methods = dict(points(run.results)).get(budget)
+    if methods is None:
+        return None
+    folder = ExperimentFolder(run.run_dir).method_dir("gumbel-budget", ("budget", budget))
+    shared = []
+    for seed_dir in seed_dirs(folder):
+        sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing") or {}
+        if sharing.get("embeddings"):
+            shared.append(_shared_components(sharing["embeddings"]))
+    return (metric(methods, "gumbel-budget", "test_loss"),
+            metric(methods, "no-sharing", "test_loss"), shared,
+            metric(methods, "gumbel-budget", "pairs_recovered"))
+
+
+def _assess_fig7_budget(run: StudyRun) -> Assessment:
+    rows, claims, extra = [], [], {}
+    pairs_claim = not_run(G7B_PAIRS, "budget 0.5 did not run")
+    for budget, claim in ((0.5, G7B_MAIN), (0.25, G7B_LOW)):
+        got = _budget_point(run, budget)
+        if got is None:
+            claims.append(not_run(claim, f"the runs lack budget {budget:g}"))
+            continue
+        g, ns, shared, recovered = got
+        rows.append([f"{budget:g}", fmt(g), fmt(ns),
+                     ", ".join(f"{c}: {shared.count(c)}" for c in sorted(set(shared))) or "-",
+                     fmt(recovered, 2)])
+        parts = [paired_claim(claim, "gumbel-budget", g, "no sharing", ns, True,
+                              where=f"budget {budget:g}")]
+        parts.append(count_claim(claim, shared.count(0), len(shared), "seeds") if shared
+                     else not_run(claim, "no finished run records its embeddings"))
+        claims.append(all_claim(claim, parts))
+        extra[f"{budget:g}"] = {"gumbel": g["mean"], "no-sharing": ns["mean"],
+                                "shared_components": shared}
+        if budget == 0.5:
+            found = [int(v) for v in recovered["values"]]
+            pairs_claim = count_claim(G7B_PAIRS, sum(found), len(found), "seeds")
+    claims.append(pairs_claim)
+    ours = table(["budget", "Gumbel-Matrix: test loss", "no sharing: test loss",
+                  "components both pairs use: seeds", "pairs recovered (share of seeds)"], rows)
+    return Assessment(ours, claims, extra)
+
+
+register_study(Study(
+    key="gm-fig7-budget", paper=GUMBEL_MATRIX, figure="Fig. 7 (ablation: budget)",
+    claim="two pairs of related synthetic tasks with the budget penalty (Sec. III-D), which the "
+          "paper does not use here: does limiting each task's share of components make "
+          "Gumbel-Matrix separate the unrelated pairs and beat no sharing?",
+    published="(Ablation of Fig. 7: the paper describes no budget for this experiment.)",
+    experiment="synthetic-pairs",
+    full=Protocol(10, {}, ("budget", FIG7_BUDGETS), ("gumbel-budget", "no-sharing"),
+                  note="10 seeds (the paper's Fig. 7 has 20); the paper's network and training; "
+                       "budget penalty weight 1; no sharing beside it at every point (it has "
+                       "no budget: the same runs)"),
+    claims=G7B_CLAIMS,
+    assess=_assess_fig7_budget,
+    ablation_of="gm-fig7",
+))
+
+
+G7D_MAIN = Claim("with components three ReLU layers deep (the other reading of 'three dense "
+                 "layers'), Gumbel-Matrix's loss ends below no sharing", main=True)
+G7D_DISTINCT = Claim("with components three ReLU layers deep, in most seeds the unrelated pairs "
+                     "share no component")
+G7D_CLAIMS = (G7D_MAIN, G7D_DISTINCT)
+
+
+def _assess_fig7_depth(run: StudyRun) -> Assessment:
+    rows: list[list[str]] = []
+    claims: list[ClaimResult] = []
+    extra: dict = {}
+    for depth, methods in sorted(points(run.results), key=lambda p: p[0]):
+        g, ns = metric(methods, "gumbel", "test_loss"), metric(methods, "no-sharing", "test_loss")
+        folder = ExperimentFolder(run.run_dir).method_dir("gumbel", ("hidden_layers", depth))
+        shared = []
+        for seed_dir in seed_dirs(folder):
+            sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing") or {}
+            if sharing.get("embeddings"):
+                shared.append(_shared_components(sharing["embeddings"]))
+        rows.append([str(depth), fmt(g), fmt(ns),
+                     ", ".join(f"{c}: {shared.count(c)}" for c in sorted(set(shared))) or "-"])
+        extra[str(depth)] = {"gumbel": g["mean"], "no-sharing": ns["mean"],
+                             "shared_components": shared}
+        if depth == 3:
+            claims = [paired_claim(G7D_MAIN, "gumbel", g, "no sharing", ns, True,
+                                   where="3 ReLU layers"),
+                      count_claim(G7D_DISTINCT, shared.count(0), len(shared), "seeds") if shared
+                      else not_run(G7D_DISTINCT, "no finished run records its embeddings")]
+    if not claims:
+        claims = [not_run(G7D_MAIN, "the runs lack hidden_layers=3"),
+                  not_run(G7D_DISTINCT, "the runs lack hidden_layers=3")]
+    ours = table(["ReLU layers per component", "Gumbel-Matrix: test loss",
+                  "no sharing: test loss", "components both pairs use: seeds"], rows)
+    return Assessment(ours, claims, extra)
+
+
+register_study(Study(
+    key="gm-fig7-depth", paper=GUMBEL_MATRIX, figure="Fig. 7 (ablation: component depth)",
+    claim="two pairs of related synthetic tasks with components read as three ReLU layers and "
+          "an output rather than two ReLU layers and an output: does Gumbel-Matrix then beat "
+          "no sharing and separate the pairs?",
+    published="(Ablation of Fig. 7: appendix A3 says each component has 'three dense layers'.)",
+    experiment="synthetic-pairs",
+    full=Protocol(10, {}, ("hidden_layers", (2, 3)), ("gumbel", "no-sharing"),
+                  note="10 seeds (the paper's Fig. 7 has 20); the paper's training"),
+    claims=G7D_CLAIMS,
+    assess=_assess_fig7_depth,
+    ablation_of="gm-fig7",
+))
+
+
 # ---------------------------------------------------------------------- planted groups
 
 PG_ARI = Claim("the Gumbel-Matrix task embeddings recover planted groups (tasks that share a "
