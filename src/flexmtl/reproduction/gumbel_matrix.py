@@ -856,6 +856,13 @@ def _separation(run: StudyRun, method: str) -> list[float]:
     return out
 
 
+def _settled_share(probabilities: list) -> float:
+    """Share of allocation probabilities (nested lists, one per routed layer) within
+    :data:`SETTLED` of 0 or 1."""
+    flat = np.concatenate([np.ravel(np.asarray(p, dtype=float)) for p in probabilities])
+    return float(np.mean(np.minimum(flat, 1 - flat) <= SETTLED))
+
+
 def _assess_clusters(run: StudyRun) -> Assessment:
     methods = run.results["methods"]
     method = next(iter(methods))
@@ -866,6 +873,12 @@ def _assess_clusters(run: StudyRun) -> Assessment:
     ours = table(["cluster", "share of its tasks with the cluster's most common embedding"],
                  rows)
     ours += ["", f"Active connections {fmt(active, 0)}%."]
+    settled = [_settled_share(s["probabilities"]) for s in sharing_summaries(run, method)
+               if s.get("probabilities")]
+    if settled:
+        ours += [f"Allocation probabilities settled (within {SETTLED} of 0 or 1) at the selected "
+                 f"checkpoint: a share {fmt(summarize(settled), 2)} of them; the embeddings "
+                 "are judged as they are there."]
     tasks = list(run.results.get("data") or {})
     claims = []
     for claim, group in ((G5_MNIST, "mnist"), (G5_FASHION, "fashion")):
