@@ -135,8 +135,9 @@ def descend(data: PlantedOrders, task: int, remedy: Remedy, seed: int, steps: in
         loss.backward()
         opt.step()
     with torch.no_grad():
-        test = float((forward(xt, gate(logits, remedy, end, False)) - yt).pow(2).mean())
-        picked = tuple(logits.argmax(0).tolist())
+        scales = gate(logits, remedy, end, False)  # what the model applies (Sinkhorn's
+        test = float((forward(xt, scales) - yt).pow(2).mean())  # normalisation moves argmax)
+        picked = tuple(scales.argmax(0).tolist())
     truth = data.orders[task]
     return {"exact": picked == truth, "match": float(np.mean([p == t for p, t in
                                                               zip(picked, truth)])),
