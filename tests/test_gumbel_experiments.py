@@ -12,6 +12,7 @@ from torch import nn
 
 from flexmtl.data import mnist, omniglot
 from flexmtl.data.mnist import ImageData
+from flexmtl.errors import ConfigError
 from flexmtl.experiments import get_experiment
 from flexmtl.experiments import gumbel_matrix as gm
 from flexmtl.runner import run_experiment
@@ -215,5 +216,5 @@ def test_synthetic_pairs_components_read_two_or_three_relu_layers():
         assert sum(isinstance(m, nn.Linear) for m in component) == depth + 1
         assert sum(isinstance(m, nn.ReLU) for m in component) == depth
         assert core.budget == cfg["budget"]
-    with pytest.raises(Exception, match="hidden_layers"):
+    with pytest.raises(ConfigError, match="hidden_layers"):
         exp.build_model("gumbel", tasks, {**cfg, "hidden_layers": 0}, 0)

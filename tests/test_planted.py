@@ -35,8 +35,9 @@ def test_planted_tasks_are_the_teacher_plus_the_stated_noise():
     again = planted_orders(5, layers=3, width=8, samples=(4000, 100, 100), noise=0.1, seed=3)
     assert again.orders == data.orders and np.array_equal(again.splits[0][0][1],
                                                           data.splits[0][0][1])
-    # orders repeat only once every permutation is used: 3! = 6 < 8 tasks
-    assert len(set(planted_orders(8, layers=3, width=4, samples=(2, 1, 1)).orders)) <= 6
+    # as many tasks as permutations: every permutation once; more: drawn with replacement
+    assert len(set(planted_orders(6, layers=3, width=4, samples=(2, 1, 1)).orders)) == 6
+    assert len(planted_orders(8, layers=3, width=4, samples=(2, 1, 1)).orders) == 8
     with pytest.raises(ConfigError):
         planted_orders(2, noise=-1.0)
 

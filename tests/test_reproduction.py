@@ -104,6 +104,10 @@ def test_not_worse_fails_only_on_a_significant_loss():
     assert st.not_worse_claim(claim, "a", a, "b", ahead, True).status == st.HOLDS
     assert st.not_worse_claim(claim, "a", ahead, "b", a, True).status == st.FAILS
     assert st.not_worse_claim(claim, "a", ahead, "b", a, False).status == st.HOLDS
+    # one seed: no interval, so it cannot hold (a trend at best)
+    one, other = summarize([1.0]), summarize([1.1])
+    assert st.not_worse_claim(claim, "a", one, "b", other, True).status == st.TREND
+    assert st.not_worse_claim(claim, "a", other, "b", one, True).status == st.FAILS
 
 
 def test_one_verdict_rule():

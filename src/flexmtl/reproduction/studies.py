@@ -73,7 +73,9 @@ RULE = (
     "of the claimed sign whose interval contains zero is a *trend*, and a trend does not hold. "
     "A claim about one measured quantity (\"above 0.9\", \"decreases\") holds when its 95% "
     "interval over seeds lies on the claimed side of the stated bound; \"about equal\" holds "
-    "when the interval of the difference lies within the stated margin. A claim about a count "
+    "when the interval of the difference lies within the stated margin; \"at least as good "
+    "as\" (ours, for library defaults) holds unless the interval of the difference excludes "
+    "zero on the other side, and needs two seeds or more. A claim about a count "
     "(\"in most seeds\", \"all tasks of a cluster\") is judged by an exact one-sided binomial "
     "test: it holds when P(X >= k) for X ~ Binomial(n, p0) is below 0.05 (p0 stated with the "
     "claim). Verdicts: *reproduced* = every claim holds; *partly* = the main claim holds and "
@@ -168,8 +170,13 @@ def not_worse_claim(claim: Claim, name_a: str, a: dict, name_b: str, b: dict,
     at = f"{where}: " if where else ""
     evidence = (f"{at}{name_a} {fmt(a, digits)} vs {name_b} {fmt(b, digits)}, difference "
                 f"{fmt(diff, digits)} ({diff['n']} seeds)")
-    return ClaimResult(claim, FAILS if behind and significant(diff) else HOLDS, evidence,
-                       f"{PAIRED_TEST}: fails only when it excludes zero on {name_b}'s side")
+    if math.isnan(diff.get("ci95", math.nan)):  # one seed: no interval, nothing to judge on
+        status = FAILS if behind else TREND
+    else:
+        status = FAILS if behind and significant(diff) else HOLDS
+    return ClaimResult(claim, status, evidence,
+                       f"{PAIRED_TEST}: fails only when it excludes zero on {name_b}'s side "
+                       "(two seeds or more)")
 
 
 def bound_claim(claim: Claim, name: str, values: Sequence[float], bound: float, above: bool,
