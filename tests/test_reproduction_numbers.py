@@ -92,7 +92,7 @@ def _render(tmp_path: Path, monkeypatch, sentinel: int, seeds: int,
         scales = r.uniform(0, 1, (3, 2, 4, 4))
         return [(s, x / x.sum(axis=1, keepdims=True)) for s, x in zip((0, 50, 100), scales)]
 
-    def sharing(run: st.StudyRun, method: str) -> list[dict]:
+    def sharing(run: st.StudyRun, method: str, point=None) -> list[dict]:
         return [{"embeddings": rng.integers(0, 2, (4, 4)).tolist(),
                  "probabilities": rng.uniform(0, 1, (4, 12)).tolist(),
                  "layer_sizes": [4, 4, 4]} for _ in range(seeds)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,6 +120,14 @@ def _shared_components(embeddings: list[list[int]]) -> int:
     return len(used[0] & used[1])
 
 
+def _shared_per_seed(run: StudyRun, method: str,
+                     point: tuple[str, Any] | None = None) -> list[int]:
+    """:func:`_shared_components` of each finished seed of ``method`` that records its
+    embeddings (at the sweep value ``point`` if given)."""
+    return [_shared_components(s["embeddings"]) for s in sharing_summaries(run, method, point)
+            if s.get("embeddings")]
+
+
 def _assess_fig7(run: StudyRun) -> Assessment:
     methods = run.results["methods"]
     g, ns = metric(methods, "gumbel", "test_loss"), metric(methods, "no-sharing", "test_loss")
@@ -130,8 +140,7 @@ def _assess_fig7(run: StudyRun) -> Assessment:
     ours = table(["method", "test loss (sum of 4 tasks)"], rows)
     ours += ["", f"Gumbel-Matrix task embeddings: similarity within pairs {fmt(within)}, "
                  f"across pairs {fmt(across)}."]
-    shared = [_shared_components(s["embeddings"]) for s in sharing_summaries(run, "gumbel")
-              if s.get("embeddings")]
+    shared = _shared_per_seed(run, "gumbel")
     if shared:
         counts = {c: shared.count(c) for c in sorted(set(shared))}
         ours.append("Components used by both pairs: " + ", ".join(
@@ -193,12 +202,7 @@ def _budget_point(run: StudyRun, budget: float) -> tuple[dict, dict, list[int], 
     methods = dict(points(run.results)).get(budget)
     if methods is None:
         return None
-    folder = ExperimentFolder(run.run_dir).method_dir("gumbel-budget", ("budget", budget))
-    shared = []
-    for seed_dir in seed_dirs(folder):
-        sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing") or {}
-        if sharing.get("embeddings"):
-            shared.append(_shared_components(sharing["embeddings"]))
+    shared = _shared_per_seed(run, "gumbel-budget", ("budget", budget))
     return (metric(methods, "gumbel-budget", "test_loss"),
             metric(methods, "no-sharing", "test_loss"), shared,
             metric(methods, "gumbel-budget", "pairs_recovered"))
@@ -262,12 +266,7 @@ def _assess_fig7_depth(run: StudyRun) -> Assessment:
     extra: dict = {}
     for depth, methods in sorted(points(run.results), key=lambda p: p[0]):
         g, ns = metric(methods, "gumbel", "test_loss"), metric(methods, "no-sharing", "test_loss")
-        folder = ExperimentFolder(run.run_dir).method_dir("gumbel", ("hidden_layers", depth))
-        shared = []
-        for seed_dir in seed_dirs(folder):
-            sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing") or {}
-            if sharing.get("embeddings"):
-                shared.append(_shared_components(sharing["embeddings"]))
+        shared = _shared_per_seed(run, "gumbel", ("hidden_layers", depth))
         rows.append([str(depth), fmt(g), fmt(ns),
                      ", ".join(f"{c}: {shared.count(c)}" for c in sorted(set(shared))) or "-"])
         extra[str(depth)] = {"gumbel": g["mean"], "no-sharing": ns["mean"],
@@ -374,26 +373,35 @@ GT1_ACTIVE = Claim("Gumbel-Matrix keeps about the published share of connections
 GT1_CLAIMS = (GT1_SB, GT1_NS, GT1_BUDGET, GT1_ACTIVE)
 
 
-def _assess_table1(run: StudyRun) -> Assessment:
-    methods = run.results["methods"]
-    acc = {m: metric(methods, m, "test_accuracy") for m in TABLE1}
-    active = {m: metric(methods, m, "active_connections") for m in TABLE1}
-    ours = table(["method", "test accuracy %", "active connections %"],
-                 [[m, fmt(acc[m], 1, 100.0), fmt(active[m], 0)] for m in TABLE1])
-    claims = [
-        paired_claim(GT1_SB, "gumbel", acc["gumbel"], "shared bottom", acc["shared-bottom"],
-                     False, 2, 100.0),
-        paired_claim(GT1_NS, "gumbel", acc["gumbel"], "no sharing", acc["no-sharing"], False, 2,
-                     100.0),
-        margin_claim(GT1_BUDGET, "gumbel budget 0.75", acc["gumbel-budget"], "gumbel",
-                     acc["gumbel"], BUDGET_MARGIN, 2, 100.0),
-        all_claim(GT1_ACTIVE, [within_claim(GT1_ACTIVE, f"{m} active %", active[m]["values"],
-                                            TABLE1[m][2], ACTIVE_MARGIN, 1)
-                               for m in ("gumbel", "gumbel-budget")]),
-    ]
-    return Assessment(ours, claims, {m: {"accuracy": acc[m]["mean"],
-                                         "active": active[m]["mean"]} for m in TABLE1})
+def _table1_assessment(judge_active: bool) -> Callable[[StudyRun], Assessment]:
+    """Table I's judgement: accuracy against shared bottom and no sharing, the budget's
+    accuracy against none, and (``judge_active``) the active shares against the paper's."""
 
+    def assess(run: StudyRun) -> Assessment:
+        methods = run.results["methods"]
+        acc = {m: metric(methods, m, "test_accuracy") for m in TABLE1}
+        active = {m: metric(methods, m, "active_connections") for m in TABLE1}
+        ours = table(["method", "test accuracy %", "active connections %"],
+                     [[m, fmt(acc[m], 1, 100.0), fmt(active[m], 0)] for m in TABLE1])
+        claims = [
+            paired_claim(GT1_SB, "gumbel", acc["gumbel"], "shared bottom", acc["shared-bottom"],
+                         False, 2, 100.0),
+            paired_claim(GT1_NS, "gumbel", acc["gumbel"], "no sharing", acc["no-sharing"],
+                         False, 2, 100.0),
+            margin_claim(GT1_BUDGET, "gumbel budget 0.75", acc["gumbel-budget"], "gumbel",
+                         acc["gumbel"], BUDGET_MARGIN, 2, 100.0),
+        ]
+        if judge_active:
+            claims.append(all_claim(GT1_ACTIVE, [
+                within_claim(GT1_ACTIVE, f"{m} active %", active[m]["values"], TABLE1[m][2],
+                             ACTIVE_MARGIN, 1) for m in ("gumbel", "gumbel-budget")]))
+        return Assessment(ours, claims, {m: {"accuracy": acc[m]["mean"],
+                                             "active": active[m]["mean"]} for m in TABLE1})
+
+    return assess
+
+
+_assess_table1 = _table1_assessment(judge_active=True)
 
 register_study(Study(
     key="gm-table1", paper=GUMBEL_MATRIX, figure="Table I",
@@ -416,23 +424,7 @@ register_study(Study(
 GT1_FASHION_CLAIMS = (GT1_SB, GT1_NS, GT1_BUDGET)
 
 
-def _assess_table1_fashion(run: StudyRun) -> Assessment:
-    methods = run.results["methods"]
-    acc = {m: metric(methods, m, "test_accuracy") for m in TABLE1}
-    active = {m: metric(methods, m, "active_connections") for m in TABLE1}
-    ours = table(["method", "test accuracy %", "active connections %"],
-                 [[m, fmt(acc[m], 1, 100.0), fmt(active[m], 0)] for m in TABLE1])
-    claims = [
-        paired_claim(GT1_SB, "gumbel", acc["gumbel"], "shared bottom", acc["shared-bottom"],
-                     False, 2, 100.0),
-        paired_claim(GT1_NS, "gumbel", acc["gumbel"], "no sharing", acc["no-sharing"], False, 2,
-                     100.0),
-        margin_claim(GT1_BUDGET, "gumbel budget 0.75", acc["gumbel-budget"], "gumbel",
-                     acc["gumbel"], BUDGET_MARGIN, 2, 100.0),
-    ]
-    return Assessment(ours, claims, {m: {"accuracy": acc[m]["mean"],
-                                         "active": active[m]["mean"]} for m in TABLE1})
-
+_assess_table1_fashion = _table1_assessment(judge_active=False)  # shares: MNIST's
 
 register_study(Study(
     key="gm-table1-fashion", paper=GUMBEL_MATRIX, figure="Table I (ablation: data-rich)",

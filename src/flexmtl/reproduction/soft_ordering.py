@@ -35,6 +35,7 @@ from flexmtl.reproduction.studies import (
     points,
     register_study,
     seed_dirs,
+    sharing_summaries,
     snapshots,
     table,
 )
@@ -543,12 +544,8 @@ def _largest_scale(run: StudyRun, value: float) -> dict | None:
     """Over the finished soft-ordering seeds at one scale learning rate: the mean over tasks
     and depths of the largest scale of the selected model (None when no run records it)."""
     sweep_key = (run.results.get("sweep") or {}).get("key", "sharing_lr")
-    folder = ExperimentFolder(run.run_dir).method_dir("soft", (sweep_key, value))
-    values = []
-    for seed_dir in seed_dirs(folder):
-        sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing") or {}
-        if sharing.get("scales"):
-            values.append(float(np.asarray(sharing["scales"]).max(axis=1).mean()))
+    values = [float(np.asarray(s["scales"]).max(axis=1).mean())
+              for s in sharing_summaries(run, "soft", (sweep_key, value)) if s.get("scales")]
     return summarize(values) if values else None
 
 
@@ -611,6 +608,11 @@ def _scales_assessment(claims: tuple[Claim, Claim, Claim], key: str, column: str
 
 
 SCALES_CLAIMS = _scales_claims("combined validation loss", True)
+_SCALES_VAL_LOSS = _scales_assessment(SCALES_CLAIMS, "val_loss",
+                                      "lowest combined validation loss", True)
+#: how the scale ablations sweep (their protocol notes end with it)
+SWEPT_SCALES = ("the scales' Adam learning rate swept (sharing_lr; 1e-9 keeps them uniform), "
+                "parallel ordering beside it at every point (it has no scales: the same runs)")
 
 
 register_study(Study(
@@ -623,12 +625,9 @@ register_study(Study(
               "the rest of the model.)",
     experiment="uci",
     full=Protocol(10, {"dropout": 0.0}, ("sharing_lr", SCALE_LRS), ("parallel", "soft"),
-                  note="10 seeds, as so-fig5b; dropout 0; the scales' Adam learning rate "
-                       "swept (sharing_lr; 1e-9 keeps them uniform), parallel ordering beside "
-                       "it at every point (it has no scales: the same runs)"),
+                  note="10 seeds, as so-fig5b; dropout 0; " + SWEPT_SCALES),
     claims=SCALES_CLAIMS,
-    assess=_scales_assessment(SCALES_CLAIMS, "val_loss", "lowest combined validation loss",
-                              True),
+    assess=_SCALES_VAL_LOSS,
     data=_uci_data,
     ablation_of="so-fig5b",
     remark=("The library's default scale learning rate was chosen on these runs and on those "
@@ -652,9 +651,7 @@ register_study(Study(
     full=Protocol(10, {}, ("sharing_lr", (FROZEN_LR, PAPER_LR, 1e-1, LIBRARY_LR)),
                   ("parallel", "soft"),
                   note="10 seeds; 10 tasks; the experiment's 1000 steps (not Fig. 4a's 5000); "
-                       "the scales' Adam learning rate swept (sharing_lr; 1e-9 keeps them "
-                       "uniform), parallel ordering beside it at every point (it has no "
-                       "scales: the same runs)"),
+                       + SWEPT_SCALES),
     claims=PAIRS_SCALES_CLAIMS,
     assess=_scales_assessment(PAIRS_SCALES_CLAIMS, "test_accuracy", "test accuracy", False),
     data=_mnist_data,
@@ -671,12 +668,9 @@ register_study(Study(
     published="(Beyond the paper: its UCI protocol and network on other tabular data.)",
     experiment="tabular",
     full=Protocol(10, {}, ("sharing_lr", SCALE_LRS), ("parallel", "soft"),
-                  note="10 seeds; uci's protocol and network, dropout 0; the scales' Adam "
-                       "learning rate swept (sharing_lr; 1e-9 keeps them uniform), parallel "
-                       "ordering beside it at every point (it has no scales: the same runs)"),
+                  note="10 seeds; uci's protocol and network, dropout 0; " + SWEPT_SCALES),
     claims=SCALES_CLAIMS,
-    assess=_scales_assessment(SCALES_CLAIMS, "val_loss", "lowest combined validation loss",
-                              True),
+    assess=_SCALES_VAL_LOSS,
     data=lambda run: "; ".join(f"{t['name']} ({t.get('note', '')})" for t in _tasks(run))
     or data_notes(run),
 ))

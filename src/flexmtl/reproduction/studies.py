@@ -424,10 +424,12 @@ def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
     return figures
 
 
-def sharing_summaries(run: StudyRun, method: str) -> list[dict]:
+def sharing_summaries(run: StudyRun, method: str,
+                      point: tuple[str, Any] | None = None) -> list[dict]:
     """What each finished seed of ``method`` learned about sharing (``result.json``'s
-    ``sharing``: for an allocation core its probabilities, embeddings and layer sizes)."""
-    folder = ExperimentFolder(run.run_dir).method_dir(method)
+    ``sharing``: for an allocation core its probabilities, embeddings and layer sizes; for
+    soft ordering its scales), at the sweep value ``point`` (``(key, value)``) if given."""
+    folder = ExperimentFolder(run.run_dir).method_dir(method, point)
     out = []
     for seed_dir in seed_dirs(folder):
         sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing")
