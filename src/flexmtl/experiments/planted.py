@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import cast
 
 import torch
 from torch import nn
 
 from flexmtl.analysis.planted import group_recovery, order_recovery
-from flexmtl.data.planted import planted_groups, planted_orders
+from flexmtl.data.planted import PlantedOrders, planted_groups, planted_orders
 from flexmtl.errors import ConfigError
 from flexmtl.experiments.base import Experiment, register_experiment, train_defaults
 from flexmtl.experiments.gumbel_matrix import (
@@ -35,11 +36,16 @@ from flexmtl.tasks import Task
 BLOCKS = ("given", "learned")
 
 
-def _orders_data(cfg: dict):
+def _orders_data(cfg: dict) -> PlantedOrders:
+    """The teacher and its tasks (one draw per configuration: the tasks and the given blocks
+    read the same one)."""
     n = cfg["samples"]
-    return planted_orders(cfg["num_tasks"], cfg["layers"], cfg["width"],
-                          (n, max(n // 4, 1), max(n // 4, 1)), cfg["noise"], cfg["gain"],
-                          cfg["data_seed"])
+    return _planted_orders(cfg["num_tasks"], cfg["layers"], cfg["width"],
+                           (n, max(n // 4, 1), max(n // 4, 1)), float(cfg["noise"]),
+                           float(cfg["gain"]), cfg["data_seed"])
+
+
+_planted_orders = functools.lru_cache(maxsize=2)(planted_orders)
 
 
 def _orders_tasks(cfg: dict, seed: int) -> list[Task]:

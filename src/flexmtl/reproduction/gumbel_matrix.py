@@ -260,28 +260,35 @@ G7D_DISTINCT = Claim("with components three ReLU layers deep, in most seeds the 
 G7D_CLAIMS = (G7D_MAIN, G7D_DISTINCT)
 
 
-def _assess_fig7_depth(run: StudyRun) -> Assessment:
-    rows: list[list[str]] = []
-    claims: list[ClaimResult] = []
-    extra: dict = {}
-    for depth, methods in sorted(points(run.results), key=lambda p: p[0]):
-        g, ns = metric(methods, "gumbel", "test_loss"), metric(methods, "no-sharing", "test_loss")
-        shared = _shared_per_seed(run, "gumbel", ("hidden_layers", depth))
-        rows.append([str(depth), fmt(g), fmt(ns),
-                     ", ".join(f"{c}: {shared.count(c)}" for c in sorted(set(shared))) or "-"])
-        extra[str(depth)] = {"gumbel": g["mean"], "no-sharing": ns["mean"],
-                             "shared_components": shared}
-        if depth == 3:
-            claims = [paired_claim(G7D_MAIN, "gumbel", g, "no sharing", ns, True,
-                                   where="3 ReLU layers"),
-                      count_claim(G7D_DISTINCT, shared.count(0), len(shared), "seeds") if shared
-                      else not_run(G7D_DISTINCT, "no finished run records its embeddings")]
-    if not claims:
-        claims = [not_run(G7D_MAIN, "the runs lack hidden_layers=3"),
-                  not_run(G7D_DISTINCT, "the runs lack hidden_layers=3")]
-    ours = table(["ReLU layers per component", "Gumbel-Matrix: test loss",
-                  "no sharing: test loss", "components both pairs use: seeds"], rows)
-    return Assessment(ours, claims, extra)
+def _fig7_reading(key: str, column: str, at: Any, where: str, main: Claim, distinct: Claim
+                  ) -> Callable[[StudyRun], Assessment]:
+    """Assess a Fig. 7 reading swept over ``key``: per sweep value, the Gumbel-Matrix and
+    no-sharing losses and the components both pairs use; the claims are judged at ``at``."""
+
+    def assess(run: StudyRun) -> Assessment:
+        rows: list[list[str]] = []
+        claims: list[ClaimResult] = []
+        extra: dict = {}
+        for value, methods in sorted(points(run.results), key=lambda p: p[0]):
+            g = metric(methods, "gumbel", "test_loss")
+            ns = metric(methods, "no-sharing", "test_loss")
+            shared = _shared_per_seed(run, "gumbel", (key, value))
+            rows.append([f"{value:g}", fmt(g), fmt(ns),
+                         ", ".join(f"{c}: {shared.count(c)}" for c in sorted(set(shared))) or "-"])
+            extra[f"{value:g}"] = {"gumbel": g["mean"], "no-sharing": ns["mean"],
+                                   "shared_components": shared}
+            if value == at:
+                claims = [paired_claim(main, "gumbel", g, "no sharing", ns, True, where=where),
+                          count_claim(distinct, shared.count(0), len(shared), "seeds") if shared
+                          else not_run(distinct, "no finished run records its embeddings")]
+        if not claims:
+            claims = [not_run(main, f"the runs lack {key}={at:g}"),
+                      not_run(distinct, f"the runs lack {key}={at:g}")]
+        ours = table([column, "Gumbel-Matrix: test loss", "no sharing: test loss",
+                      "components both pairs use: seeds"], rows)
+        return Assessment(ours, claims, extra)
+
+    return assess
 
 
 register_study(Study(
@@ -294,7 +301,61 @@ register_study(Study(
     full=Protocol(10, {}, ("hidden_layers", (2, 3)), ("gumbel", "no-sharing"),
                   note="10 seeds (the paper's Fig. 7 has 20); the paper's training"),
     claims=G7D_CLAIMS,
-    assess=_assess_fig7_depth,
+    assess=_fig7_reading("hidden_layers", "ReLU layers per component", 3, "3 ReLU layers",
+                         *G7D_CLAIMS),
+    ablation_of="gm-fig7",
+))
+
+
+#: the authors' rule of thumb for the logits' learning rate (REFERENCE.md): tasks x the
+#: model's (4 x 0.01); the experiment trains them at the model's rate, as appendix A3 gives
+FIG7_LOGIT_LRS = (0.01, 0.04)
+
+G7L_MAIN = Claim("with the allocation logits at the authors' rule-of-thumb learning rate "
+                 "(tasks x the model's: 0.04), Gumbel-Matrix's loss ends below no sharing",
+                 main=True)
+G7L_DISTINCT = Claim("at that logit learning rate, in most seeds the unrelated pairs share no "
+                     "component")
+
+register_study(Study(
+    key="gm-fig7-logit-lr", paper=GUMBEL_MATRIX, figure="Fig. 7 (ablation: logit learning rate)",
+    claim="two pairs of related synthetic tasks with the allocation logits trained at the "
+          "authors' rule of thumb, tasks x the model's learning rate, rather than at the "
+          "model's: does Gumbel-Matrix then beat no sharing and separate the pairs?",
+    published="(Ablation of Fig. 7: appendix A3 gives one learning rate, 0.01.)",
+    experiment="synthetic-pairs",
+    full=Protocol(10, {}, ("sharing_lr", FIG7_LOGIT_LRS), ("gumbel", "no-sharing"),
+                  note="10 seeds (the paper's Fig. 7 has 20); the paper's network and training; "
+                       "no sharing (no logits) beside it at every point: the same runs"),
+    claims=(G7L_MAIN, G7L_DISTINCT),
+    assess=_fig7_reading("sharing_lr", "logit learning rate", 0.04, "logit lr 0.04",
+                         G7L_MAIN, G7L_DISTINCT),
+    ablation_of="gm-fig7",
+))
+
+
+#: initial allocation probabilities: 0.5, the authors' default and this experiment's, and
+#: 0.97, their value for the deep Omniglot network (REFERENCE.md; App. C1)
+FIG7_P_INITS = (0.5, 0.97)
+
+G7P_MAIN = Claim("with every connection starting at probability 0.97 (the authors' value for "
+                 "their deep network) rather than 0.5, Gumbel-Matrix's loss ends below no "
+                 "sharing", main=True)
+G7P_DISTINCT = Claim("at p_init 0.97, in most seeds the unrelated pairs share no component")
+
+register_study(Study(
+    key="gm-fig7-p-init", paper=GUMBEL_MATRIX, figure="Fig. 7 (ablation: p_init)",
+    claim="two pairs of related synthetic tasks with every connection starting at probability "
+          "0.97 rather than 0.5: does Gumbel-Matrix then beat no sharing and separate the "
+          "pairs?",
+    published="(Ablation of Fig. 7: the paper gives no p_init for this experiment; the "
+              "authors' default is 0.5, 0.97 for their deep Omniglot network.)",
+    experiment="synthetic-pairs",
+    full=Protocol(10, {}, ("p_init", FIG7_P_INITS), ("gumbel", "no-sharing"),
+                  note="10 seeds (the paper's Fig. 7 has 20); the paper's network and training; "
+                       "no sharing (no allocation) beside it at every point: the same runs"),
+    claims=(G7P_MAIN, G7P_DISTINCT),
+    assess=_fig7_reading("p_init", "p_init", 0.97, "p_init 0.97", G7P_MAIN, G7P_DISTINCT),
     ablation_of="gm-fig7",
 ))
 

@@ -671,6 +671,7 @@ register_study(Study(
                   note="10 seeds; uci's protocol and network, dropout 0; " + SWEPT_SCALES),
     claims=SCALES_CLAIMS,
     assess=_SCALES_VAL_LOSS,
+    needs=("tabular",), fixture_test="tests/test_data.py",
     data=lambda run: "; ".join(f"{t['name']} ({t.get('note', '')})" for t in _tasks(run))
     or data_notes(run),
 ))
