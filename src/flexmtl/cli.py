@@ -85,6 +85,27 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="redraw the plots of a run folder")
     plot.add_argument("run_dir")
 
+    ev = sub.add_parser("evaluate", help="evaluate a finished run's selected model on its own "
+                                         "splits or on new data")
+    _add_run_choice(ev)
+    ev.add_argument("--split", choices=("train", "val", "test"),
+                    help="the run's own split to evaluate (default: test where the run has "
+                         "one, else val)")
+    ev.add_argument("--data", nargs="+", metavar="TASK=FILE", default=(),
+                    help="new data per task instead: .npz (arrays x, y) or .csv (inputs, then "
+                         "the target)")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    ex = sub.add_parser("export", help="save one task's path of a finished run's selected "
+                                       "model as a standalone torch.export program (.pt2)")
+    _add_run_choice(ex)
+    ex.add_argument("--task", required=True, help="the task to export (its name)")
+    ex.add_argument("--out", required=True, help="the file to write (.pt2)")
+    ex.add_argument("--prune", type=float, default=0.0,
+                    help="soft ordering: drop branches whose scale is at most this (default 0: "
+                         "keep all, the outputs are the model's); Gumbel-Matrix: inactive "
+                         "components are always dropped")
+
     rep = sub.add_parser("reproduce", help="reproduce the papers' figures and tables and "
                                            "write REPRODUCTION.md (resumable)")
     rep.add_argument("--quick", action="store_true",
@@ -135,6 +156,63 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--root", help="data root (default: $FLEXMTL_DATA, else "
                                         "~/.flexmtl/data)")
     return p
+
+
+def _add_run_choice(command: argparse.ArgumentParser) -> None:
+    """RUN and the options that pick one training run of an experiment folder."""
+    command.add_argument("run", metavar="RUN", help="a training run's folder (METHOD/seed-S) "
+                                                    "or an experiment folder")
+    command.add_argument("--method", help="the method, in an experiment folder")
+    command.add_argument("--seed", type=int, help="the seed (default: the first)")
+    command.add_argument("--point", metavar="KEY=VALUE", help="the sweep value, in a swept "
+                                                              "experiment folder")
+
+
+def _load(args: argparse.Namespace):
+    from flexmtl.use import load_run
+
+    return load_run(args.run, method=args.method, seed=args.seed, point=args.point)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from flexmtl.use.run import load_arrays
+
+    loaded = _load(args)
+    data = {}
+    for item in args.data:
+        task, sep, file = item.partition("=")
+        if not sep or not task or not file:
+            raise FlexMTLError(f"--data takes TASK=FILE, got {item!r}")
+        data[task] = load_arrays(file)
+    metrics = loaded.evaluate(args.split, data or None)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    split = args.split or ("test" if any(t.test is not None for t in loaded.tasks) else "val")
+    where = ", ".join(f"{t} from {f}" for t, f in (i.split("=", 1) for i in args.data)) \
+        or f"the run's {split} split"
+    print(f"{loaded!r}\n  on {where}:")
+    print(f"  {'task':>20}  {'loss':>10}  {'accuracy':>9}")
+    for name, m in metrics["tasks"].items():
+        print(f"  {name:>20}  {m['loss']:10.4f}  {m['accuracy']:9.4f}")
+    print(f"  {'(sum / mean)':>20}  {metrics['loss']:10.4f}  {metrics['accuracy']:9.4f}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from flexmtl.use import export_task
+    from flexmtl.use.export import parameter_bytes, task_module
+
+    loaded = _load(args)
+    task = loaded.tasks[loaded.task_index(args.task)]
+    split = next(s for s in (task.val, task.test, task.train) if s is not None)
+    path = export_task(loaded, task.name, args.out, split.x[:8], prune=args.prune)
+    kept, full = parameter_bytes(task_module(loaded, task.name, prune=args.prune)), \
+        parameter_bytes(loaded.model)
+    print(f"{path}: task {task.name!r} of {loaded!r}; parameters {kept:,} bytes "
+          f"({kept / full:.0%} of the full model's {full:,}); load it with "
+          f"torch.export.load({str(path)!r}).module()")
 
 
 def _add_executor_options(command: argparse.ArgumentParser) -> None:
@@ -355,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_plot(args.run_dir)
         elif args.command == "reproduce":
             rc = _cmd_reproduce(args)
+        elif args.command == "evaluate":
+            _cmd_evaluate(args)
+        elif args.command == "export":
+            _cmd_export(args)
         elif args.command == "data":
             _cmd_data(args)
         sys.stdout.flush()  # a reader that left surfaces here, not at interpreter exit

@@ -14,7 +14,8 @@ import importlib
 from typing import Any
 
 #: public name -> the submodule of this package that defines it
-_WHERE: dict[str, str] = {}
+_WHERE: dict[str, str] = {"LoadedRun": "run", "load_run": "run", "load_arrays": "run",
+                          "task_module": "export", "export_task": "export"}
 
 __all__ = sorted(_WHERE)
 
