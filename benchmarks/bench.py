@@ -83,7 +83,7 @@ from flexmtl.training.threads import FlopCount, other_load, usable_cores
 
 HERE = Path(__file__).resolve().parent
 #: the README's main job: ``flexmtl`` with these arguments
-MAIN_JOB = ("run", "uci", "dropout=0")
+MAIN_JOB = ("run", "tabular")
 
 
 # ---------------------------------------------------------------------- configurations
@@ -539,7 +539,7 @@ STUDY_NAMES = ("uci", "so-fig4a", "four-mnists")
 
 def studies(scale: int) -> dict[str, dict]:
     """run_experiment's arguments of each study, as users run them, with steps (or epochs)
-    and eval_every divided by ``scale``: the README's main job (``flexmtl run uci``), Fig.
+    and eval_every divided by ``scale``: the paper's UCI experiment (``flexmtl run uci``), Fig.
     4a at the quick protocol of ``flexmtl reproduce`` (so-fig4a), and four-mnists."""
     fig4a = get_study("so-fig4a").quick
     assert fig4a is not None
