@@ -249,3 +249,21 @@ def test_export_command(tiny_run, tmp_path, capsys):
     assert main(["export", str(tiny_run), "--method", "permuted", "--task", "nope",
                  "--out", str(out)]) == 2
     assert "Known:" in capsys.readouterr().err
+
+
+def test_flexmtl_lends_the_use_and_analysis_names_lazily():
+    import importlib
+    import subprocess
+    import sys
+
+    from flexmtl import cosine_similarity, group_tasks, load_run, summarize  # noqa: F401
+
+    assert {"load_run", "export_task", "task_module", "group_tasks", "cosine_similarity",
+            "summarize", "group_recovery"} <= set(fm.__all__)
+    assert fm.group_tasks is importlib.import_module("flexmtl.analysis").group_tasks
+    with pytest.raises(AttributeError, match="no attribute 'lod_run'"):
+        fm.lod_run  # noqa: B018
+    # import flexmtl does not import the modules behind them
+    code = "import sys, flexmtl; print('flexmtl.use.run' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -4,8 +4,10 @@ Nothing here runs during training, so it cannot change a run's numbers: the pack
 out of the source hash (:data:`flexmtl.provenance.SOURCE_EXCLUDED`), and a test checks that no
 module the hash covers imports it (``flexmtl/__init__.py`` only re-exports its names, lazily).
 
-Its public names are listed in :data:`__all__` and loaded on first use from the submodules
-named in :data:`_WHERE`, so ``import flexmtl`` stays light.
+Its public names are listed in :data:`__all__` and loaded on first use from the modules named
+in :data:`_WHERE`, so ``import flexmtl`` stays light. Besides its own, it lends ``flexmtl``
+the analysis helpers a user of a trained model needs (task similarity and groups of tasks
+from Gumbel-Matrix embeddings, mean and 95% interval over seeds, recovery of known groups).
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: public name -> the submodule of this package that defines it
-_WHERE: dict[str, str] = {"LoadedRun": "run", "load_run": "run", "load_arrays": "run",
-                          "task_module": "export", "export_task": "export"}
+#: public name -> the module that defines it
+_WHERE: dict[str, str] = {
+    "LoadedRun": "flexmtl.use.run", "load_run": "flexmtl.use.run",
+    "load_arrays": "flexmtl.use.run",
+    "task_module": "flexmtl.use.export", "export_task": "flexmtl.use.export",
+    "cosine_similarity": "flexmtl.analysis.embeddings",
+    "group_tasks": "flexmtl.analysis.embeddings",
+    "group_recovery": "flexmtl.analysis.planted",
+    "summarize": "flexmtl.analysis.stats",
+}
 
 __all__ = sorted(_WHERE)
 
@@ -23,4 +32,4 @@ __all__ = sorted(_WHERE)
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'flexmtl.use' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"flexmtl.use.{_WHERE[name]}"), name)
+    return getattr(importlib.import_module(_WHERE[name]), name)
