@@ -267,3 +267,18 @@ def test_flexmtl_lends_the_use_and_analysis_names_lazily():
     code = "import sys, flexmtl; print('flexmtl.use.run' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_load_run_of_a_swept_experiment(tmp_path):
+    out = tmp_path / "sweep"
+    run_experiment("random-tasks", methods=["parallel"], seeds=1, out_dir=out,
+                   overrides={"steps": 2, "eval_every": 1, "m": 3}, sweep=("n", (8, 16)),
+                   progress=False, plots=False, log=lambda s: 0)
+    for n in (8, 16):
+        run = fm.load_run(out, point=f"n={n}")
+        assert run.config["n"] == n and run.tasks[0].train.x.shape == (n, 3)
+    assert fm.load_run(out / "n=16" / "parallel" / "seed-0").config["n"] == 16
+    with pytest.raises(ConfigError, match="name the point, one of n=8, n=16"):
+        fm.load_run(out)
+    with pytest.raises(UnknownNameError, match="n=8"):
+        fm.load_run(out, point="n=9")
