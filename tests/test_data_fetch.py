@@ -104,7 +104,9 @@ def status(name: str, root: Path) -> dict:
 
 def idx_gz(array: np.ndarray) -> bytes:
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return gzip.compress(header + array.astype(np.uint8).tobytes())
+    # mtime 0: the same bytes on every call (a header with the time would differ across a
+    # second boundary between two calls)
+    return gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0)
 
 
 def idx_payloads(n: int = 6) -> dict[str, bytes]:
