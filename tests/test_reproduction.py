@@ -553,3 +553,12 @@ def test_table1_per_layer_claim_reads_every_layer(tmp_path):
     judged = so._judge_layers(run)
     assert judged.status in (st.HOLDS, st.TREND, st.FAILS)
     assert judged.evidence.count("layer ") >= 8 and "layer 4" in judged.evidence
+
+
+def test_fig7_one_component_per_pair_is_recognised():
+    from flexmtl.reproduction.gumbel_matrix import _one_per_pair
+
+    assert _one_per_pair([[0, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]])
+    assert not _one_per_pair([[0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]])  # shared
+    assert not _one_per_pair([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]])  # two each
+    assert not _one_per_pair([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # none

@@ -233,7 +233,40 @@ def _assess_fig7_budget(run: StudyRun) -> Assessment:
     claims.append(pairs_claim)
     ours = table(["budget", "Gumbel-Matrix: test loss", "no sharing: test loss",
                   "components both pairs use: seeds", "pairs recovered (share of seeds)"], rows)
+    ours += _one_per_pair_reading(run)
     return Assessment(ours, claims, extra)
+
+
+def _one_per_pair(embeddings: list[list[int]]) -> bool:
+    """Each task uses one component, the same as its partner's, another than the other
+    pair's: the allocation of probes/fig7_oracle.py's ``pairs-share-one``."""
+    e = embeddings
+    return (all(sum(row) == 1 for row in e) and e[0] == e[1] and e[2] == e[3]
+            and e[0] != e[2])
+
+
+def _one_per_pair_reading(run: StudyRun) -> list[str]:
+    """At budget 0.25: the seeds whose learned allocation ends at one shared component per
+    pair, and their loss against no sharing's on the same seeds (the allocation that, given
+    before training, beats no sharing: probes/results/fig7-oracle.md)."""
+    methods = dict(points(run.results)).get(0.25)
+    if methods is None:
+        return []
+    summaries = sharing_summaries(run, "gumbel-budget", ("budget", 0.25))
+    g = metric(methods, "gumbel-budget", "test_loss")["values"]
+    ns = metric(methods, "no-sharing", "test_loss")["values"]
+    if not summaries or len(summaries) != len(g) or len(g) != len(ns):
+        return []
+    hits = [i for i, s in enumerate(summaries) if _one_per_pair(s.get("embeddings") or [[]])]
+    line = (f"At budget 0.25 the learned allocation ends at one shared component per pair (each "
+            f"pair its own) in {len(hits)} of {len(g)} seeds")
+    if hits:
+        diffs = [g[i] - ns[i] for i in hits]
+        line += (f"; in those seeds Gumbel-Matrix's test loss minus no sharing's is "
+                 f"{fmt(summarize(diffs))} ({sum(d > 0 for d in diffs)} of {len(hits)} above "
+                 "no sharing), while that allocation fixed before training ends below no "
+                 "sharing (probes/results/fig7-oracle.md)")
+    return ["", line + "."]
 
 
 register_study(Study(
