@@ -190,7 +190,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
-    split = args.split or ("test" if any(t.test is not None for t in loaded.tasks) else "val")
+    split = args.split or loaded.default_split()
     where = ", ".join(f"{t} from {f}" for t, f in (i.split("=", 1) for i in args.data)) \
         or f"the run's {split} split"
     print(f"{loaded!r}\n  on {where}:")

@@ -73,6 +73,11 @@ class LoadedRun:
             raise UnknownNameError("task of this run", str(task), self.task_names)
         return self.task_names.index(str(task))
 
+    def default_split(self) -> str:
+        """The split :meth:`evaluate` reads by default: ``"test"`` when the run has a test
+        split, else ``"val"``."""
+        return "test" if any(t.test is not None for t in self.tasks) else "val"
+
     def _inputs(self, index: int, x: Any) -> torch.Tensor:
         task = self.tasks[index]
         t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
@@ -128,7 +133,7 @@ class LoadedRun:
         from flexmtl.training.evaluation import evaluate_tasks
 
         if split is None:
-            split = "test" if any(t.test is not None for t in self.tasks) else "val"
+            split = self.default_split()
         if split not in ("train", "val", "test"):
             raise UnknownNameError("split", split, ["train", "val", "test"])
         tasks = list(self.tasks)
