@@ -97,6 +97,28 @@ def test_same_seed_same_result_on_cpu():
         assert torch.equal(runs[0][k], runs[1][k]), k
 
 
+def test_the_config_seed_seeds_every_draw_of_training(capsys):
+    """Dropout masks and batches come from TrainConfig.seed, whatever the global random state
+    was before training; another seed draws otherwise. The run also leaves the process's
+    thread count as it found it, and draws no progress bar into output that is not a
+    terminal."""
+    tasks = make_tasks()
+    states = {}
+    torch.set_num_threads(2)
+    for label, seed, noise in (("a", 3, 0), ("b", 3, 5), ("c", 4, 0)):
+        model = make_model(tasks=tasks, dropout=0.5)  # the same initial weights
+        torch.rand(noise)  # other work before training moves the global generator
+        np.random.rand(noise)
+        t = Trainer(model, tasks, TrainConfig(steps=12, batch_size=8, eval_every=6,
+                                              seed=seed, threads=1, progress=True))
+        t.fit()
+        states[label] = t.final_state
+        assert torch.get_num_threads() == 2  # scoped to the run
+    assert all(torch.equal(states["a"][k], states["b"][k]) for k in states["a"])
+    assert not all(torch.equal(states["a"][k], states["c"][k]) for k in states["a"])
+    assert "\r" not in capsys.readouterr().err  # stderr here is not a terminal
+
+
 def test_frozen_encoders_do_not_change():
     tasks = make_tasks()
     model = make_model(tasks=tasks, encoder="frozen")

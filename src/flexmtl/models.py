@@ -164,6 +164,24 @@ class MultiTaskModel(Fusable, nn.Module):
     def num_tasks(self) -> int:
         return self.core.num_tasks
 
+    def task_index(self, task: str | int) -> int:
+        """The index of ``task``, given by name or index (unknown names: a suggestion)."""
+        if isinstance(task, str):
+            if task not in self.task_names:
+                raise UnknownNameError("task of this model", task, self.task_names)
+            return self.task_names.index(task)
+        if not 0 <= int(task) < self.num_tasks:
+            raise IndexError(f"task index {task} out of range for {self.num_tasks} tasks")
+        return int(task)
+
+    def task_encoder(self, task: str | int) -> nn.Module:
+        """The encoder of ``task`` (by name or index)."""
+        return self.encoders[self.task_index(task)]
+
+    def head(self, task: str | int) -> nn.Module:
+        """The decoder (head) of ``task`` (by name or index)."""
+        return self.decoders[self.task_index(task)]
+
     def _encode(self, x: torch.Tensor, task: int) -> torch.Tensor:
         h = self.encoders[task](x)
         if tuple(h.shape[1:]) != tuple(self.core.feature_shape):

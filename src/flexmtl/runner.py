@@ -397,7 +397,8 @@ def _run_elsewhere(exp, folder, points, plan, where, progress, log, batch_runs: 
     if executor == "local" and len(groups) > worker_count(jobs, len(groups)):
         groups = probe.longest_first(groups)
     calls = {_group_label(group, points): group for group in groups}
-    bar = tqdm(total=len(plan), initial=len(results), disable=not progress, unit="run",
+    bar = tqdm(total=len(plan), initial=len(results), unit="run",
+               disable=None if progress else True,  # None: no bar where not a terminal
                desc=f"{exp.name} runs", dynamic_ncols=True)
 
     def say(message: str) -> None:  # above the bar

@@ -444,7 +444,7 @@ def _download_one(url: str, target: Path, checksum: str | None, progress: bool) 
             size = r.headers.get("Content-Length")
             with tqdm(total=int(size) if size and size.isdigit() else None, unit="B",
                       unit_scale=True, unit_divisor=1024, desc=target.name, leave=False,
-                      disable=not progress) as bar:
+                      disable=None if progress else True) as bar:
                 while chunk := r.read(_CHUNK):
                     out.write(chunk)
                     for digest in digests.values():

@@ -36,6 +36,7 @@ from flexmtl.sharing.ordering import (
     PermutedOrdering,
     SingleTaskCore,
     SoftOrdering,
+    infer_feature_shape,
     probe_shape,
 )
 from flexmtl.sharing.routed import RoutedCore, RoutedLayer
@@ -121,7 +122,7 @@ def _ordering(cls: type[SharingCore]) -> CoreBuilder:
 
 
 def routed_core(layers: Sequence[nn.Module | Sequence[nn.Module]], num_tasks: int, *,
-                feature_shape: Sequence[int], allocation: Any = "gumbel",
+                feature_shape: Sequence[int] | None = None, allocation: Any = "gumbel",
                 p_init: float = 0.5, eval_mode: EvalMode = "greedy",
                 tau_scale: float = TemperatureSchedule.scale,
                 tau_min: float = TemperatureSchedule.min_tau, combine: Combine | None = None,
@@ -130,13 +131,20 @@ def routed_core(layers: Sequence[nn.Module | Sequence[nn.Module]], num_tasks: in
                 seed: int | None = None) -> RoutedCore:
     """A :class:`RoutedCore` over ``layers``: each list of modules becomes a
     :class:`RoutedLayer` of those components with ``allocation`` (its input shape is
-    worked out from ``feature_shape``), each module is applied to every task.
+    worked out from ``feature_shape``; by default the input size of the first layer's first
+    dense module), each module is applied to every task.
 
     ``tau_scale`` and ``tau_min`` give the temperature ``max(tau_min, tau_scale /
     sqrt(step + 1))``; ``budget`` adds the penalty of Sec. III-D.
     """
     temperature = TemperatureSchedule(tau_scale, tau_min)
     built: list[nn.Module] = []
+    if feature_shape is None:
+        if not layers:
+            raise ConfigError("a routed core needs at least one layer")
+        first = layers[0]
+        feature_shape = infer_feature_shape(
+            first if isinstance(first, nn.Module) else next(iter(first), nn.Identity()))
     shape = tuple(feature_shape)
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.Module):

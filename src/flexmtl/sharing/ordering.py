@@ -449,12 +449,47 @@ class SoftOrdering(SharedCore):
         self.scale_lr_multiplier = float(scale_lr_multiplier or self.DEFAULT_SCALE_LR_MULTIPLIER)
         self.scale_logits = nn.Parameter(torch.zeros(num_tasks, self.num_layers, self.depth))
 
-    def scales(self, task: int | None = None) -> torch.Tensor:
-        """Scales ``s[task, layer, depth]`` (all tasks when ``task`` is None)."""
+    def scales(self, task: int | None = None, *, grad: bool = False) -> torch.Tensor:
+        """Scales ``s[task, layer, depth]`` (all tasks when ``task`` is None), as plain
+        numbers; ``grad=True`` keeps the autograd graph (for a regulariser of your own)."""
         logits = self.scale_logits if task is None else self.scale_logits[task]
         if self.gate == "softmax":
-            return torch.softmax(logits, dim=-2)  # over layers (Eq. 7), never over depths
-        return torch.sigmoid(logits)
+            s = torch.softmax(logits, dim=-2)  # over layers (Eq. 7), never over depths
+        else:
+            s = torch.sigmoid(logits)
+        return s if grad else s.detach()
+
+    @torch.no_grad()
+    def set_scales(self, scales: torch.Tensor | Sequence, task: int | None = None) -> None:
+        """Make :meth:`scales` equal ``scales``: ``[layers, depths]`` for ``task``, or
+        ``[tasks, layers, depths]`` for all. With the softmax gate every depth's scales must
+        be >= 0 and sum to 1 (a zero becomes a vanishing scale, 1e-30); with the sigmoid
+        gate each lies in [0, 1]."""
+        s = torch.as_tensor(scales, dtype=self.scale_logits.dtype)
+        want = ((self.num_layers, self.depth) if task is not None
+                else (self.num_tasks, self.num_layers, self.depth))
+        if tuple(s.shape) != want:
+            dims = "[layers, depths]" if task is not None else "[tasks, layers, depths]"
+            raise ShapeError(f"scales must have shape {dims} = {list(want)}, got "
+                             f"{list(s.shape)}")
+        if task is not None:
+            self._check_task(task)
+        if not torch.isfinite(s).all() or (s < 0).any() or (s > 1).any():
+            raise ConfigError("scales must lie in [0, 1]")
+        if self.gate == "softmax":
+            sums = s.sum(dim=-2)
+            if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+                raise ConfigError(f"with the softmax gate each depth's scales sum to 1; got "
+                                  f"sums {sums.flatten().tolist()}")
+            logits = s.clamp_min(1e-30).log()
+        else:
+            logits = torch.logit(s, eps=1e-7)
+        target = self.scale_logits if task is None else self.scale_logits[task]
+        target.copy_(logits.to(target.device))
+
+    def freeze_scales(self, frozen: bool = True) -> None:
+        """Keep the scales as they are in training (``frozen``), or let them learn again."""
+        self.scale_logits.requires_grad_(not frozen)
 
     def sharing_parameters(self) -> list[nn.Parameter]:
         """Parameters that decide the sharing (own optimiser group, no weight decay)."""
@@ -484,7 +519,7 @@ class SoftOrdering(SharedCore):
         """Apply the core for ``task``; ``scales`` ([layers, depths]) overrides the learned ones."""
         self._check_task(task)
         self._check_input(h)
-        s = self.scales(task) if scales is None else scales
+        s = self.scales(task, grad=True) if scales is None else scales
         if s.shape != (self.num_layers, self.depth):
             raise ShapeError(
                 f"scales must have shape [layers, depths] = [{self.num_layers}, {self.depth}], "
@@ -495,10 +530,33 @@ class SoftOrdering(SharedCore):
             h = (s[:, k].reshape(-1, *(1,) * (outs.ndim - 1)) * outs).sum(dim=0)
         return h
 
+    def forward_tasks(self, hs: Sequence[torch.Tensor], tasks: Sequence[int],
+                      scales: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """:meth:`SharedCore.forward_tasks`; ``scales`` (``[tasks, layers, depths]``, for all
+        the core's tasks) overrides the learned scales, as in :meth:`forward`."""
+        if scales is None:
+            return super().forward_tasks(hs, tasks)
+        want = (self.num_tasks, self.num_layers, self.depth)
+        if tuple(scales.shape) != want:
+            raise ShapeError(f"scales must have shape [tasks, layers, depths] = {list(want)}, "
+                             f"got {list(scales.shape)}")
+        hs, tasks = list(hs), [int(t) for t in tasks]
+        if len(hs) != len(tasks):
+            raise ShapeError(f"got {len(hs)} inputs for {len(tasks)} tasks")
+        for h, t in zip(hs, tasks):
+            self._check_task(t)
+            self._check_input(h)
+        if self.fused and hs:
+            plan = self._fusion_plan()
+            if plan.per_example:
+                return soft_tasks(plan, self.blocks, hs, tasks, scales, self.dropout.p,
+                                  self.dropout.training)
+        return [self.forward(h, t, scales=scales[t]) for h, t in zip(hs, tasks)]
+
     def _fused_tasks(self, plan, hs, tasks):
         """Eq. 7 for all tasks at once: all layers of a depth on all rows, then each row's
         mix with its task's scales."""
         if not plan.per_example:
             return None
-        return soft_tasks(plan, self.blocks, hs, tasks, self.scales(), self.dropout.p,
+        return soft_tasks(plan, self.blocks, hs, tasks, self.scales(grad=True), self.dropout.p,
                           self.dropout.training)

@@ -37,7 +37,7 @@ from flexmtl.sharing.allocation import (
     make_allocation,
 )
 from flexmtl.sharing.base import SharingCore
-from flexmtl.sharing.ordering import probe_shape
+from flexmtl.sharing.ordering import infer_feature_shape, probe_shape
 
 __all__ = ["RoutedLayer", "RoutedCore"]
 
@@ -143,8 +143,12 @@ class RoutedLayer(Fusable, nn.Module):
         return len(self.components)
 
     def probs(self) -> torch.Tensor:
-        """``[T, C]`` connection probabilities (a fixed pattern's are 0/1)."""
+        """``[T, C]`` connection probabilities (a fixed pattern's are 0/1), differentiable."""
         return self.allocation.probs()
+
+    def probabilities(self) -> torch.Tensor:
+        """:meth:`probs` as plain numbers (no autograd graph), to read or plot."""
+        return self.allocation.probs().detach()
 
     def pattern(self, task: int) -> torch.Tensor:
         """The binary pattern ``[C]`` of ``task`` used at evaluation."""
@@ -201,7 +205,8 @@ class RoutedCore(SharingCore):
         layers: :class:`RoutedLayer` s and plain modules; a plain module (stem conv,
             GroupNorm + ReLU, pooling, flatten, dropout) is applied to every task.
         num_tasks: number of tasks T.
-        feature_shape: per-example input shape.
+        feature_shape: per-example input shape; by default the first layer's (a routed
+            layer's ``input_shape``, or a dense module's input size).
         budget: maximum expected fraction of active allocations per task, in (0, 1]; the
             penalty of Sec. III-D is added by :meth:`regularization` (None: no penalty).
         budget_weight: lambda of the budget penalty.
@@ -217,7 +222,7 @@ class RoutedCore(SharingCore):
         self,
         layers: Sequence[nn.Module],
         num_tasks: int,
-        feature_shape: Sequence[int],
+        feature_shape: Sequence[int] | None = None,
         budget: float | None = None,
         budget_weight: float = 1.0,
         sharing_lr_multiplier: float | None = None,
@@ -228,6 +233,10 @@ class RoutedCore(SharingCore):
             raise ConfigError("a routed core needs at least one RoutedLayer")
         if budget is not None:
             _check_budget(budget, budget_weight)
+        if feature_shape is None:
+            first = layers[0]
+            feature_shape = (first.input_shape if isinstance(first, RoutedLayer)
+                             else infer_feature_shape(first))
         self.feature_shape = tuple(feature_shape)
         shape = self.feature_shape
         for i, layer in enumerate(layers):
@@ -279,8 +288,13 @@ class RoutedCore(SharingCore):
         return lr * self.sharing_lr_multiplier
 
     def sharing_snapshot(self) -> torch.Tensor:
-        """Connection probabilities ``[T, total components]`` over the routed layers."""
+        """Connection probabilities ``[T, total components]`` over the routed layers
+        (differentiable: the budget penalty is computed from them)."""
         return torch.cat([layer.probs() for layer in self.routed_layers], dim=1)
+
+    def probabilities(self) -> torch.Tensor:
+        """:meth:`sharing_snapshot` as plain numbers (no autograd graph), to read or plot."""
+        return self.sharing_snapshot().detach()
 
     @torch.no_grad()
     def summary(self) -> dict:

@@ -123,8 +123,8 @@ class RunBatch:
                 by_step.setdefault(self.trainers[i].step, []).append(i)
             for group in by_step.values():  # a group of one too: the kernels of a batch
                 outcomes.update(zip(group, self._fit_group([self.trainers[i] for i in group])))
-        finally:
-            for trainer in self.trainers:
+        finally:  # last set up, first closed: each gives back the threads it found
+            for trainer in reversed(self.trainers):
                 trainer.close()
         return [outcomes.get(i, RuntimeError("the run did not train"))
                 for i in range(len(self.trainers))]

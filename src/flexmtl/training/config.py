@@ -48,6 +48,10 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: at every evaluation
     select_on: SelectOn = "val_loss"
     eval_batch_size: int = 1024
+    # seeds everything the run draws while it trains: batch order, dropout masks, Gumbel
+    # samples, augmentation (torch's, numpy's and Python's global generators are reseeded
+    # from it when training starts; a resumed run continues its saved streams). The model's
+    # initial weights are drawn when it is built: call flexmtl.seed_everything before that.
     seed: int = 0
     device: str = "cpu"  # cpu, cuda (cuda:LOCAL_RANK under torchrun), cuda:N, or auto
     compile: bool = False  # torch.compile the training forward

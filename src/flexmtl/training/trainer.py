@@ -172,6 +172,7 @@ class Trainer(Checkpointing):
         #: generator); a batch of runs gives each run its own, saved in its checkpoints
         self.random_stream: torch.Generator | None = None
         self.threads = 0  # torch's intra-op threads of this run, set by setup()
+        self._threads_before: int | None = None  # the process's, given back by close()
         # matmul and convolution FLOPs of this trainer's first training step (counted in it)
         self.step_flops: int | None = None
         self.world_size = 1
@@ -205,10 +206,13 @@ class Trainer(Checkpointing):
         self.model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.train_data = [self._to_device(t.train) for t in self.tasks]
+        self._threads_before = torch.get_num_threads()  # restored by close()
         self._set_threads()
         if self.world_size > 1:
             self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
-            distributed.seed_rank(cfg.seed)
+        # every draw of the run from its seed (each rank its own stream); a resumed run then
+        # gets its saved streams back
+        distributed.seed_rank(cfg.seed)
         if self.out_dir is not None:
             try:
                 distributed.on_main(_check_out_dir, self.out_dir)
@@ -290,10 +294,15 @@ class Trainer(Checkpointing):
                 f"{ways_out}")
 
     def close(self) -> None:
-        """Release ``out_dir`` (its ``run.lock``); :meth:`fit` does so when it ends."""
+        """Release ``out_dir`` (its ``run.lock``) and give the process back the thread count
+        it had before :meth:`setup`; :meth:`fit` does so when it ends."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        before = getattr(self, "_threads_before", None)
+        if before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+        self._threads_before = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """The optimiser of the current phase (the finetune one once it has taken over)."""
@@ -633,5 +642,6 @@ def _resume_policy(resume: object, out_dir: Path | None) -> Resume:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, leave=False,
+    # disable=None: no bar where stderr is not a terminal (a log file gets no control codes)
+    return tqdm(total=total, initial=initial, disable=None if enabled else True, leave=False,
                 dynamic_ncols=True, desc="train")

@@ -1,0 +1,91 @@
+"""Public read-outs and settings of the cores and models: soft-order scales read as plain
+numbers, set, frozen and overridden for all tasks at once; allocation probabilities read
+as plain numbers; a routed core that infers its input shape; heads reachable by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import flexmtl as fm
+from flexmtl.errors import ConfigError, ShapeError, UnknownNameError
+
+
+def _blocks(n=3, w=4):
+    return [nn.Sequential(nn.Linear(w, w), nn.Tanh()) for _ in range(n)]
+
+
+def test_soft_order_scales_read_set_freeze_and_override():
+    torch.manual_seed(0)
+    core = fm.make_core("soft", _blocks(), 2)
+    assert core.scales(0).grad_fn is None and not core.scales().requires_grad  # plain numbers
+    assert core.scales(0, grad=True).requires_grad  # for a regulariser of one's own
+    order = torch.zeros(3, 3)
+    order[[2, 0, 1], [0, 1, 2]] = 1.0  # task 1: layer 2, then 0, then 1
+    core.set_scales(order, task=1)
+    assert torch.allclose(core.scales(1), order, atol=1e-12)
+    assert core.layer_order(1) == [2, 0, 1]
+    # with hard scales, task 1 is its blocks in that order (Eq. 7 becomes Eq. 3)
+    h = torch.randn(5, 4)
+    expected = core.blocks[1](core.blocks[0](core.blocks[2](h)))
+    assert torch.allclose(core(h, 1), expected, atol=1e-6)
+    mixed = torch.full((2, 3, 3), 1 / 3)
+    core.set_scales(mixed)
+    assert torch.allclose(core.scales(), mixed)
+    with pytest.raises(ConfigError, match="sum to 1"):
+        core.set_scales(torch.full((3, 3), 0.5), task=0)
+    with pytest.raises(ShapeError, match=r"\[layers, depths\]"):
+        core.set_scales(torch.full((2, 3), 0.5), task=0)
+    sig = fm.make_core("soft", _blocks(), 2, gate="sigmoid")
+    sig.set_scales(torch.full((3, 3), 0.25), task=0)
+    assert torch.allclose(sig.scales(0), torch.full((3, 3), 0.25), atol=1e-6)
+    # frozen scales get no gradient; unfrozen they learn again
+    core.freeze_scales()
+    core(h, 0).sum().backward()
+    assert core.scale_logits.grad is None
+    core.freeze_scales(False)
+    core(h, 0).sum().backward()
+    assert core.scale_logits.grad is not None
+    # forward_tasks takes the override of forward, for all tasks at once, fused or not
+    override = torch.stack([order, mixed[0]])
+    hs = [torch.randn(4, 4), torch.randn(2, 4)]
+    for fused in (True, False):
+        core.fused = fused
+        outs = core.forward_tasks(hs, [0, 1], scales=override)
+        refs = [core(hs[0], 0, scales=override[0]), core(hs[1], 1, scales=override[1])]
+        assert all(torch.allclose(o, r, atol=1e-6) for o, r in zip(outs, refs))
+    with pytest.raises(ShapeError, match="tasks, layers, depths"):
+        core.forward_tasks(hs, [0, 1], scales=override[0])
+
+
+def test_routed_core_infers_its_input_shape_and_reads_probabilities():
+    torch.manual_seed(0)
+    comps = lambda: [nn.Sequential(nn.Linear(6, 6), nn.ReLU()) for _ in range(3)]  # noqa: E731
+    layer = fm.RoutedLayer(comps(), 2, input_shape=(6,))
+    core = fm.RoutedCore([layer, fm.RoutedLayer(comps(), 2, input_shape=(6,))], 2)
+    assert core.feature_shape == (6,)
+    by_name = fm.make_core("gumbel", [comps(), comps()], 2)  # no feature_shape needed
+    assert by_name.feature_shape == (6,)
+    p = core.probabilities()
+    assert p.shape == (2, 6) and not p.requires_grad
+    assert torch.allclose(p, core.sharing_snapshot().detach())
+    assert not layer.probabilities().requires_grad and layer.probs().requires_grad
+    with pytest.raises(ShapeError, match="feature_shape"):
+        fm.make_core("gumbel", [[nn.Conv2d(1, 2, 3)]], 2)
+
+
+def test_heads_and_encoders_by_name():
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 3), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    tasks = [fm.Task("age", "multiclass", (x, y)), fm.Task("income", "binary", (x, y))]
+    model = fm.build_model(tasks, fm.make_core("parallel", _blocks(w=8), 2))
+    assert model.head("income") is model.decoders[1]
+    assert model.task_encoder("age") is model.encoders[0]
+    assert model.head(0) is model.decoders[0] and model.task_index("income") == 1
+    with pytest.raises(UnknownNameError, match="Did you mean 'income'"):
+        model.head("incme")
+    with pytest.raises(IndexError):
+        model.task_encoder(2)
