@@ -89,3 +89,50 @@ def test_heads_and_encoders_by_name():
         model.head("incme")
     with pytest.raises(IndexError):
         model.task_encoder(2)
+
+
+def test_tensorboard_logs_losses_rates_and_learned_sharing(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rng = np.random.default_rng(0)
+    x = rng.random((30, 3), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    tasks = [fm.Task("a", "multiclass", (x, y), (x, y)), fm.Task("b", "binary", (x, y), (x, y))]
+    for method in ("soft", "gumbel"):
+        torch.manual_seed(0)
+        if method == "soft":
+            core = fm.make_core("soft", _blocks(w=8), 2)
+        else:
+            core = fm.make_core("gumbel", [[nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+                                            for _ in range(2)]], 2)
+        model = fm.build_model(tasks, core)
+        out = tmp_path / method
+        fm.Trainer(model, tasks, fm.TrainConfig(steps=4, eval_every=2, progress=False,
+                                                tensorboard=True), out_dir=out).fit()
+        events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+        assert {"train/loss", "train/loss/a", "train/loss/b", "val/loss",
+                "val/accuracy/a"} <= scalars
+        assert any(t.startswith("lr/") for t in scalars)
+        assert len(events.Scalars("train/loss")) == 4 and len(events.Scalars("val/loss")) == 2
+        if method == "soft":
+            assert {"scales/a", "scales/b"} <= images
+        else:
+            assert {"allocation/probabilities", "allocation/task_similarity"} <= images
+    with pytest.raises(ConfigError, match="out_dir"):
+        fm.Trainer(model, tasks, fm.TrainConfig(tensorboard=True))
+
+
+def test_a_run_says_what_data_it_reads_before_training(tmp_path):
+    from flexmtl.runner import run_experiment
+
+    lines: list[str] = []
+    run_experiment("random-tasks", methods=["parallel"], seeds=1, out_dir=tmp_path / "run",
+                   overrides={"steps": 2, "eval_every": 1, "m": 3, "n": 8}, sweep=False,
+                   progress=False, plots=False, log=lines.append)
+    data = [i for i, line in enumerate(lines) if line.startswith("  data: ")]
+    trained = [i for i, line in enumerate(lines) if "seed 0:" in line]
+    assert data and trained and max(data) < min(trained)
+    assert "2 tasks (random0, random1)" in lines[data[0]]  # one note: one line

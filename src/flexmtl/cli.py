@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="train on cpu or cuda (auto: cuda when present); default: the "
                           "config's device key (cpu). Under torchrun each process takes "
                           "the GPU of its LOCAL_RANK")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="log losses, metrics, learning rates and the learned sharing for "
+                          "TensorBoard (`tensorboard --logdir OUT`; needs pip install "
+                          "'flexmtl[tensorboard]')")
     run.add_argument("--compile", action="store_true",
                      help="apply torch.compile to the training forward")
     _add_executor_options(run)
@@ -333,7 +337,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
             given[key.strip()] = item.strip()
     for key, flag, value in (("steps", "--steps", args.steps), ("device", "--device",
                                                                  args.device),
-                             ("compile", "--compile", args.compile or None)):
+                             ("compile", "--compile", args.compile or None),
+                             ("tensorboard", "--tensorboard", args.tensorboard or None)):
         if value is not None and key in given:
             option = flag if isinstance(value, bool) else f"{flag} {value}"
             raise ConfigError(f"{key} given twice ({given[key]} and {option}); give it once")
@@ -341,6 +346,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         overrides.append(f"device={args.device}")
     if args.compile:
         overrides.append("compile=true")
+    if args.tensorboard:
+        overrides.append("tensorboard=true")
     run_experiment(
         args.experiment,
         methods=[m.strip() for m in args.methods.split(",")] if args.methods else None,

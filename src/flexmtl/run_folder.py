@@ -471,6 +471,7 @@ class TrainingRun:
     BEST = "best.pt"
     BEST_PREV = "best.prev.pt"
     SHARING = "sharing.pt"
+    TENSORBOARD = "tensorboard"  # a folder: TrainConfig(tensorboard=True)
     RESULT = "result.json"
     FINGERPRINT = "fingerprint.json"
     #: what a fresh start deletes: files of an earlier attempt that a new one would not
@@ -521,6 +522,10 @@ class TrainingRun:
     @property
     def sharing(self) -> Path:
         return self.path / self.SHARING
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
 
     @property
     def result(self) -> Path:

@@ -54,7 +54,7 @@ RESULTS_VERSION = 1
 #: config keys that say how to run, not what to compute: a run folder's manifest may differ
 #: in them (unlike :data:`~flexmtl.training.trainer.CHANGEABLE_ON_RESUME`, which also lets a
 #: resumed run train longer)
-HOW_TO_RUN_KEYS = ("device", "compile", "find_unused_parameters")
+HOW_TO_RUN_KEYS = ("device", "compile", "find_unused_parameters", "tensorboard")
 
 
 def run_experiment(
@@ -173,6 +173,20 @@ def _method_names(methods: object) -> list[str] | None:
     return list(methods)
 
 
+def _log_data(exp: Experiment, cfg: dict, log: Callable[[str], None]) -> None:
+    """Say which data the runs read, before any trains: the tasks of the first sweep value
+    and seed, built as a run builds them, grouped by their data note (exact, stand-in,
+    subset: each loader says which). Missing data stops here, with what to get."""
+    seed_everything(0)
+    tasks = exp.build_tasks(cfg, 0)
+    by_note: dict[str, list[str]] = {}
+    for task in tasks:
+        by_note.setdefault(task.note or "(the task gives no note)", []).append(task.name)
+    for note, names in by_note.items():
+        who = names[0] if len(names) == 1 else f"{len(names)} tasks ({', '.join(names)})"
+        log(f"  data: {who}: {note}")
+
+
 def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, progress,
                 plots, log, where: tuple[Executor, int | None, str | None],
                 batch_runs: bool = True, floors: bool = False) -> dict:
@@ -180,6 +194,7 @@ def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, p
         f"{folder.path}")
     for note in exp.notes:
         log(f"  note: {note}")
+    _log_data(exp, cfg if key is None else {**cfg, key: values[0]}, log)
 
     start = time.perf_counter()
     # every run of the study, in the order of the results: (sweep point index, method, seed)

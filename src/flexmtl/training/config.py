@@ -20,7 +20,7 @@ SELECT_ON: tuple[SelectOn, ...] = get_args(SelectOn)
 #: training settings that may change between a run and its resumption
 CHANGEABLE_ON_RESUME = ("steps", "epochs", "device", "threads", "progress", "compile",
                         "eval_batch_size", "log_every", "checkpoint_every", "eval_every",
-                        "find_unused_parameters")
+                        "find_unused_parameters", "tensorboard")
 
 
 @dataclass
@@ -65,6 +65,9 @@ class TrainConfig:
     # measured by benchmarks/bench.py --threads-crossover); on other devices torch's default
     threads: int = 0
     progress: bool = True
+    # log losses, metrics, learning rates and the learned sharing to OUT_DIR/tensorboard
+    # (needs an out_dir and the tensorboard package; flexmtl.training.tensorboard)
+    tensorboard: bool = False
 
     def validate(self) -> None:
         self._check_types()

@@ -56,6 +56,7 @@ from flexmtl.training.forward import TrainingForward, global_mean
 from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
 from flexmtl.training.sampler import TaskBatchSampler, input_groups
 from flexmtl.training.schedules import SCHEDULES
+from flexmtl.training.tensorboard import TensorBoardLog
 from flexmtl.training.threads import FlopCount, auto_threads
 
 Resume = Literal["auto", "must", "restart"]
@@ -148,6 +149,9 @@ class Trainer(Checkpointing):
             raise ConfigError(f"out_dir={out_dir!r} is empty (it would write into the current "
                               "folder); name a folder, or pass None to keep the run in memory")
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if cfg.tensorboard and self.out_dir is None:
+            raise ConfigError("tensorboard=True writes into the run folder: give the Trainer "
+                              "an out_dir")
         self.resume = _resume_policy(resume, self.out_dir)
         self.callbacks = list(callbacks)
         self.schedule = SCHEDULES.get(cfg.schedule)()
@@ -479,6 +483,9 @@ class Trainer(Checkpointing):
         folder = self.run_folder if self.is_main else None
         self._train_log = CsvLog(folder.train_log if folder is not None else None)
         self._eval_log = CsvLog(folder.eval_log if folder is not None else None)
+        self._tensorboard = TensorBoardLog(
+            folder.tensorboard if folder is not None and cfg.tensorboard else None,
+            [t.name for t in self.tasks])
         if self.step == 0:
             self._snapshot_sharing()
         self._bar = _progress(cfg.steps, self.step, cfg.progress and self.is_main)
@@ -496,8 +503,11 @@ class Trainer(Checkpointing):
             row = {"step": self.step, "loss": sum(losses)}
             row.update({f"loss/{t.name}": v for t, v in zip(self.tasks, losses)})
             self._train_log.write(row)
+            self._tensorboard.train(self.step, losses, self.optimizer)
         if self.is_main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
             self._evaluate_and_select(self._eval_log)
+            self._tensorboard.evaluation(self.step, self.history[-1])
+            self._tensorboard.sharing(self.step, self.model)
             self._bar.set_postfix(loss=f"{sum(losses):.4f}",
                                   val=f"{self.history[-1]['loss']:.4f}")
         if self._finetune_due():
@@ -515,6 +525,7 @@ class Trainer(Checkpointing):
         self._bar.close()
         self._train_log.close()
         self._eval_log.close()
+        self._tensorboard.close()
 
     def train_step(self) -> list[float]:
         """One step of the schedule (a batch per task, their losses, the update or updates;
