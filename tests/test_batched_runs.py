@@ -195,7 +195,10 @@ def test_frozen_encoders_are_applied_once(method, tmp_path):
 
 
 def test_a_batch_resumes_and_its_runs_resume_alone(tmp_path):
-    (full0, full1), (r0, r1) = batched("soft", (0, 1), tmp_path / "full", **EXACT)
+    # the scales at the model's rate: at the default 1000x, float rounding of the resumed run
+    # alone (other kernels) grows past the float32 tolerance (as in the tests above)
+    kw = {**EXACT, "sharing_lr": CONFIG["lr"]}
+    (full0, full1), (r0, r1) = batched("soft", (0, 1), tmp_path / "full", **kw)
 
     def stop(trainer, step):
         if step == 6:
@@ -203,7 +206,7 @@ def test_a_batch_resumes_and_its_runs_resume_alone(tmp_path):
 
     batch = RunBatch([])
     for seed in (0, 1):
-        trainer = make_trainer("soft", seed, tmp_path / f"b{seed}", **EXACT)
+        trainer = make_trainer("soft", seed, tmp_path / f"b{seed}", **kw)
         trainer.callbacks.append(stop)
         batch.setup(trainer)
         batch.trainers.append(trainer)
@@ -218,16 +221,16 @@ def test_a_batch_resumes_and_its_runs_resume_alone(tmp_path):
     shutil.copytree(tmp_path / "b1", tmp_path / "d1")
     again = RunBatch([])
     for seed, folder in ((0, "b0"), (1, "c1")):
-        trainer = make_trainer("soft", seed, tmp_path / folder, **EXACT)
+        trainer = make_trainer("soft", seed, tmp_path / folder, **kw)
         again.setup(trainer)
         again.trainers.append(trainer)
     assert [t.resumed_from for t in again.trainers] == [4, 4]  # the last checkpoint
     results = again.fit()
     for a, ra, b, rb in zip((full0, full1), (r0, r1), again.trainers, results):
         same_run(a, ra, b, rb)
-    one = RunBatch([make_trainer("soft", 1, tmp_path / "b1", **EXACT)])
+    one = RunBatch([make_trainer("soft", 1, tmp_path / "b1", **kw)])
     same_run(full1, r1, one.trainers[0], one.fit()[0])
-    lone = make_trainer("soft", 1, tmp_path / "d1", **EXACT)
+    lone = make_trainer("soft", 1, tmp_path / "d1", **kw)
     same_run(full1, r1, lone, lone.fit(), F32_TOLERANCE)
 
 
