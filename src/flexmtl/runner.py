@@ -313,10 +313,7 @@ class _Probe:
 
     def _trainer(self, i: int, method: str) -> Trainer:
         cfg = self.points[i][1]
-        seed_everything(0)
-        tasks = self.exp.build_tasks(cfg, 0)
-        seed_everything(0)
-        model = self.exp.build_model(method, tasks, cfg, 0)
+        tasks, model = build_run(self.exp, method, 0, cfg)
         return Trainer(model, tasks, self.exp.train_config(cfg, 0, False))
 
     def batchable(self, i: int, method: str) -> bool:
@@ -618,6 +615,18 @@ def _reuse(exp, method, seed, cfg, run: TrainingRun, log) -> dict | None:
     return result
 
 
+def build_run(exp: Experiment, method: str, seed: int,
+              cfg: Mapping[str, Any]) -> tuple[list, torch.nn.Module]:
+    """The tasks and the untrained model of one run -- ``method`` of ``exp`` with ``seed`` and
+    config ``cfg`` -- each drawn right after seeding with ``seed``: how every run is built
+    (trained here, checked against a finished run, or rebuilt by :func:`flexmtl.load_run`)."""
+    cfg = dict(cfg)
+    seed_everything(seed)
+    tasks = exp.build_tasks(cfg, seed)
+    seed_everything(seed)
+    return tasks, exp.build_model(method, tasks, cfg, seed)
+
+
 def train_run(experiment: str, method: str, seed: int, config: Mapping[str, Any],
               run_dir: str | Path, progress: bool = False, module: str | None = None) -> dict:
     """Train one run of a study -- ``method`` of ``experiment`` with ``seed`` and the config of
@@ -632,10 +641,7 @@ def train_run(experiment: str, method: str, seed: int, config: Mapping[str, Any]
     exp = _registered(experiment, module)
     cfg = dict(config)
     run = TrainingRun(Path(run_dir))
-    seed_everything(seed)
-    tasks = exp.build_tasks(cfg, seed)
-    seed_everything(seed)
-    model = exp.build_model(method, tasks, cfg, seed)
+    tasks, model = build_run(exp, method, seed, cfg)
     trainer = Trainer(model, tasks, exp.train_config(cfg, seed, progress), out_dir=run.path)
     res = trainer.fit()
     return distributed.on_main(_write_result, exp, method, seed, cfg, tasks, model, res,
@@ -671,10 +677,7 @@ def train_runs(experiment: str, method: str, seeds: Sequence[int], config: Mappi
         for k, (seed, run_dir) in enumerate(zip(seeds, run_dirs)):
             run = TrainingRun(Path(run_dir))
             try:
-                seed_everything(seed)
-                tasks = exp.build_tasks(cfg, seed)
-                seed_everything(seed)
-                model = exp.build_model(method, tasks, cfg, seed)
+                tasks, model = build_run(exp, method, seed, cfg)
                 trainer = Trainer(model, tasks,
                                   exp.train_config(cfg, seed, progress and not built),
                                   out_dir=run.path)
@@ -725,10 +728,7 @@ def _check_finished(exp, method, seed, cfg, run: TrainingRun) -> bool:
     old = run.read_fingerprint()
     if old is None:
         return False
-    seed_everything(seed)
-    tasks = exp.build_tasks(cfg, seed)
-    seed_everything(seed)
-    model = exp.build_model(method, tasks, cfg, seed)
+    tasks, model = build_run(exp, method, seed, cfg)
     new = run_fingerprint(exp.train_config(cfg, seed, False), tasks, model)
     diff = fingerprint_diff(old, new)
     if diff:

@@ -212,11 +212,11 @@ class Trainer(Checkpointing):
         self.train_data = [self._to_device(t.train) for t in self.tasks]
         self._threads_before = torch.get_num_threads()  # restored by close()
         self._set_threads()
-        if self.world_size > 1:
-            self.shared_stream = distributed.SharedStream(self.device)  # rank 0's stream
         # every draw of the run from its seed (each rank its own stream); a resumed run then
         # gets its saved streams back
         distributed.seed_rank(cfg.seed)
+        if self.world_size > 1:  # rank 0's seeded stream: the samples one process draws
+            self.shared_stream = distributed.SharedStream(self.device)
         if self.out_dir is not None:
             try:
                 distributed.on_main(_check_out_dir, self.out_dir)

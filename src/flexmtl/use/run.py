@@ -232,12 +232,9 @@ def load_run(path: str | Path, *, method: str | None = None, seed: int | None = 
     cfg = exp.resolve_config(overrides=config)
     run_seed = int(result.get("seed", run.seed if run.seed is not None else 0))
     run_method = str(result.get("method", run.path.parent.name))
-    from flexmtl.training import seed_everything
+    from flexmtl.runner import build_run
 
-    seed_everything(run_seed)  # as the run built them (the runner's order)
-    built_tasks = exp.build_tasks(cfg, run_seed)
-    seed_everything(run_seed)
-    built = exp.build_model(run_method, built_tasks, cfg, run_seed)
+    built_tasks, built = build_run(exp, run_method, run_seed, cfg)  # as the run built them
     if check:
         _check_fingerprint(run, exp, cfg, run_seed, built_tasks, built)
     return _finish(built, state, built_tasks, run, device, exp.name, result, cfg,
