@@ -422,3 +422,17 @@ def test_alike_components_that_cannot_fuse_warn_once():
         # one unknown component among known ones (the pools of the Omniglot layers) is
         # not a missed fusion: no warning
         RoutedLayer(omniglot_components(2), 1, (2, 8, 8))(torch.randn(2, 2, 8, 8), 0)
+
+
+def test_the_mean_divisor_passes_its_gradient_at_one_active_component():
+    """max(S, 1) with the gradient at S >= 1 (the authors' TensorFlow maximum), on every torch:
+    torch 2.14 made clamp(min=1) stop the gradient at the boundary, where the divisor sits
+    whenever exactly one component is active."""
+    from flexmtl.fusion.kernels import active_count
+
+    for values, slope in (([1.0, 0.0, 0.0], 1.0), ([1.0, 1.0, 0.0], 1.0), ([0.0, 0.0, 0.0], 0.0)):
+        w = torch.tensor(values, requires_grad=True)
+        count = active_count(w)
+        count.backward()
+        assert count.detach().item() == max(sum(values), 1.0)
+        assert w.grad.tolist() == [slope] * 3, values

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexmtl.fusion.hooks import ModuleSequence, any_hooks, global_hooks
+from flexmtl.fusion.kernels import active_count
 from flexmtl.fusion.planning import (
     known_class,
     layer_signature,
@@ -231,7 +232,7 @@ def combine_components(plan: FusionPlan, components: ModuleSequence, h: torch.Te
     final).
     """
     if mean:
-        weights = weights / weights.sum().clamp(min=1.0)
+        weights = weights / active_count(weights)
     batch, chosen = h.shape[0], set(active)
     out = None
     for group in plan.groups:

@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from flexmtl.fusion.masks import bitwise_drop, clear_dropped_, drop_, half_bits, keep_mask
 
-__all__ = ["DenseSoftOrder", "StraightThroughRow"]
+__all__ = ["DenseSoftOrder", "StraightThroughRow", "active_count"]
 
 
 #: the most mask elements :class:`DenseSoftOrder` draws at once for all depths (int32:
@@ -118,6 +118,16 @@ def _sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
+def active_count(weights: torch.Tensor) -> torch.Tensor:
+    """``max(sum(weights), 1)``, what a routed layer's mean divides by (the authors' divisor:
+    the number of active components, at least 1), with the gradient passed at ``sum >= 1``
+    and stopped below, as TensorFlow's ``maximum`` does at a tie. Written out, not as
+    ``clamp(min=1)``: torch 2.14 stopped passing clamp's gradient at the boundary, and the
+    divisor sits on it whenever exactly one component is active."""
+    total = weights.sum()
+    return torch.where(total >= 1.0, total, torch.ones_like(total))
+
+
 class StraightThroughRow(torch.autograd.Function):
     """``w = s / max(sum(s), 1)`` (or ``s`` when not ``mean``) for the straight-through
     sample ``s = hard + (soft - soft.detach())`` of row ``task`` of ``logits`` with
@@ -125,8 +135,8 @@ class StraightThroughRow(torch.autograd.Function):
 
     Forward: ``hard_c = [v_c0 >= v_c1]``, ``v = logits[task] + noise``. Backward, with
     ``soft_c = softmax(v_c / tau)_0 = sigmoid((v_c0 - v_c1) / tau)``, ``S = sum(hard)``,
-    ``D = max(S, 1)``: ``dL/ds_k = g_k / D - [S >= 1] <g, hard> / D^2`` (the clamp passes
-    the gradient at ``S >= 1``, like ``clamp(min=1)``), ``dL/dv_k0 = -dL/dv_k1 = dL/ds_k
+    ``D = max(S, 1)``: ``dL/ds_k = g_k / D - [S >= 1] <g, hard> / D^2`` (the gradient
+    passes at ``S >= 1``, as through :func:`active_count`), ``dL/dv_k0 = -dL/dv_k1 = dL/ds_k
     soft_k (1 - soft_k) / tau``. The same values as autograd through those ops, up to
     rounding; inputs ``logits`` ``[T, C, 2]``, ``noise`` ``[C, 2]``.
 
@@ -150,7 +160,7 @@ class StraightThroughRow(torch.autograd.Function):
         hard = (v[:, 0] >= v[:, 1]).to(logits.dtype)
         soft = torch.sigmoid((v[:, 0] - v[:, 1]) / tau)
         total = hard.sum()
-        denom = total.clamp(min=1.0) if mean else None
+        denom = torch.where(total >= 1.0, total, torch.ones_like(total)) if mean else None
         ctx.save_for_backward(hard, soft, total, denom)
         return hard / denom if mean else hard
 

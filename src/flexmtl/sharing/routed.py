@@ -27,6 +27,7 @@ from flexmtl.errors import ConfigError, ShapeError
 from flexmtl.fusion import Fusable
 from flexmtl.fusion.components import FusionPlan, combine_components, plan_fusion
 from flexmtl.fusion.hooks import blocks_state, global_hooks, has_hooks
+from flexmtl.fusion.kernels import active_count
 from flexmtl.sharing.allocation import (
     COMBINES,
     Allocation,
@@ -193,7 +194,7 @@ class RoutedLayer(Fusable, nn.Module):
         w = weights[active].reshape(-1, *(1,) * (outs.dim() - 1))
         out = (w * outs).sum(dim=0)
         if self.combine == "mean":
-            out = out / weights.sum().clamp(min=1.0)  # mean of the active ones; 0 if none
+            out = out / active_count(weights)  # mean of the active ones; 0 if none
         return out
 
 
