@@ -136,3 +136,19 @@ def test_a_run_says_what_data_it_reads_before_training(tmp_path):
     trained = [i for i, line in enumerate(lines) if "seed 0:" in line]
     assert data and trained and max(data) < min(trained)
     assert "2 tasks (random0, random1)" in lines[data[0]]  # one note: one line
+
+
+def test_the_data_line_says_exact_stand_in_or_other_form():
+    from types import SimpleNamespace
+
+    from flexmtl.runner import _data_line
+
+    def task(note, **info):
+        return SimpleNamespace(note=note, info=info)
+
+    assert _data_line(task("iris file", exact=True)) == "exact: iris file"
+    assert _data_line(task("stand-in: ionosphere", exact=False, stand_in_for="australian")) \
+        == "STAND-IN for australian: ionosphere"
+    assert _data_line(task("credit-g", exact=False, stand_in_for=None)) \
+        == "not the paper's form: credit-g"
+    assert _data_line(task("MNIST 5,000-image subset")) == "MNIST 5,000-image subset"

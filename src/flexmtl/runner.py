@@ -181,10 +181,23 @@ def _log_data(exp: Experiment, cfg: dict, log: Callable[[str], None]) -> None:
     tasks = exp.build_tasks(cfg, 0)
     by_note: dict[str, list[str]] = {}
     for task in tasks:
-        by_note.setdefault(task.note or "(the task gives no note)", []).append(task.name)
+        by_note.setdefault(_data_line(task), []).append(task.name)
     for note, names in by_note.items():
         who = names[0] if len(names) == 1 else f"{len(names)} tasks ({', '.join(names)})"
         log(f"  data: {who}: {note}")
+
+
+def _data_line(task) -> str:
+    """What a task reads, as a run says it: its note, after ``exact``, ``STAND-IN for X`` or
+    ``not the paper's form`` where its loader says (``info["exact"]``, ``info["stand_in_for"]``);
+    other loaders say it in the note itself (e.g. a subset)."""
+    note = task.note or "(the task gives no note)"
+    info = task.info or {}
+    if info.get("stand_in_for"):
+        return f"STAND-IN for {info['stand_in_for']}: {note.removeprefix('stand-in: ')}"
+    if "exact" in info:
+        return ("exact: " if info["exact"] else "not the paper's form: ") + note
+    return note
 
 
 def _run_points(exp, name, methods, seeds, cfg, folder, manifest, key, values, progress,
