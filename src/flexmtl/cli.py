@@ -205,15 +205,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
     from flexmtl.use import export_task
-    from flexmtl.use.export import parameter_bytes, task_module
+    from flexmtl.use.export import parameter_bytes
 
     loaded = _load(args)
     task = loaded.tasks[loaded.task_index(args.task)]
     split = next(s for s in (task.val, task.test, task.train) if s is not None)
     path = export_task(loaded, task.name, args.out, split.x[:8], prune=args.prune)
-    kept, full = parameter_bytes(task_module(loaded, task.name, prune=args.prune)), \
-        parameter_bytes(loaded.model)
+    # the size of what was saved, read back (not the task's path built a second time)
+    kept = parameter_bytes(torch.export.load(str(path)).module())
+    full = parameter_bytes(loaded.model)
     print(f"{path}: task {task.name!r} of {loaded!r}; parameters {kept:,} bytes "
           f"({kept / full:.0%} of the full model's {full:,}); load it with "
           f"torch.export.load({str(path)!r}).module()")
