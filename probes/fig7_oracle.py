@@ -13,7 +13,9 @@ allocations fixed before training:
   the paper's Fig. 7 says Gumbel-Matrix converges to), outputs averaged as Gumbel-Matrix
   averages its active components;
 * ``pairs-share-one`` -- each pair shares one component, two stay unused: the parameters per
-  task of no sharing, with the related task's data added.
+  task of no sharing, with the related task's data added;
+* ``pairs-share-two-summed`` -- as pairs-share-two, the two outputs summed (shared bottom's
+  combine) instead of averaged: does averaging cost, or sharing two components?
 
 If a given right allocation beats no sharing, the architecture can profit from sharing here
 and what fails is finding it; if it does not, no allocation Gumbel-Matrix could learn would
@@ -22,6 +24,8 @@ beat no sharing in this setup, whatever the reading. Results go to
 four tasks, per seed, and the paired difference to no sharing with its 95% interval::
 
     python probes/fig7_oracle.py --seeds 5
+    python probes/fig7_oracle.py --seeds 5 --variants pairs-share-two-summed \\
+        --out probes/results/fig7-oracle-summed.md
 """
 
 from __future__ import annotations
@@ -42,10 +46,14 @@ from flexmtl.training import Trainer, seed_everything
 
 HERE = Path(__file__).resolve().parent
 
+TWO = [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+ONE = [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]]
+#: variant -> (allocation pattern, how a task combines its components); None: the experiment's
 PATTERNS = {
-    "no-sharing": None,  # the experiment's own
-    "pairs-share-two": [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]],
-    "pairs-share-one": [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]],
+    "no-sharing": None,
+    "pairs-share-two": (TWO, "mean"),
+    "pairs-share-one": (ONE, "mean"),
+    "pairs-share-two-summed": (TWO, "sum"),  # shared bottom's combine, within each pair
 }
 
 
@@ -57,13 +65,14 @@ def train(variant: str, seed: int) -> float:
     tasks = exp.build_tasks(cfg, seed)
     seed_everything(seed)
     model = exp.build_model("no-sharing", tasks, cfg, seed)
-    pattern = PATTERNS[variant]
-    if pattern is not None:
+    given = PATTERNS[variant]
+    if given is not None:
+        pattern, combine = given
         for layer in model.modules():
             if isinstance(layer, RoutedLayer):
                 layer.allocation = make_allocation(torch.tensor(pattern, dtype=torch.float32),
                                                    4, 4)
-                layer.combine = "mean"
+                layer.combine = combine
     result = Trainer(model, tasks, exp.train_config(cfg, seed, False)).fit()
     return float(result.test["loss"])
 
@@ -71,17 +80,21 @@ def train(variant: str, seed: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", choices=list(PATTERNS), default=list(PATTERNS),
+                        help="no-sharing always runs (the paired baseline)")
     parser.add_argument("--out", default=str(HERE / "results" / "fig7-oracle.md"))
     args = parser.parse_args()
+    variants = ["no-sharing", *(v for v in args.variants if v != "no-sharing")]
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     start = time.time()
-    losses = {v: [train(v, s) for s in range(args.seeds)] for v in PATTERNS}
+    losses = {v: [train(v, s) for s in range(args.seeds)] for v in variants}
     base = losses["no-sharing"]
     lines = [
         "# Fig. 7 with the allocation given: can sharing beat no sharing here at all?",
         "",
-        f"`python probes/fig7_oracle.py --seeds {args.seeds}` on {platform.machine()}, torch "
+        f"`python probes/fig7_oracle.py --seeds {args.seeds} --variants "
+        f"{' '.join(variants)}` on {platform.machine()}, torch "
         f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; load average "
         f"{load:.2f} at the start; {time.time() - start:.0f} s. The experiment's tasks, "
         "network and training (`flexmtl run synthetic-pairs` defaults; seeds 0.."
