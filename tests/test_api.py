@@ -152,3 +152,39 @@ def test_the_data_line_says_exact_stand_in_or_other_form():
     assert _data_line(task("credit-g", exact=False, stand_in_for=None)) \
         == "not the paper's form: credit-g"
     assert _data_line(task("MNIST 5,000-image subset")) == "MNIST 5,000-image subset"
+
+
+def test_tensorboard_through_the_runner_with_several_seeds_restart_and_resume(tmp_path):
+    """`flexmtl run ... --tensorboard` with several seeds (the runner's batchability probe has
+    no run folder: it must not ask for TensorBoard); a restart deletes the old events, and a
+    resumed run drops the events after its checkpoint (purge_step)."""
+    pytest.importorskip("tensorboard")
+    from flexmtl.run_folder import TrainingRun
+    from flexmtl.runner import run_experiment
+
+    out = tmp_path / "run"
+    run_experiment("random-tasks", methods=["soft"], seeds=2, out_dir=out,
+                   overrides={"steps": 4, "eval_every": 2, "m": 3, "n": 8, "tensorboard": True},
+                   sweep=False, progress=False, plots=False, log=lambda _: None)
+    for seed in (0, 1):
+        events = list((out / "soft" / f"seed-{seed}" / "tensorboard").glob("events.*"))
+        assert events, seed
+    run = TrainingRun(out / "soft" / "seed-0")
+    stale = run.path / "tensorboard" / "events.out.tfevents.old"
+    stale.write_bytes(b"")
+    run.start_fresh()
+    assert not (run.path / "tensorboard").exists()
+    run.path.joinpath("tensorboard").mkdir()
+    assert (run.path / "tensorboard") in run.delete_files()
+    assert not (run.path / "tensorboard").exists()
+
+
+def test_task_index_takes_names_and_integers_only():
+    tasks = [fm.Task("a", "binary", (np.zeros((4, 2), np.float32), np.zeros(4, np.int64)))]
+    model = fm.build_model(tasks, fm.make_core("parallel", _blocks(w=2), 1))
+    assert model.task_index("a") == 0 and model.task_index(np.int64(0)) == 0
+    for wrong in (True, 0.0):
+        with pytest.raises(TypeError, match="name or an integer"):
+            model.task_index(wrong)
+    with pytest.raises(UnknownNameError):
+        model.task_index("b")

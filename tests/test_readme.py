@@ -31,17 +31,20 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
 def test_readme_quickstart_prints_the_same_numbers_on_every_run(tmp_path, monkeypatch, capsys):
     """The quickstart's printed results do not depend on what the process drew before it:
     ``fm.seed_everything`` fixes the weights and ``TrainConfig.seed`` every draw of training
-    (batches, dropout masks). Run twice in one process, other draws in between."""
+    (batches, dropout masks). Run twice in one process, with other draws between building
+    the model and training."""
     import torch
 
     first = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
     code = first.replace("steps=500", "steps=20")
     assert "steps=20" in code and "dropout=0.5" in code  # dropout: training draws masks
+    # other draws between building the model and training: only TrainConfig.seed undoes them
+    code = code.replace("result = fm.Trainer(", "torch.rand(NOISE); result = fm.Trainer(")
+    assert "torch.rand(NOISE)" in code
     printed = []
     for k, noise in enumerate((1, 1000)):
-        torch.rand(noise)  # another state of the global generator before the script
         (tmp_path / str(k)).mkdir()
         monkeypatch.chdir(tmp_path / str(k))  # a fresh runs/mine: trained, not resumed
-        exec(compile(code, str(README), "exec"), {})
+        exec(compile(code, str(README), "exec"), {"torch": torch, "NOISE": noise})
         printed.append(capsys.readouterr().out)
     assert printed[0] and printed[0] == printed[1]

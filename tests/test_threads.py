@@ -194,3 +194,21 @@ def test_the_counted_first_step_is_bit_identical_to_an_uncounted_one(monkeypatch
         uncounted = train()
     for key, value in counted.items():
         assert torch.equal(value, uncounted[key]), key
+
+
+def test_runs_set_up_together_and_trained_one_by_one_keep_their_threads():
+    """Trainers set up one after the other, then each trained alone (the runner's path when
+    its runs do not batch, which gives the process its count back itself): each trains with
+    its own thread count, whatever was set since its setup."""
+    torch.set_num_threads(2)
+    tasks = make_tasks()
+    trainers = [Trainer(make_model(tasks=tasks), tasks,
+                        TrainConfig(steps=2, progress=False, threads=1)) for _ in range(3)]
+    for trainer in trainers:
+        trainer.setup()
+    seen = []
+    for trainer in trainers:
+        trainer.callbacks.append(lambda t, step: seen.append(torch.get_num_threads()))
+        torch.set_num_threads(2)  # another run changed it since this one's setup
+        trainer.fit()
+    assert seen == [1] * 6

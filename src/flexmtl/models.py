@@ -14,6 +14,7 @@ have their weights stacked on the fly and run as ONE batched matrix product per 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -170,6 +171,8 @@ class MultiTaskModel(Fusable, nn.Module):
             if task not in self.task_names:
                 raise UnknownNameError("task of this model", task, self.task_names)
             return self.task_names.index(task)
+        if isinstance(task, bool) or not isinstance(task, numbers.Integral):
+            raise TypeError(f"a task is a name or an integer index, got {task!r}")
         if not 0 <= int(task) < self.num_tasks:
             raise IndexError(f"task index {task} out of range for {self.num_tasks} tasks")
         return int(task)

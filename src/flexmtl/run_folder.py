@@ -575,12 +575,16 @@ class TrainingRun:
         """Delete the logs and checkpoints of an earlier attempt (a run starting at step 0)."""
         for name in self.STALE:
             (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / self.TENSORBOARD, ignore_errors=True)
 
     def delete_files(self) -> list[Path]:
         """Delete every file of the run (a restart); returns those that were there."""
         gone = [self.path / name for name in self.FILES if (self.path / name).exists()]
         for path in gone:
             path.unlink(missing_ok=True)
+        if (self.path / self.TENSORBOARD).is_dir():
+            shutil.rmtree(self.path / self.TENSORBOARD, ignore_errors=True)
+            gone.append(self.path / self.TENSORBOARD)
         return gone
 
     def save_last(self, state: dict) -> None:

@@ -34,6 +34,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +178,14 @@ def _log_data(exp: Experiment, cfg: dict, log: Callable[[str], None]) -> None:
     """Say which data the runs read, before any trains: the tasks of the first sweep value
     and seed, built as a run builds them, grouped by their data note (exact, stand-in,
     subset: each loader says which). Missing data stops here, with what to get."""
-    seed_everything(0)
-    tasks = exp.build_tasks(cfg, 0)
+    from flexmtl.training.rng import rng_state, set_rng_state
+
+    caller = rng_state()  # the caller's random state is left as it was
+    try:
+        seed_everything(0)
+        tasks = exp.build_tasks(cfg, 0)
+    finally:
+        set_rng_state(caller)
     by_note: dict[str, list[str]] = {}
     for task in tasks:
         by_note.setdefault(_data_line(task), []).append(task.name)
@@ -326,8 +333,9 @@ class _Probe:
 
     def _trainer(self, i: int, method: str) -> Trainer:
         cfg = self.points[i][1]
-        tasks, model = build_run(self.exp, method, 0, cfg)
-        return Trainer(model, tasks, self.exp.train_config(cfg, 0, False))
+        tasks, model = build_run(self.exp, method, 0, cfg)  # a probe: no folder to log into
+        return Trainer(model, tasks, replace(self.exp.train_config(cfg, 0, False),
+                                             tensorboard=False))
 
     def batchable(self, i: int, method: str) -> bool:
         """A method of the orderings whose model and training settings
@@ -684,6 +692,7 @@ def train_runs(experiment: str, method: str, seeds: Sequence[int], config: Mappi
     exp = _registered(experiment, module)
     cfg = dict(config)
     batch_of = RunBatch([])
+    threads = torch.get_num_threads()  # given back at the end, however the runs ended
     built: list[tuple[int, list, torch.nn.Module, Trainer, TrainingRun]] = []
     failures: list[tuple[int, BaseException]] = []
     try:
@@ -703,9 +712,10 @@ def train_runs(experiment: str, method: str, seeds: Sequence[int], config: Mappi
         reason = batch_reason(batch_of.trainers)
         outcomes = (batch_of.fit() if reason is None
                     else [RunBatch._alone(t) for t in batch_of.trainers])
-    finally:
-        for trainer in batch_of.trainers:
+    finally:  # last set up, first closed (a run trained alone closed itself already)
+        for trainer in reversed(batch_of.trainers):
             trainer.close()
+        torch.set_num_threads(threads)
     results = []
     for (k, tasks, model, trainer, run), outcome in zip(built, outcomes):
         if isinstance(outcome, BaseException):

@@ -160,7 +160,7 @@ class StraightThroughRow(torch.autograd.Function):
         hard = (v[:, 0] >= v[:, 1]).to(logits.dtype)
         soft = torch.sigmoid((v[:, 0] - v[:, 1]) / tau)
         total = hard.sum()
-        denom = torch.where(total >= 1.0, total, torch.ones_like(total)) if mean else None
+        denom = active_count(hard) if mean else None
         ctx.save_for_backward(hard, soft, total, denom)
         return hard / denom if mean else hard
 

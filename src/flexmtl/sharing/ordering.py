@@ -448,6 +448,7 @@ class SoftOrdering(SharedCore):
         self.gate = gate
         self.scale_lr_multiplier = float(scale_lr_multiplier or self.DEFAULT_SCALE_LR_MULTIPLIER)
         self.scale_logits = nn.Parameter(torch.zeros(num_tasks, self.num_layers, self.depth))
+        self._scales_given: torch.Tensor | None = None  # forward_tasks(scales=) while it runs
 
     def scales(self, task: int | None = None, *, grad: bool = False) -> torch.Tensor:
         """Scales ``s[task, layer, depth]`` (all tasks when ``task`` is None), as plain
@@ -519,6 +520,8 @@ class SoftOrdering(SharedCore):
         """Apply the core for ``task``; ``scales`` ([layers, depths]) overrides the learned ones."""
         self._check_task(task)
         self._check_input(h)
+        if scales is None and self._scales_given is not None:
+            scales = self._scales_given[task]
         s = self.scales(task, grad=True) if scales is None else scales
         if s.shape != (self.num_layers, self.depth):
             raise ShapeError(
@@ -540,23 +543,17 @@ class SoftOrdering(SharedCore):
         if tuple(scales.shape) != want:
             raise ShapeError(f"scales must have shape [tasks, layers, depths] = {list(want)}, "
                              f"got {list(scales.shape)}")
-        hs, tasks = list(hs), [int(t) for t in tasks]
-        if len(hs) != len(tasks):
-            raise ShapeError(f"got {len(hs)} inputs for {len(tasks)} tasks")
-        for h, t in zip(hs, tasks):
-            self._check_task(t)
-            self._check_input(h)
-        if self.fused and hs:
-            plan = self._fusion_plan()
-            if plan.per_example:
-                return soft_tasks(plan, self.blocks, hs, tasks, scales, self.dropout.p,
-                                  self.dropout.training)
-        return [self.forward(h, t, scales=scales[t]) for h, t in zip(hs, tasks)]
+        self._scales_given = scales  # read by forward and _fused_tasks
+        try:
+            return super().forward_tasks(hs, tasks)
+        finally:
+            self._scales_given = None
 
     def _fused_tasks(self, plan, hs, tasks):
         """Eq. 7 for all tasks at once: all layers of a depth on all rows, then each row's
         mix with its task's scales."""
         if not plan.per_example:
             return None
-        return soft_tasks(plan, self.blocks, hs, tasks, self.scales(grad=True), self.dropout.p,
+        scales = self.scales(grad=True) if self._scales_given is None else self._scales_given
+        return soft_tasks(plan, self.blocks, hs, tasks, scales, self.dropout.p,
                           self.dropout.training)

@@ -7,7 +7,7 @@ each optimiser group's learning rate at every logged step; the validation loss a
 sharing at every evaluation -- a soft-ordering core's scales as one image per task
 (``[layers, depths]``, bright = large), a routed core's allocation probabilities
 (``[tasks, components]``) and its task-similarity matrix (cosine similarity of the task
-embeddings, mapped from [-1, 1] to dark..bright). Needs the ``tensorboard`` package
+embeddings, in [0, 1] for binary embeddings: dark..bright). Needs the ``tensorboard`` package
 (``pip install 'flexmtl[tensorboard]'``), imported only when asked for.
 """
 
@@ -22,23 +22,36 @@ from torch import nn
 
 from flexmtl.errors import ConfigError
 
-__all__ = ["TensorBoardLog"]
+__all__ = ["TensorBoardLog", "check_tensorboard"]
+
+
+def check_tensorboard() -> None:
+    """:class:`~flexmtl.errors.ConfigError` with what to install when torch's TensorBoard
+    writer cannot be imported."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as exc:  # torch's writer needs the tensorboard package
+        raise ConfigError("TensorBoard logging needs the tensorboard package: pip install "
+                          "'flexmtl[tensorboard]'") from exc
 
 
 class TensorBoardLog:
-    """A run's TensorBoard writer; every method does nothing when ``folder`` is None."""
+    """A run's TensorBoard writer; every method does nothing when ``folder`` is None.
 
-    def __init__(self, folder: Path | None, task_names: Sequence[str]):
+    ``first_step``: the step training goes on from (a resumed run's checkpoint): events the
+    folder holds from later steps -- logged before the run was killed, and trained again
+    now -- are dropped (TensorBoard's ``purge_step``), so a resumed run's curves do not
+    double back."""
+
+    def __init__(self, folder: Path | None, task_names: Sequence[str], first_step: int = 0):
         self.names = list(task_names)
         self.writer: Any = None
         if folder is None:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:  # torch's writer needs the tensorboard package
-            raise ConfigError("TensorBoard logging needs the tensorboard package: pip install "
-                              "'flexmtl[tensorboard]'") from exc
-        self.writer = SummaryWriter(str(folder))
+        check_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), purge_step=first_step + 1 if first_step else None)
 
     def train(self, step: int, losses: Sequence[float], optimizer: torch.optim.Optimizer
               ) -> None:
@@ -77,7 +90,8 @@ class TensorBoardLog:
             probs = core.sharing_snapshot().detach().float().cpu()  # [tasks, components]
             self.writer.add_image("allocation/probabilities", probs[None], step)
             sim = cosine_similarity(core.embeddings().float().cpu())
-            self.writer.add_image("allocation/task_similarity", ((sim + 1) / 2)[None], step)
+            # binary embeddings: cosine similarity in [0, 1] (0 = no component in common)
+            self.writer.add_image("allocation/task_similarity", sim.clamp(0, 1)[None], step)
 
     def close(self) -> None:
         if self.writer is not None:

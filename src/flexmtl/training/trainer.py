@@ -56,7 +56,7 @@ from flexmtl.training.forward import TrainingForward, global_mean
 from flexmtl.training.optim import OPTIMIZERS, fast_optimizer, parameter_groups
 from flexmtl.training.sampler import TaskBatchSampler, input_groups
 from flexmtl.training.schedules import SCHEDULES
-from flexmtl.training.tensorboard import TensorBoardLog
+from flexmtl.training.tensorboard import TensorBoardLog, check_tensorboard
 from flexmtl.training.threads import FlopCount, auto_threads
 
 Resume = Literal["auto", "must", "restart"]
@@ -152,6 +152,8 @@ class Trainer(Checkpointing):
         if cfg.tensorboard and self.out_dir is None:
             raise ConfigError("tensorboard=True writes into the run folder: give the Trainer "
                               "an out_dir")
+        if cfg.tensorboard:
+            check_tensorboard()  # before any folder is locked, cleared or resumed
         self.resume = _resume_policy(resume, self.out_dir)
         self.callbacks = list(callbacks)
         self.schedule = SCHEDULES.get(cfg.schedule)()
@@ -210,7 +212,7 @@ class Trainer(Checkpointing):
         self.model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.train_data = [self._to_device(t.train) for t in self.tasks]
-        self._threads_before = torch.get_num_threads()  # restored by close()
+        self._hold_threads()
         self._set_threads()
         # every draw of the run from its seed (each rank its own stream); a resumed run then
         # gets its saved streams back
@@ -303,10 +305,15 @@ class Trainer(Checkpointing):
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-        before = getattr(self, "_threads_before", None)
+        before, self._threads_before = self._threads_before, None
         if before is not None and torch.get_num_threads() != before:
             torch.set_num_threads(before)
-        self._threads_before = None
+
+    def _hold_threads(self) -> None:
+        """Note the process's thread count, which :meth:`close` gives back (trainers open at
+        once: close them last-first, as :class:`~flexmtl.training.batched.RunBatch` does)."""
+        if self._threads_before is None:
+            self._threads_before = torch.get_num_threads()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """The optimiser of the current phase (the finetune one once it has taken over)."""
@@ -460,8 +467,8 @@ class Trainer(Checkpointing):
     def fit(self) -> TrainResult:
         """Train to ``config.steps`` (resuming where a previous run stopped) and test once;
         ``out_dir`` is released at the end, also on an error."""
-        self.setup()
         try:
+            self.setup()
             return self._fit()
         finally:
             self.close()
@@ -479,13 +486,15 @@ class Trainer(Checkpointing):
         """Open the logs and the progress bar of :meth:`fit` (also for a batch of runs,
         :class:`~flexmtl.training.batched.RunBatch`, which steps the runs itself)."""
         cfg = self.config
+        self._hold_threads()  # also a second fit after close
+        self._set_threads()  # this run's count, whatever other runs set since its setup
         self._segment_start = self._fit_start = time.perf_counter()
         folder = self.run_folder if self.is_main else None
         self._train_log = CsvLog(folder.train_log if folder is not None else None)
         self._eval_log = CsvLog(folder.eval_log if folder is not None else None)
         self._tensorboard = TensorBoardLog(
             folder.tensorboard if folder is not None and cfg.tensorboard else None,
-            [t.name for t in self.tasks])
+            [t.name for t in self.tasks], first_step=self.step)
         if self.step == 0:
             self._snapshot_sharing()
         self._bar = _progress(cfg.steps, self.step, cfg.progress and self.is_main)
