@@ -442,6 +442,13 @@ def test_cli_unknown_method_suggests_the_close_one(capsys):
     assert not Path("o").exists()
 
 
+def test_cli_methods_given_with_spaces_say_they_are_comma_separated(capsys):
+    assert main(["run", "uci", "--methods", "soft", "parallel", "--out", "o"]) == 2
+    err = _error(capsys)
+    assert "methods are comma-separated: --methods soft,parallel" in err
+    assert not Path("o").exists()
+
+
 def test_cli_unknown_experiment_and_key(capsys):
     assert main(["run", "ucii"]) == 2
     err = _error(capsys)

@@ -333,6 +333,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
                           "give comma-separated names (see `flexmtl list`), or leave it out "
                           "for the experiment's default methods")
     overrides = list(args.overrides)
+    from flexmtl.sharing.methods import METHODS
+
+    loose = [item for item in overrides if "=" not in item and item in METHODS.names()]
+    if loose:  # `--methods soft parallel`: the second name lands among the overrides
+        listed = ",".join([*(args.methods or "").split(","), *loose]).strip(",")
+        raise ConfigError(f"{', '.join(loose)} looks like a method name given after --methods "
+                          f"with a space; methods are comma-separated: --methods {listed}")
     given = {}  # key -> the key=value override that sets it
     for item in overrides:
         key, sep, _ = item.partition("=")
