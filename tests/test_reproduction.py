@@ -485,7 +485,7 @@ def test_fig2_single_joint_update_and_fig6b(tmp_path, monkeypatch):
     assert a.verdict == st.NOT_REPRODUCED
 
     # joint vs alternating: curves in the seeds' eval logs
-    monkeypatch.setattr(so, "seed_dirs", lambda folder: sorted(folder.glob("seed-*")))
+    monkeypatch.setattr(st, "seed_dirs", lambda folder: sorted(folder.glob("seed-*")))
     for schedule, offset in (("joint", 0.0), ("round-robin", 0.5)):
         for i in range(3):
             seed = tmp_path / f"schedule={schedule}" / "soft" / f"seed-{i}"
@@ -500,7 +500,7 @@ def test_fig2_single_joint_update_and_fig6b(tmp_path, monkeypatch):
     a = so._assess_schedule(_run(runs, tmp_path))
     assert a.verdict == st.REPRODUCED and "step 50" in a.claims[1].evidence, a.reason
     # no evaluation logs: "faster" is not run
-    monkeypatch.setattr(so, "seed_dirs", lambda folder: [])
+    monkeypatch.setattr(st, "seed_dirs", lambda folder: [])
     a = so._assess_schedule(_run(runs, tmp_path))
     assert _statuses(a) == [st.HOLDS, st.NOT_RUN] and a.verdict == st.PARTLY
 
@@ -553,6 +553,57 @@ def test_table1_per_layer_claim_reads_every_layer(tmp_path):
     judged = so._judge_layers(run)
     assert judged.status in (st.HOLDS, st.TREND, st.FAILS)
     assert judged.evidence.count("layer ") >= 8 and "layer 4" in judged.evidence
+
+
+def _eval_logs(folder: Path, curves: list[dict[int, float]]) -> None:
+    """Seed folders ``seed-i`` under ``folder`` with the combined validation loss by step."""
+    for i, curve in enumerate(curves):
+        seed = folder / f"seed-{i}"
+        seed.mkdir(parents=True)
+        (seed / "eval_log.csv").write_text("step,loss,accuracy\n" + "".join(
+            f"{k},{v},nan\n" for k, v in curve.items()))
+
+
+def test_fig7_late_drop_and_training_length_study(tmp_path, monkeypatch):
+    """The drop of the validation loss over the last sixth of training: still falling when
+    its 95% interval over seeds lies above 0; the steps reading judges the longest point."""
+    from flexmtl.reproduction import gumbel_matrix as gm
+
+    monkeypatch.setattr(st, "seed_dirs", lambda folder: sorted(folder.glob("seed-*")))
+    steps = range(500, 3001, 500)
+    # gumbel falls by 0.3-0.5 from step 2500 to 3000 in every seed; no sharing is flat there
+    _eval_logs(tmp_path / "gumbel", [{k: 10 - k / 1000 * (1 + i / 10) for k in steps}
+                                     for i in range(4)])
+    _eval_logs(tmp_path / "no-sharing", [{k: 5 + (0.01 * (-1) ** i if k == 3000 else 0)
+                                          for k in steps} for i in range(4)])
+    run = st.StudyRun(tmp_path, {}, "full")
+    start, last, drop = gm._late_drop(run, "gumbel")
+    assert (start, last) == (2500, 3000)
+    assert drop["values"] == pytest.approx([0.5, 0.55, 0.6, 0.65])
+    line = " ".join(gm._late_drop_line(run, [("gumbel", "G"), ("no-sharing", "N")]))
+    assert "G 0.575" in line and "(still falling)" in line
+    assert "N 0.000" in line and "(no clear fall)" in line
+    assert gm._late_drop(run, "shared-bottom") is None  # no logs: no line
+    assert gm._late_drop_line(run, [("shared-bottom", "S")]) == []
+
+    # the training-length reading: judged at the longest point, a line per point
+    def methods(g: list[float], ns: list[float]) -> dict:
+        return {"gumbel": _entry(test_loss=g), "no-sharing": _entry(test_loss=ns)}
+    results = {"seeds": [0, 1, 2, 3], "sweep": {"key": "steps", "primary": 3000, "points": [
+        {"value": 3000, "methods": methods([5.0, 5.2, 5.1, 5.3], [4.0, 4.1, 4.0, 4.1])},
+        {"value": 15000, "methods": methods([1.0, 1.1, 1.0, 1.2], [2.0, 2.1, 2.0, 2.2])}]}}
+    for value in (3000, 15000):
+        _eval_logs(tmp_path / f"steps={value}" / "gumbel",
+                   [{k * value // 3000: 9 - k / 1000 for k in steps} for _ in range(4)])
+    assert ExperimentFolder(tmp_path).method_dir("gumbel", ("steps", 3000)).is_dir()
+    a = gm._assess_fig7_steps(st.StudyRun(tmp_path, results, "full"))
+    assert a.claims[0].status == st.HOLDS and "15000" in a.claims[0].evidence
+    assert a.claims[1].status == st.NOT_RUN  # no embeddings recorded
+    ours = "\n".join(a.ours)
+    assert "3000 batches per task. Drop" in ours and "from step 12500 to 15000" in ours
+    results["sweep"]["points"][1]["methods"] = methods([3.0] * 4, [2.0, 2.1, 2.0, 2.2])
+    a = gm._assess_fig7_steps(st.StudyRun(tmp_path, results, "full"))
+    assert a.claims[0].status == st.FAILS and a.verdict == st.NOT_REPRODUCED
 
 
 def test_fig7_one_component_per_pair_is_recognised():

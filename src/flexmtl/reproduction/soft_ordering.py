@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from flexmtl.reproduction.studies import (
     sharing_summaries,
     snapshots,
     table,
+    validation_curves,
 )
 from flexmtl.run_folder import ExperimentFolder, PlotNames, TrainingRun
 from flexmtl.sharing import SoftOrdering
@@ -768,34 +768,10 @@ SCHED_FASTER = Claim("it also converges faster: lower combined validation loss a
 SCHED_CLAIMS = (SCHED_LOWER, SCHED_FASTER)
 
 
-def _eval_losses(seed_dir: Path) -> dict[int, float]:
-    """``{step: combined validation loss}`` of a run's ``eval_log.csv`` (empty if none)."""
-    try:
-        with open(TrainingRun(seed_dir).eval_log, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return {}
-    out = {}
-    for row in rows:
-        try:
-            out[int(row["step"])] = float(row["loss"])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
-
-
 def _early_losses(run: StudyRun, method: str) -> tuple[int, dict[str, dict]] | None:
     """The step nearest :data:`EARLY` of training that both schedules evaluated, and per
     schedule the summary of the seeds' validation losses there (seeds both finished)."""
-    curves: dict[str, dict[int, dict[int, float]]] = {}
-    folder = ExperimentFolder(run.run_dir)
-    for schedule in SCHEDULES:
-        curves[schedule] = {}
-        for seed_dir in seed_dirs(folder.method_dir(method, ("schedule", schedule))):
-            seed = TrainingRun(seed_dir).seed
-            log = _eval_losses(seed_dir)
-            if seed is not None and log:
-                curves[schedule][seed] = log
+    curves = {s: validation_curves(run, method, ("schedule", s)) for s in SCHEDULES}
     seeds = sorted(set(curves["joint"]) & set(curves["round-robin"]))
     if not seeds:
         return None

@@ -10,6 +10,7 @@ the judged claims by the one rule :data:`RULE` (also the report's header).
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import shutil
@@ -435,6 +436,35 @@ def sharing_summaries(run: StudyRun, method: str,
         sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing")
         if isinstance(sharing, dict):
             out.append(sharing)
+    return out
+
+
+def eval_losses(seed_dir: Path) -> dict[int, float]:
+    """``{step: combined validation loss}`` of a run's ``eval_log.csv`` (empty if none)."""
+    try:
+        with open(TrainingRun(seed_dir).eval_log, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    out = {}
+    for row in rows:
+        try:
+            out[int(row["step"])] = float(row["loss"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def validation_curves(run: StudyRun, method: str,
+                      point: tuple[str, Any] | None = None) -> dict[int, dict[int, float]]:
+    """``{seed: {step: combined validation loss}}`` of the finished seeds of ``method`` (at
+    the sweep value ``point`` if given) that have an evaluation log."""
+    folder = ExperimentFolder(run.run_dir).method_dir(method, point)
+    out = {}
+    for seed_dir in seed_dirs(folder):
+        seed, log = TrainingRun(seed_dir).seed, eval_losses(seed_dir)
+        if seed is not None and log:
+            out[seed] = log
     return out
 
 
