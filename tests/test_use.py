@@ -68,6 +68,15 @@ def test_load_run_says_what_is_wrong(tiny_run, tmp_path):
     x = run.tasks[0].val.x
     with pytest.raises(UnknownNameError, match="Did you mean"):
         run.predict(run.task_names[0][:-1] + "x", x)
+    # the model's rules for a task: a name or an integer (numpy's too), never a bool or float
+    assert run.task_index(np.int64(1)) == 1 == run.task_index(run.task_names[1])
+    for wrong in (True, 1.0):
+        with pytest.raises(TypeError, match=f"name or an integer.*{run.task_names[0]}"):
+            run.task_index(wrong)
+        with pytest.raises(TypeError, match="name or an integer"):
+            run.model.task_index(wrong)
+    with pytest.raises(IndexError, match=f"out of range.*{run.task_names[0]}"):
+        run.predict(len(run.tasks), x)
     with pytest.raises(ShapeError, match="takes inputs of shape"):
         run.predict(0, x[:, :-1])
     with pytest.raises(DataError, match="NaN"):

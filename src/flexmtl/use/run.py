@@ -13,6 +13,7 @@ into a model you build the same way: ``load_run(folder, model=my_model, tasks=my
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,15 +64,20 @@ class LoadedRun:
         return [t.name for t in self.tasks]
 
     def task_index(self, task: str | int) -> int:
-        """The index of ``task`` (a name or an index), with a clear error if unknown."""
-        if isinstance(task, (int, np.integer)) and not isinstance(task, bool):
-            if not 0 <= int(task) < len(self.tasks):
-                raise IndexError(f"task index {task} out of range for {len(self.tasks)} tasks "
-                                 f"({', '.join(self.task_names)})")
-            return int(task)
-        if task not in self.task_names:
-            raise UnknownNameError("task of this run", str(task), self.task_names)
-        return self.task_names.index(str(task))
+        """The index of ``task``, given by name or index -- the rules of
+        :meth:`flexmtl.MultiTaskModel.task_index` (unknown names: a suggestion; anything but
+        a name or an integer: TypeError), with the run's task names in the messages."""
+        if isinstance(task, str):
+            if task not in self.task_names:
+                raise UnknownNameError("task of this run", task, self.task_names)
+            return self.task_names.index(task)
+        if isinstance(task, bool) or not isinstance(task, numbers.Integral):
+            raise TypeError(f"a task is a name or an integer index, got {task!r} (this run's "
+                            f"tasks: {', '.join(self.task_names)})")
+        if not 0 <= int(task) < len(self.tasks):
+            raise IndexError(f"task index {task} out of range for {len(self.tasks)} tasks "
+                             f"({', '.join(self.task_names)})")
+        return int(task)
 
     def default_split(self) -> str:
         """The split :meth:`evaluate` reads by default: ``"test"`` when the run has a test
