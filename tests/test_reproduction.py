@@ -596,14 +596,44 @@ def test_fig7_late_drop_and_training_length_study(tmp_path, monkeypatch):
         _eval_logs(tmp_path / f"steps={value}" / "gumbel",
                    [{k * value // 3000: 9 - k / 1000 for k in steps} for _ in range(4)])
     assert ExperimentFolder(tmp_path).method_dir("gumbel", ("steps", 3000)).is_dir()
-    a = gm._assess_fig7_steps(st.StudyRun(tmp_path, results, "full"))
+    a = st.get_study("gm-fig7-steps").assess(st.StudyRun(tmp_path, results, "full"))
     assert a.claims[0].status == st.HOLDS and "15000" in a.claims[0].evidence
     assert a.claims[1].status == st.NOT_RUN  # no embeddings recorded
     ours = "\n".join(a.ours)
-    assert "3000 batches per task. Drop" in ours and "from step 12500 to 15000" in ours
+    assert "batches per task 3000. Drop" in ours and "from step 12500 to 15000" in ours
     results["sweep"]["points"][1]["methods"] = methods([3.0] * 4, [2.0, 2.1, 2.0, 2.2])
-    a = gm._assess_fig7_steps(st.StudyRun(tmp_path, results, "full"))
+    a = st.get_study("gm-fig7-steps").assess(st.StudyRun(tmp_path, results, "full"))
     assert a.claims[0].status == st.FAILS and a.verdict == st.NOT_REPRODUCED
+
+
+def test_fig7_allocation_fixed_from(monkeypatch, tmp_path):
+    """The step from which the most likely allocation (p >= 0.5) stays the final one."""
+    from flexmtl.reproduction import gumbel_matrix as gm
+
+    def with_snapshots(*probabilities: list[float], every: int = 100):
+        snaps = [(i * every, np.array([p])) for i, p in enumerate(probabilities)]
+        monkeypatch.setattr(gm, "snapshots", lambda seed_dir: snaps)
+
+    with_snapshots([0.5, 0.5], [0.6, 0.3], [0.4, 0.2], [0.45, 0.1], [0.1, 0.0])
+    assert gm._fixed_from(tmp_path) == (200, 400)  # [0, 0] from step 200 on
+    with_snapshots([0.5, 0.5], [0.9, 0.1], [0.2, 0.1], [0.9, 0.1])
+    assert gm._fixed_from(tmp_path) == (300, 300)  # changed back at the last snapshot
+    with_snapshots([0.5, 0.5], [0.6, 0.6], [0.9, 0.9])
+    assert gm._fixed_from(tmp_path) == (0, 200)  # p = 0.5 counts as active: never changed
+    with_snapshots([0.5, 0.5])
+    assert gm._fixed_from(tmp_path) is None
+
+    # the sentence over seeds: "decided early" only when every seed is fixed early
+    monkeypatch.setattr(gm, "seed_dirs", lambda folder: [tmp_path / "seed-0"])
+    run = st.StudyRun(tmp_path, {}, "full")
+    with_snapshots([0.5], [0.1], *[[0.0]] * 9)
+    line = gm._fixed_from_line(run, "gumbel")[1]
+    assert "from step 100 on" in line and "of 1000" in line and "decided in the first 30%" in line
+    with_snapshots([0.5], *[[0.6]] * 8, [0.1], [0.0])
+    line = gm._fixed_from_line(run, "gumbel")[1]
+    assert "from step 900 on" in line and "decided" not in line
+    monkeypatch.setattr(gm, "seed_dirs", lambda folder: [])
+    assert gm._fixed_from_line(run, "gumbel") == []
 
 
 def test_fig7_one_component_per_pair_is_recognised():

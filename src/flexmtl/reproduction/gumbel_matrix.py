@@ -171,6 +171,40 @@ def _late_drop_line(run: StudyRun, methods: Sequence[tuple[str, str]],
             + "; ".join(parts) + "."]
 
 
+EARLY_FIXED = 0.3  # "decided early": the allocation final within this share of training (ours)
+
+
+def _fixed_from(seed_dir: Path) -> tuple[int, int] | None:
+    """``(step, last step)``: from which recorded step on a run's most likely allocation
+    (probability >= 0.5) stays the one it ends with (None without two snapshots)."""
+    snaps = snapshots(seed_dir)
+    if len(snaps) < 2:
+        return None
+    final = snaps[-1][1] >= 0.5
+    fixed = snaps[-1][0]
+    for step, probabilities in reversed(snaps):
+        if not np.array_equal(probabilities >= 0.5, final):
+            break
+        fixed = step
+    return fixed, snaps[-1][0]
+
+
+def _fixed_from_line(run: StudyRun, method: str, point: tuple[str, Any] | None = None,
+                     lead: str = "") -> list[str]:
+    """A sentence: from which step on the learned allocations stop changing, over seeds."""
+    folder = ExperimentFolder(run.run_dir).method_dir(method, point)
+    got = [f for f in (_fixed_from(d) for d in seed_dirs(folder)) if f is not None]
+    if not got:
+        return []
+    steps, last = sorted(step for step, _ in got), max(end for _, end in got)
+    early = steps[-1] <= EARLY_FIXED * last
+    return ["", lead + f"The most likely allocation (probability >= 0.5) is the final one from "
+                       f"step {int(np.median(steps))} on (median over {len(steps)} seeds; "
+                       f"{steps[0]} to {steps[-1]}) of {last}"
+            + (f": in every seed what is shared is decided in the first {EARLY_FIXED:.0%} of "
+               "training and never revisited." if early else ".")]
+
+
 def _assess_fig7(run: StudyRun) -> Assessment:
     methods = run.results["methods"]
     g, ns = metric(methods, "gumbel", "test_loss"), metric(methods, "no-sharing", "test_loss")
@@ -189,6 +223,7 @@ def _assess_fig7(run: StudyRun) -> Assessment:
         ours.append("Components used by both pairs: " + ", ".join(
             f"{c} in {n} seed(s)" for c, n in counts.items()) + ".")
     ours += _late_drop_line(run, [("gumbel", "Gumbel-Matrix"), ("no-sharing", "no sharing")])
+    ours += _fixed_from_line(run, "gumbel")
     found = [int(v) for v in recovered["values"]]
     claims = [
         paired_claim(G7_BEAT, "gumbel", g, "no sharing", ns, lower_is_better=True),
@@ -277,6 +312,9 @@ def _assess_fig7_budget(run: StudyRun) -> Assessment:
     claims.append(pairs_claim)
     ours = table(["budget", "Gumbel-Matrix: test loss", "no sharing: test loss",
                   "components both pairs use: seeds", "pairs recovered (share of seeds)"], rows)
+    for budget in FIG7_BUDGETS:
+        ours += _fixed_from_line(run, "gumbel-budget", ("budget", budget),
+                                 lead=f"Budget {budget:g}. ")
     ours += _one_per_pair_reading(run)
     return Assessment(ours, claims, extra)
 
@@ -363,6 +401,11 @@ def _fig7_reading(key: str, column: str, at: Any, where: str, main: Claim, disti
                       not_run(distinct, f"the runs lack {key}={at:g}")]
         ours = table([column, "Gumbel-Matrix: test loss", "no sharing: test loss",
                       "components both pairs use: seeds"], rows)
+        for value, _ in sorted(points(run.results), key=lambda p: p[0]):
+            lead = f"{column} {value:g}. "
+            ours += _late_drop_line(run, [("gumbel", "Gumbel-Matrix"),
+                                          ("no-sharing", "no sharing")], (key, value), lead)
+            ours += _fixed_from_line(run, "gumbel", (key, value), lead)
         return Assessment(ours, claims, extra)
 
     return assess
@@ -446,18 +489,6 @@ G7S_DISTINCT = Claim("trained that long, in most seeds the unrelated pairs share
 G7S_CLAIMS = (G7S_MAIN, G7S_DISTINCT)
 
 
-def _assess_fig7_steps(run: StudyRun) -> Assessment:
-    """:func:`_fig7_reading` over the training length, with each length's late drop of the
-    validation loss: is either method still improving when the paper stops?"""
-    got = _fig7_reading("steps", "batches per task", FIG7_STEPS[-1],
-                        f"{FIG7_STEPS[-1]} batches per task", *G7S_CLAIMS)(run)
-    for value, _ in sorted(points(run.results), key=lambda p: p[0]):
-        got.ours += _late_drop_line(run, [("gumbel", "Gumbel-Matrix"),
-                                          ("no-sharing", "no sharing")], ("steps", value),
-                                    lead=f"{value:g} batches per task. ")
-    return got
-
-
 register_study(Study(
     key="gm-fig7-steps", paper=GUMBEL_MATRIX, figure="Fig. 7 (ablation: training length)",
     claim="two pairs of related synthetic tasks: are both methods still improving when the "
@@ -469,7 +500,8 @@ register_study(Study(
                   note="10 seeds (the paper's Fig. 7 has 20); the paper's network, learning rate "
                        "and temperature schedule; the loss at the last step (as gm-fig7)"),
     claims=G7S_CLAIMS,
-    assess=_assess_fig7_steps,
+    assess=_fig7_reading("steps", "batches per task", FIG7_STEPS[-1],
+                         f"{FIG7_STEPS[-1]} batches per task", *G7S_CLAIMS),
     ablation_of="gm-fig7",
 ))
 
