@@ -607,7 +607,8 @@ def test_fig7_late_drop_and_training_length_study(tmp_path, monkeypatch):
 
 
 def test_fig7_allocation_fixed_from(monkeypatch, tmp_path):
-    """The step from which the most likely allocation (p >= 0.5) stays the final one."""
+    """The step from which the most likely allocation (p >= 0.5) stays the final one, and the
+    first at which 90% of the probabilities lie within 0.1 of 0 or 1."""
     from flexmtl.reproduction import gumbel_matrix as gm
 
     def with_snapshots(*probabilities: list[float], every: int = 100):
@@ -615,23 +616,26 @@ def test_fig7_allocation_fixed_from(monkeypatch, tmp_path):
         monkeypatch.setattr(gm, "snapshots", lambda seed_dir: snaps)
 
     with_snapshots([0.5, 0.5], [0.6, 0.3], [0.4, 0.2], [0.45, 0.1], [0.1, 0.0])
-    assert gm._fixed_from(tmp_path) == (200, 400)  # [0, 0] from step 200 on
-    with_snapshots([0.5, 0.5], [0.9, 0.1], [0.2, 0.1], [0.9, 0.1])
-    assert gm._fixed_from(tmp_path) == (300, 300)  # changed back at the last snapshot
-    with_snapshots([0.5, 0.5], [0.6, 0.6], [0.9, 0.9])
-    assert gm._fixed_from(tmp_path) == (0, 200)  # p = 0.5 counts as active: never changed
+    assert gm._fixed_from(tmp_path) == (200, 400, 400)  # [0, 0] from step 200 on
+    with_snapshots([0.5, 0.5], [0.95, 0.05], [0.2, 0.1], [0.9, 0.1])
+    assert gm._fixed_from(tmp_path) == (300, 100, 300)  # changed back at the last snapshot
+    with_snapshots([0.5, 0.5], [0.6, 0.6], [0.8, 0.95])
+    assert gm._fixed_from(tmp_path) == (0, None, 200)  # p = 0.5 counts as active; unsettled
     with_snapshots([0.5, 0.5])
     assert gm._fixed_from(tmp_path) is None
 
     # the sentence over seeds: "decided early" only when every seed is fixed early
     monkeypatch.setattr(gm, "seed_dirs", lambda folder: [tmp_path / "seed-0"])
     run = st.StudyRun(tmp_path, {}, "full")
-    with_snapshots([0.5], [0.1], *[[0.0]] * 9)
+    with_snapshots([0.5], [0.3], [0.2], *[[0.0]] * 8)
     line = gm._fixed_from_line(run, "gumbel")[1]
     assert "from step 100 on" in line and "of 1000" in line and "decided in the first 30%" in line
-    with_snapshots([0.5], *[[0.6]] * 8, [0.1], [0.0])
+    assert "settle (90% of them within 0.1 of 0 or 1, so that the sampled allocations stop " \
+        "varying) from step 300" in line
+    with_snapshots([0.5], *[[0.6]] * 8, [0.3], [0.2])
     line = gm._fixed_from_line(run, "gumbel")[1]
     assert "from step 900 on" in line and "decided" not in line
+    assert "In no seed do 90% of the probabilities" in line
     monkeypatch.setattr(gm, "seed_dirs", lambda folder: [])
     assert gm._fixed_from_line(run, "gumbel") == []
 

@@ -174,9 +174,11 @@ def _late_drop_line(run: StudyRun, methods: Sequence[tuple[str, str]],
 EARLY_FIXED = 0.3  # "decided early": the allocation final within this share of training (ours)
 
 
-def _fixed_from(seed_dir: Path) -> tuple[int, int] | None:
-    """``(step, last step)``: from which recorded step on a run's most likely allocation
-    (probability >= 0.5) stays the one it ends with (None without two snapshots)."""
+def _fixed_from(seed_dir: Path) -> tuple[int, int | None, int] | None:
+    """``(fixed, settled, last)`` of a run's recorded allocation probabilities: the step from
+    which its most likely allocation (probability >= 0.5) stays the one it ends with, the first
+    step at which a share :data:`CONVERGED` of them lies within :data:`SETTLED` of 0 or 1 (None
+    if never), and the last step (None without two snapshots)."""
     snaps = snapshots(seed_dir)
     if len(snaps) < 2:
         return None
@@ -186,23 +188,39 @@ def _fixed_from(seed_dir: Path) -> tuple[int, int] | None:
         if not np.array_equal(probabilities >= 0.5, final):
             break
         fixed = step
-    return fixed, snaps[-1][0]
+    settled = next((step for step, p in snaps
+                    if np.mean(np.minimum(p, 1 - p) <= SETTLED) >= CONVERGED), None)
+    return fixed, settled, snaps[-1][0]
 
 
 def _fixed_from_line(run: StudyRun, method: str, point: tuple[str, Any] | None = None,
                      lead: str = "") -> list[str]:
-    """A sentence: from which step on the learned allocations stop changing, over seeds."""
+    """A sentence: from which step on the learned allocations stop changing, and from which
+    their probabilities have settled (so that the sampled allocations stop varying), over
+    seeds."""
     folder = ExperimentFolder(run.run_dir).method_dir(method, point)
     got = [f for f in (_fixed_from(d) for d in seed_dirs(folder)) if f is not None]
     if not got:
         return []
-    steps, last = sorted(step for step, _ in got), max(end for _, end in got)
+    steps, last = sorted(f[0] for f in got), max(f[2] for f in got)
     early = steps[-1] <= EARLY_FIXED * last
-    return ["", lead + f"The most likely allocation (probability >= 0.5) is the final one from "
-                       f"step {int(np.median(steps))} on (median over {len(steps)} seeds; "
-                       f"{steps[0]} to {steps[-1]}) of {last}"
-            + (f": in every seed what is shared is decided in the first {EARLY_FIXED:.0%} of "
-               "training and never revisited." if early else ".")]
+    line = (f"The most likely allocation (probability >= 0.5) is the final one from step "
+            f"{int(np.median(steps))} on (median over {len(steps)} seeds; {steps[0]} to "
+            f"{steps[-1]}) of {last}"
+            + (f": in every seed it is decided in the first {EARLY_FIXED:.0%} of training and "
+               "never revisited" if early else ""))
+    settled = sorted(f[1] for f in got if f[1] is not None)
+    never = len(got) - len(settled)
+    if settled:
+        line += (f". Its probabilities settle ({CONVERGED:.0%} of them within {SETTLED} of 0 "
+                 f"or 1, so that the sampled allocations stop varying) from step "
+                 f"{int(np.median(settled))} (median over the {len(settled)} seeds that get "
+                 f"there; {settled[0]} to {settled[-1]})"
+                 + (f", never in {never} seed(s)" if never else ""))
+    else:
+        line += (f". In no seed do {CONVERGED:.0%} of the probabilities get within {SETTLED} "
+                 "of 0 or 1: the sampled allocations vary to the end")
+    return ["", lead + line + "."]
 
 
 def _assess_fig7(run: StudyRun) -> Assessment:
