@@ -16,6 +16,14 @@ allocations fixed before training:
   task of no sharing, with the related task's data added;
 * ``pairs-share-two-summed`` -- as pairs-share-two, the two outputs summed (shared bottom's
   combine) instead of averaged: does averaging cost, or sharing two components?
+* ``random-then-share-one`` -- what Gumbel-Matrix goes through before its allocation is fixed
+  (gm-fig7 finds it fixed after a median of 300 of the 3000 steps): the first ``--warmup``
+  steps with every connection sampled at probability 0.5 per batch (Gumbel-Matrix's start,
+  its logits frozen), then pairs-share-one for the rest, the weights carried over (the
+  optimiser restarts). Does that early phase cost the gain of the right allocation?
+* ``share-one-shorter`` -- pairs-share-one trained only the steps left after ``--warmup``: the
+  control for random-then-share-one (is it the random phase that costs, or the fewer steps
+  under the right allocation?).
 
 If a given right allocation beats no sharing, the architecture can profit from sharing here
 and what fails is finding it; if it does not, no allocation Gumbel-Matrix could learn would
@@ -26,6 +34,10 @@ four tasks, per seed, and the paired difference to no sharing with its 95% inter
     python probes/fig7_oracle.py --seeds 5
     python probes/fig7_oracle.py --seeds 5 --variants pairs-share-two-summed \\
         --out probes/results/fig7-oracle-summed.md
+    python probes/fig7_oracle.py --seeds 5 --variants pairs-share-one random-then-share-one \\
+        share-one-shorter --warmup 300 --out probes/results/fig7-oracle-warmup300.md
+    python probes/fig7_oracle.py --seeds 5 --variants pairs-share-one random-then-share-one \\
+        share-one-shorter --warmup 1000 --out probes/results/fig7-oracle-warmup1000.md
 """
 
 from __future__ import annotations
@@ -54,17 +66,33 @@ PATTERNS = {
     "pairs-share-two": (TWO, "mean"),
     "pairs-share-one": (ONE, "mean"),
     "pairs-share-two-summed": (TWO, "sum"),  # shared bottom's combine, within each pair
+    "random-then-share-one": (ONE, "mean"),  # after --warmup steps of random allocations
+    "share-one-shorter": (ONE, "mean"),  # its control: the --warmup steps not trained at all
 }
+WARMUP = {"random-then-share-one", "share-one-shorter"}
 
 
-def train(variant: str, seed: int) -> float:
+def train(variant: str, seed: int, warmup: int = 300) -> float:
     """The combined test loss of one run of ``variant`` (the experiment's seed ``seed``)."""
     exp = get_experiment("synthetic-pairs")
     cfg = exp.resolve_config(overrides={"threads": 1})
     seed_everything(seed)
     tasks = exp.build_tasks(cfg, seed)
     seed_everything(seed)
-    model = exp.build_model("no-sharing", tasks, cfg, seed)
+    if variant == "share-one-shorter":
+        model = exp.build_model("no-sharing", tasks, cfg, seed)
+        cfg = exp.resolve_config(overrides={"threads": 1, "steps": cfg["steps"] - warmup})
+    elif variant == "random-then-share-one":  # Gumbel-Matrix's model, logits frozen at 0.5
+        model = exp.build_model("gumbel", tasks, cfg, seed)
+        for layer in model.modules():
+            if isinstance(layer, RoutedLayer):
+                layer.allocation.requires_grad_(False)
+        first = exp.resolve_config(overrides={"threads": 1, "steps": warmup,
+                                              "eval_every": warmup})
+        Trainer(model, tasks, exp.train_config(first, seed, False)).fit()
+        cfg = exp.resolve_config(overrides={"threads": 1, "steps": cfg["steps"] - warmup})
+    else:
+        model = exp.build_model("no-sharing", tasks, cfg, seed)
     given = PATTERNS[variant]
     if given is not None:
         pattern, combine = given
@@ -82,24 +110,33 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--variants", nargs="+", choices=list(PATTERNS), default=list(PATTERNS),
                         help="no-sharing always runs (the paired baseline)")
+    parser.add_argument("--warmup", type=int, default=300,
+                        help="random-then-share-one: steps of random allocations first")
     parser.add_argument("--out", default=str(HERE / "results" / "fig7-oracle.md"))
     args = parser.parse_args()
     variants = ["no-sharing", *(v for v in args.variants if v != "no-sharing")]
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     start = time.time()
-    losses = {v: [train(v, s) for s in range(args.seeds)] for v in variants}
+    losses = {v: [train(v, s, args.warmup) for s in range(args.seeds)] for v in variants}
     base = losses["no-sharing"]
     lines = [
         "# Fig. 7 with the allocation given: can sharing beat no sharing here at all?",
         "",
         f"`python probes/fig7_oracle.py --seeds {args.seeds} --variants "
-        f"{' '.join(variants)}` on {platform.machine()}, torch "
+        f"{' '.join(variants)}"
+        + (f" --warmup {args.warmup}" if WARMUP & set(variants) else "")
+        + f"` on {platform.machine()}, torch "
         f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; load average "
         f"{load:.2f} at the start; {time.time() - start:.0f} s. The experiment's tasks, "
         "network and training (`flexmtl run synthetic-pairs` defaults; seeds 0.."
         f"{args.seeds - 1}, the same data as the studies' seeds), allocations fixed before "
-        "training. Test loss: sum over the four tasks; difference: paired with no sharing, "
+        "training"
+        + (f" (random-then-share-one: after {args.warmup} steps with every connection sampled "
+           "at probability 0.5, the weights carried over; share-one-shorter: trained only the "
+           f"{get_experiment('synthetic-pairs').defaults['steps'] - args.warmup} steps left)"
+           if WARMUP & set(variants) else "")
+        + ". Test loss: sum over the four tasks; difference: paired with no sharing, "
         "mean and 95% Student-t interval over seeds (negative: lower than no sharing).",
         "",
         "| allocation | test loss | difference to no sharing | per seed |",
