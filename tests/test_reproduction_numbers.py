@@ -104,6 +104,15 @@ def _render(tmp_path: Path, monkeypatch, sentinel: int, seeds: int,
     monkeypatch.setattr(gm, "snapshots", snapshots)
     monkeypatch.setattr(gm, "_gumbel_runs", lambda run: gm_paths)
     monkeypatch.setattr(gm, "sharing_summaries", sharing)
+    # the Fig. 7 readings' seed folders: their allocation snapshots (above) and validation
+    # curves, evaluated every `every` steps (drawn, as a run's config would set it)
+    every = int(rng.integers(20, 200))
+
+    def curves(run: st.StudyRun, method: str, point=None) -> dict[int, dict[int, float]]:
+        return {i: {k * every: float(rngs[p].uniform(0, 10)) for k in range(1, 13)}
+                for i, p in enumerate(gm_paths)}
+    monkeypatch.setattr(gm, "validation_curves", curves)
+    monkeypatch.setattr(gm, "seed_dirs", lambda folder: gm_paths)
     monkeypatch.setattr(so, "_layer_metrics", lambda run: ([
         {k: rng.uniform(-1, 1, seeds).tolist() for k in ("same", "other", "trend")}
         for _ in range(4)], ""))
@@ -194,6 +203,8 @@ def test_every_number_of_the_report_comes_from_the_runs(tmp_path, monkeypatch, o
     assert all(e["floors"] for e in run) and a.count("Reference floors on the same splits") \
         == len(run)
     assert all(e["verdict"] in st.VERDICTS for e in run)
+    # the Fig. 7 readings' lines from the seeds' curves and snapshots are rendered (and checked)
+    assert "Drop of the combined validation loss" in a and "most likely allocation" in a
     assert unmeasured(a, others, declared) == []
     # a study reading another's runs shares its per-seed file, never a copy
     entries = {e["key"]: e for e in report_a["studies"]}
