@@ -521,6 +521,11 @@ register_study(Study(
     assess=_fig7_reading("steps", "batches per task", FIG7_STEPS[-1],
                          f"{FIG7_STEPS[-1]} batches per task", *G7S_CLAIMS),
     ablation_of="gm-fig7",
+    remark=("What the early phase costs, with the allocation given instead of learned: "
+            "`python probes/fig7_oracle.py --variants pairs-share-one random-then-share-one "
+            "share-one-shorter --warmup STEPS` trains the right allocation after STEPS steps of "
+            "random allocations, and alone for the steps left (probes/results/"
+            "fig7-oracle-warmup*.md)."),
 ))
 
 
