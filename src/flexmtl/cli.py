@@ -1,5 +1,5 @@
-"""Command line: ``flexmtl list | run | plot | reproduce | data``; thin: parses, then calls
-the library.
+"""Command line: ``flexmtl list | run | plot | evaluate | export | pack | unpack |
+reproduce | data``; thin: parses, then calls the library.
 
 ``torchrun --nproc_per_node=N -m flexmtl run ...`` runs an experiment data-parallel;
 ``flexmtl run --jobs N`` trains N runs of it at once (``--executor ray``: on a Ray cluster).
@@ -109,6 +109,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="soft ordering: drop branches whose scale is at most this (default 0: "
                          "keep all, the outputs are the model's); Gumbel-Matrix: inactive "
                          "components are always dropped")
+
+    pack = sub.add_parser("pack", help="write the runs of a run folder to one .tar.gz, to "
+                                        "carry them to another machine (`flexmtl unpack`)")
+    pack.add_argument("run_dir", metavar="RUN_DIR",
+                      help="an experiment folder (flexmtl run --out, or "
+                           "runs/reproduce/MODE/STUDY)")
+    pack.add_argument("archive", metavar="ARCHIVE", help="the .tar.gz to write")
+    pack.add_argument("--finished-only", action="store_true",
+                      help="leave out unfinished runs (their last.pt checkpoints are large)")
+    unpack = sub.add_parser("unpack", help="merge the runs of a `flexmtl pack` archive into a "
+                                           "run folder; rerunning its command then resumes")
+    unpack.add_argument("archive", metavar="ARCHIVE")
+    unpack.add_argument("run_dir", metavar="RUN_DIR", help="the experiment folder to merge "
+                                                           "into (created if need be)")
 
     rep = sub.add_parser("reproduce", help="reproduce the papers' figures and tables and "
                                            "write REPRODUCTION.md (resumable)")
@@ -456,6 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_export(args)
         elif args.command == "data":
             _cmd_data(args)
+        elif args.command == "pack":
+            from flexmtl.use.archive import pack_runs
+            pack_runs(args.run_dir, args.archive, finished_only=args.finished_only)
+        elif args.command == "unpack":
+            from flexmtl.use.archive import unpack_runs
+            unpack_runs(args.archive, args.run_dir)
         sys.stdout.flush()  # a reader that left surfaces here, not at interpreter exit
         # leave the process group (if torchrun started one) together, before interpreter
         # shutdown, where gloo's teardown can race and abort the process

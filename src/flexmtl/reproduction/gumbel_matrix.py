@@ -673,7 +673,8 @@ register_study(Study(
     assess=_assess_table1_fashion,
     figures=copy_plots(PlotNames.allocation("gumbel")),
     remark=("A long study on a CPU: its runs resume, so it may be run in several sittings "
-            "(`flexmtl reproduce --only gm-table1-fashion` again continues where it stopped), "
+            "(`flexmtl reproduce --only gm-table1-fashion` again continues where it stopped; "
+            "on another machine, carry the runs with `flexmtl pack` / `flexmtl unpack`), "
             "or on a GPU machine (`--device cuda`)."),
     ablation_of="gm-table1",
 ))

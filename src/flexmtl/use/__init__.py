@@ -1,4 +1,5 @@
-"""Using what training produced: load a finished run's model, evaluate it, export a task's path.
+"""Using what training produced: load a finished run's model, evaluate it, export a task's path;
+move runs between machines (pack them into one archive, merge it into a folder).
 
 Nothing here runs during training, so it cannot change a run's numbers: the package is left
 out of the source hash (:data:`flexmtl.provenance.SOURCE_EXCLUDED`), and a test checks that no
@@ -20,6 +21,7 @@ _WHERE: dict[str, str] = {
     "LoadedRun": "flexmtl.use.run", "load_run": "flexmtl.use.run",
     "load_arrays": "flexmtl.use.run",
     "task_module": "flexmtl.use.export", "export_task": "flexmtl.use.export",
+    "pack_runs": "flexmtl.use.archive", "unpack_runs": "flexmtl.use.archive",
     "cosine_similarity": "flexmtl.analysis.embeddings",
     "group_tasks": "flexmtl.analysis.embeddings",
     "group_recovery": "flexmtl.analysis.planted",
