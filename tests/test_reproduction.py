@@ -640,6 +640,25 @@ def test_fig7_allocation_fixed_from(monkeypatch, tmp_path):
     assert gm._fixed_from_line(run, "gumbel") == []
 
 
+def test_clusters_settled_share_by_step(monkeypatch, tmp_path):
+    """The share of probabilities within 0.1 of 0 or 1 at each recorded step, mean over the
+    seeds: whether it still rises where training stops."""
+    from flexmtl.reproduction import gumbel_matrix as gm
+
+    monkeypatch.setattr(gm, "seed_dirs", lambda folder: [tmp_path / "a", tmp_path / "b"])
+    snaps = {"a": [(0, np.array([0.5, 0.5])), (200, np.array([0.05, 0.5])),
+                   (400, np.array([0.95, 0.0]))],
+             "b": [(0, np.array([0.5, 0.5])), (200, np.array([0.5, 0.5])),
+                   (400, np.array([0.92, 0.3]))]}
+    monkeypatch.setattr(gm, "snapshots", lambda seed_dir: snaps[seed_dir.name])
+    run = st.StudyRun(tmp_path, {}, "full")
+    assert gm._settled_by_step(run, "gumbel-budget")[1] == (
+        "Share of the allocation probabilities within 0.1 of 0 or 1 by step (mean over seeds): "
+        "0: 0.00, 200: 0.25, 400: 0.75.")
+    snaps = {"a": [(0, np.array([0.5]))], "b": []}
+    assert gm._settled_by_step(run, "gumbel-budget") == []
+
+
 def test_fig7_one_component_per_pair_is_recognised():
     from flexmtl.reproduction.gumbel_matrix import _one_per_pair
 

@@ -1086,6 +1086,22 @@ def _settled_share(probabilities: list) -> float:
     return float(np.mean(np.minimum(flat, 1 - flat) <= SETTLED))
 
 
+def _settled_by_step(run: StudyRun, method: str) -> list[str]:
+    """A sentence: the share of allocation probabilities within :data:`SETTLED` of 0 or 1 at
+    each recorded step (mean over the seeds that record it), to show whether it still rises
+    where training stops."""
+    folder = ExperimentFolder(run.run_dir).method_dir(method)
+    by_step: dict[int, list[float]] = {}
+    for seed_dir in seed_dirs(folder):
+        for step, p in snapshots(seed_dir):
+            by_step.setdefault(step, []).append(float(np.mean(np.minimum(p, 1 - p) <= SETTLED)))
+    if len(by_step) < 2:
+        return []
+    shares = ", ".join(f"{step}: {np.mean(v):.2f}" for step, v in sorted(by_step.items()))
+    return ["", f"Share of the allocation probabilities within {SETTLED} of 0 or 1 by step "
+                f"(mean over seeds): {shares}."]
+
+
 def _assess_clusters(run: StudyRun) -> Assessment:
     methods = run.results["methods"]
     method = next(iter(methods))
@@ -1102,6 +1118,7 @@ def _assess_clusters(run: StudyRun) -> Assessment:
         ours += [f"Allocation probabilities settled (within {SETTLED} of 0 or 1) at the selected "
                  f"checkpoint: a share {fmt(summarize(settled), 2)} of them; the embeddings "
                  "are judged as they are there."]
+    ours += _settled_by_step(run, method) + _fixed_from_line(run, method)
     tasks = list(run.results.get("data") or {})
     claims = []
     for claim, group in ((G5_MNIST, "mnist"), (G5_FASHION, "fashion")):
