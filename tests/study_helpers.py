@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import flexmtl.runner
+from flexmtl.training import Trainer
+
 #: result.json keys that time the run: the only ones that may differ between executors
 TIMING = ("seconds",)
 
@@ -36,3 +39,27 @@ def run_results(out: Path) -> dict[str, dict]:
             result.pop(key)
         results[path.parent.relative_to(out).as_posix()] = result
     return results
+
+
+def interrupting_trainer(step: int) -> type[Trainer]:
+    """A Trainer that Ctrl-C stops (KeyboardInterrupt) at ``step``."""
+    def interrupt(trainer, at):
+        if at == step:
+            raise KeyboardInterrupt
+
+    class InterruptedTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, callbacks=[interrupt], **kwargs)
+
+    return InterruptedTrainer
+
+
+def interrupted_at(monkeypatch, step: int, run) -> None:
+    """Call ``run()`` with every Trainer the runner builds stopped by Ctrl-C at ``step``
+    (KeyboardInterrupt, expected); the runner's Trainer is restored after."""
+    monkeypatch.setattr(flexmtl.runner, "Trainer", interrupting_trainer(step))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        monkeypatch.setattr(flexmtl.runner, "Trainer", Trainer)

@@ -12,14 +12,17 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from study_helpers import _isolate, quiet, run_results  # noqa: F401 (_isolate: autouse)
+from study_helpers import (  # noqa: F401 (_isolate: autouse)
+    _isolate,
+    interrupted_at,
+    quiet,
+    run_results,
+)
 
-import flexmtl.runner
 from flexmtl.cli import main
 from flexmtl.errors import CorruptFileError, FlexMTLError, FolderLockedError, FolderMismatchError
 from flexmtl.run_folder import FolderLock
 from flexmtl.runner import run_experiment
-from flexmtl.training import Trainer
 from flexmtl.use import pack_runs, unpack_runs
 
 #: 2 sweep values x 2 methods x 2 seeds of tiny runs
@@ -34,18 +37,8 @@ def stopped_at_step_12(monkeypatch, out: str) -> None:
     step 10)."""
     run_experiment("random-tasks", out_dir=out, **{**STUDY, "seeds": 1})
 
-    def interrupt(trainer, step):
-        if step == 12:
-            raise KeyboardInterrupt
-
-    class InterruptedTrainer(Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, callbacks=[interrupt], **kwargs)
-
-    monkeypatch.setattr(flexmtl.runner, "Trainer", InterruptedTrainer)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment("random-tasks", out_dir=out, **{**STUDY, "methods": ["parallel"]})
-    monkeypatch.setattr(flexmtl.runner, "Trainer", Trainer)
+    interrupted_at(monkeypatch, 12, lambda: run_experiment(
+        "random-tasks", out_dir=out, **{**STUDY, "methods": ["parallel"]}))
     assert Path(out, HALF, "last.pt").is_file() and not Path(out, HALF, "result.json").exists()
 
 

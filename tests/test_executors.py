@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 from processes import sigterm_when
-from study_helpers import _isolate, quiet, run_results  # noqa: F401 (_isolate: autouse)
+from study_helpers import (  # noqa: F401 (_isolate: autouse)
+    _isolate,
+    interrupted_at,
+    quiet,
+    run_results,
+)
 
 import flexmtl
 import flexmtl.reproduction
@@ -20,7 +25,6 @@ from flexmtl.errors import ConfigError, RunFailedError, UnknownNameError
 from flexmtl.executors import JOBS_VARIABLE, check_executor, worker_count
 from flexmtl.experiments import EXPERIMENTS
 from flexmtl.runner import run_experiment
-from flexmtl.training import Trainer
 
 #: a study of 8 tiny runs: 2 sweep values x 2 methods x 2 seeds
 STUDY = dict(methods=["parallel", "soft"], seeds=2, steps=20,
@@ -60,18 +64,8 @@ def test_a_half_done_study_resumes_in_worker_processes(monkeypatch):
     study = {**STUDY, "methods": ["parallel"]}
     run_experiment("random-tasks", out_dir="o", **{**study, "seeds": 1}, jobs=1, log=quiet)
 
-    def interrupt(trainer, step):
-        if step == 12:
-            raise KeyboardInterrupt
-
-    class InterruptedTrainer(Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, callbacks=[interrupt], **kwargs)
-
-    monkeypatch.setattr(flexmtl.runner, "Trainer", InterruptedTrainer)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment("random-tasks", out_dir="o", **study, jobs=1, log=quiet)
-    monkeypatch.setattr(flexmtl.runner, "Trainer", Trainer)
+    interrupted_at(monkeypatch, 12, lambda: run_experiment("random-tasks", out_dir="o", **study,
+                                                          jobs=1, log=quiet))
     half = "n=8/parallel/seed-1"
     assert Path("o", half, "last.pt").exists() and not Path("o", half, "result.json").exists()
     finished = {p: p.stat().st_mtime_ns for p in Path("o").rglob("result.json")}

@@ -647,17 +647,10 @@ def test_cli_bad_value_does_not_lock_the_run_folder(capsys):
 def test_cli_interrupted_run_resumes(stop_at, eval_every, resumed_from, monkeypatch, capsys):
     """Ctrl-C: exit 130 with a hint; the rerun continues from last.pt (or starts over when
     none was written) and the logs hold every step exactly once."""
-
-    def interrupt(trainer, step):
-        if step == stop_at:
-            raise KeyboardInterrupt
-
-    class InterruptedTrainer(Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, callbacks=[interrupt], **kwargs)
+    from study_helpers import interrupting_trainer
 
     args = ["run", "random-tasks", "n=8", "m=4", f"eval_every={eval_every}", *TINY_RUN]
-    monkeypatch.setattr(flexmtl.runner, "Trainer", InterruptedTrainer)
+    monkeypatch.setattr(flexmtl.runner, "Trainer", interrupting_trainer(stop_at))
     assert main(args) == 130
     assert "rerun the same command to resume" in _error(capsys)
     run = Path("o/parallel/seed-0")
