@@ -659,6 +659,34 @@ def test_clusters_settled_share_by_step(monkeypatch, tmp_path):
     assert gm._settled_by_step(run, "gumbel-budget") == []
 
 
+def test_clusters_embedding_differences_within_and_across(monkeypatch, tmp_path):
+    """In how many connections two tasks' embeddings differ, within a cluster and across,
+    all of them and those settled in both tasks."""
+    from flexmtl.reproduction import gumbel_matrix as gm
+
+    folder = tmp_path / "gumbel-budget"
+    emb = [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    prob = [[1.0, 0.95, 0.0, 0.0], [1.0, 0.45, 0.0, 0.0],  # a-0 vs a-1: differ, unsettled
+            [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
+    for seed in (0, 1):
+        seed_dir = folder / f"seed-{seed}"
+        seed_dir.mkdir(parents=True)
+        (seed_dir / "result.json").write_text(json.dumps({
+            "tasks": [{"name": n} for n in ("a-0", "a-1", "b-0", "b-1")],
+            "sharing": {"embeddings": emb, "probabilities": prob}}))
+    monkeypatch.setattr(gm, "seed_dirs", lambda f: sorted(f.glob("seed-*")))
+    line = gm._differences(st.StudyRun(tmp_path, {}, "full"), "gumbel-budget")[1]
+    # within: (a-0, a-1) differ in 1 (unsettled in a-1), (b-0, b-1) in 0 -> 0.5 and 0;
+    # across: a-0 vs b-*: 4 each, a-1 vs b-*: 3 each, all settled in both -> 3.5 and 3.5
+    assert line == ("Two tasks of one cluster have embeddings that differ in 0.500 ± 0.000 of "
+                    "the 4 connections (mean over pairs and seeds), 0.000 ± 0.000 of them where "
+                    "both tasks' probabilities have settled; two tasks of different clusters in "
+                    "3.500 ± 0.000, 3.500 ± 0.000 settled in both.")
+    (folder / "seed-1" / "result.json").write_text(json.dumps({"tasks": []}))
+    (folder / "seed-0" / "result.json").write_text(json.dumps({"tasks": []}))
+    assert gm._differences(st.StudyRun(tmp_path, {}, "full"), "gumbel-budget") == []
+
+
 def test_fig7_one_component_per_pair_is_recognised():
     from flexmtl.reproduction.gumbel_matrix import _one_per_pair
 
