@@ -1084,8 +1084,8 @@ def _differences(run: StudyRun, method: str) -> list[str]:
     """A sentence: in how many connections the embeddings of two tasks of one cluster differ,
     and of two tasks of different clusters (per seed the mean over pairs, then over seeds),
     all of them and those where both tasks' probabilities have settled (within
-    :data:`SETTLED` of 0 or 1): differences in settled connections are ones that longer
-    training would not remove."""
+    :data:`SETTLED` of 0 or 1): differences in connections already decided, which longer
+    training is unlikely to undo."""
     rows: dict[str, list[list[float]]] = {"within": [], "across": []}
     size = 0
     for seed_dir in seed_dirs(ExperimentFolder(run.run_dir).method_dir(method)):
