@@ -1111,13 +1111,12 @@ def _differences(run: StudyRun, method: str) -> list[str]:
             rows[kind].append([float(differ.sum(1).mean()), float((differ & both).sum(1).mean())])
     if not rows["within"]:
         return []
-    within, across = np.array(rows["within"]), np.array(rows["across"])
-    return ["", "Two tasks of one cluster have embeddings that differ in "
-                f"{fmt(summarize(within[:, 0]))} of the {size} connections (mean over pairs "
-                "and seeds), "
-                f"{fmt(summarize(within[:, 1]))} of them where both tasks' probabilities have "
-                f"settled; two tasks of different clusters in {fmt(summarize(across[:, 0]))}, "
-                f"{fmt(summarize(across[:, 1]))} settled in both."]
+    (w_all, w_set), (a_all, a_set) = ([fmt(summarize([r[k] for r in rows[kind]]))
+                                        for k in (0, 1)] for kind in ("within", "across"))
+    return ["", f"Two tasks of one cluster have embeddings that differ in {w_all} of the {size} "
+                f"connections (mean over pairs and seeds), {w_set} of them where both tasks' "
+                f"probabilities have settled; two tasks of different clusters in {a_all}, "
+                f"{a_set} settled in both."]
 
 
 def _settled_share(probabilities: list) -> float:
