@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -153,27 +154,57 @@ def _tar(members: dict[str, bytes]) -> bytes:
     return gzip.compress(raw.getvalue())
 
 
+LISTING = b'{"format": "flexmtl-runs", "version": 1, "finished": %s, "unfinished": {}}'
+MANIFEST = b'{"experiment": "random-tasks", "methods": ["soft"], "seeds": [0]}'
+
+
+def _run_member(run: str) -> dict[str, bytes]:
+    """An archive holding one finished run named ``run``."""
+    return {"archive.json": LISTING % json.dumps([run]).encode(), "config.json": MANIFEST,
+            f"{run}/result.json": b"{}"}
+
+
 @pytest.mark.parametrize("content, message", [
-    (b"not an archive", "not an archive of flexmtl runs"),
-    (_tar({"config.json": b"{}"}), "it has no archive.json"),
-    (_tar({"archive.json": b'{"format": "zip"}', "config.json": b"{}"}),
+    (b"not an archive", "not a tar file, gzipped or not"),
+    (_tar({"config.json": MANIFEST}), "it has no archive.json"),
+    (_tar({"archive.json": b'{"format": "zip"}', "config.json": MANIFEST}),
      "does not say format 'flexmtl-runs'"),
-    (_tar({"archive.json": b'{"format": "flexmtl-runs", "version": 1, "finished": []}',
-           "config.json": b'{"experiment": "random-tasks"}',
-           "../evil/seed-0/result.json": b"{}"}), "unexpected member '../evil/seed-0/result"),
-    (_tar({"archive.json": b'{"format": "flexmtl-runs", "version": 1, "finished": []}',
-           "config.json": b'{"experiment": "random-tasks"}',
+    (_tar({"archive.json": LISTING % b'"soft/seed-0"', "config.json": MANIFEST}),
+     "does not list finished runs"),
+    (_tar({"archive.json": LISTING % b"[]", "config.json": b'{"experiment": "random-tasks"}'}),
+     "does not name the experiment, its methods and its seeds"),
+    (_tar({"archive.json": LISTING % b"[]", "config.json": MANIFEST,
            "soft/seed-0/notes.txt": b""}), "unexpected member 'soft/seed-0/notes.txt'"),
-    (_tar({"archive.json": b'{"format": "flexmtl-runs", "version": 1, '
-                           b'"finished": ["soft/seed-0"]}',
-           "config.json": b'{"experiment": "random-tasks"}'}),
+    (_tar({"archive.json": LISTING % b'["soft/seed-0"]', "config.json": MANIFEST}),
      "listed as finished but has no result.json"),
+    (_tar({"archive.json": LISTING % b"[]", "config.json": MANIFEST,
+           "soft/seed-0/result.json": b"{}"}), "runs not listed once: soft/seed-0"),
+    # names that would land elsewhere, or that no run of flexmtl has
+    *[(_tar(_run_member(run)), "unexpected member") for run in (
+        "../evil/seed-0", "soft/../../seed-0", "a\\..\\..\\evil/seed-0", "C:evil/seed-0",
+        "k=..\\x/soft/seed-0", "soft./seed-0", "soft/seed-007", "soft/seed-\u0663",
+        "soft/seed-0/seed-0", "seed-0", "k/soft/seed-0", "a=1/b=2/seed-0")],
 ])
 def test_a_damaged_archive_is_refused_before_anything_is_written(content, message):
     Path("bad.tar.gz").write_bytes(content)
-    with pytest.raises(CorruptFileError, match=message):
+    with pytest.raises(CorruptFileError, match=re.escape(message)):
         unpack_runs("bad.tar.gz", "b", log=quiet)
     assert not Path("b").exists()
+
+
+def test_a_link_in_an_archive_is_refused():
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in (("archive.json", LISTING % b"[]"), ("config.json", MANIFEST)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("soft/seed-0/result.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    Path("bad.tar.gz").write_bytes(gzip.compress(raw.getvalue()))
+    with pytest.raises(CorruptFileError, match="is not a plain file"):
+        unpack_runs("bad.tar.gz", "b", log=quiet)
 
 
 def test_a_locked_folder_is_refused_and_a_folder_without_runs_is_named():
@@ -206,3 +237,92 @@ def test_a_truncated_archive_is_refused():
     with pytest.raises(CorruptFileError, match="a.tar.gz is not an archive of flexmtl runs"):
         unpack_runs("a.tar.gz", "b", log=quiet)
     assert not Path("b").exists()
+
+
+def test_a_run_stopped_between_a_new_best_model_and_its_checkpoint_resumes_after_carrying(
+        monkeypatch):
+    """A checkpoint every 10 steps, evaluations every 2: stopped at step 17, last.pt (step 10)
+    selected an older model than best.pt; packing settles that as a resume would."""
+    study = {**STUDY, "methods": ["parallel"], "sweep": False, "seeds": 1,
+             "overrides": {**STUDY["overrides"], "eval_every": 2, "checkpoint_every": 10}}
+    run_experiment("random-tasks", out_dir="ref", **study)
+    interrupted_at(monkeypatch, 17, lambda: run_experiment("random-tasks", out_dir="a", **study))
+    run = Path("a/parallel/seed-0")
+    assert (run / "best.prev.pt").is_file()  # the case: a new best model since the checkpoint
+    summary = pack_runs("a", "carry.tar.gz", log=quiet)
+    assert summary.unfinished == ["parallel/seed-0"] and not (run / "best.prev.pt").exists()
+    unpack_runs("carry.tar.gz", "b", log=quiet)
+    run_experiment("random-tasks", out_dir="b", **study)
+    resumed, expected = run_results(Path("b")), run_results(Path("ref"))
+    assert resumed["parallel/seed-0"]["resumed_from"] == 10
+    assert resumed["parallel/seed-0"]["test"]["loss"] == pytest.approx(
+        expected["parallel/seed-0"]["test"]["loss"], rel=1e-6)
+
+
+def test_of_two_unfinished_copies_the_later_checkpoint_is_kept(monkeypatch):
+    """Machine A stops at step 12 (checkpoint 10) and packs; machine B goes on to step 17
+    (checkpoint 15) and packs; unpacking B's archive on A takes B's run, and A's on B keeps
+    B's."""
+    study = {**STUDY, "methods": ["parallel"], "sweep": False, "seeds": 1}
+    interrupted_at(monkeypatch, 12, lambda: run_experiment("random-tasks", out_dir="a", **study))
+    pack_runs("a", "a.tar.gz", log=quiet)
+    unpack_runs("a.tar.gz", "b", log=quiet)
+    interrupted_at(monkeypatch, 17, lambda: run_experiment("random-tasks", out_dir="b", **study))
+    pack_runs("b", "b.tar.gz", log=quiet)
+    with tarfile.open("b.tar.gz") as tar:
+        handle = tar.extractfile("archive.json")
+        assert handle is not None
+        assert json.loads(handle.read())["unfinished"] == {"parallel/seed-0": {"step": 15}}
+    last_b = Path("b/parallel/seed-0/last.pt").read_bytes()
+    assert unpack_runs("b.tar.gz", "a", log=quiet).unfinished == ["parallel/seed-0"]
+    assert Path("a/parallel/seed-0/last.pt").read_bytes() == last_b
+    assert unpack_runs("a.tar.gz", "b", log=quiet).kept == ["parallel/seed-0"]
+    assert Path("b/parallel/seed-0/last.pt").read_bytes() == last_b
+
+
+def test_an_unpack_killed_midway_leaves_whole_runs_and_can_be_run_again(monkeypatch):
+    import flexmtl.use.archive as archive
+
+    run_experiment("random-tasks", out_dir="a", **STUDY)
+    pack_runs("a", "a.tar.gz", log=quiet)
+    real, calls = archive._swap_in, []
+
+    def dies_in_the_third_run(*args):
+        calls.append(args[1])
+        if len(calls) == 3:
+            real(*args)  # written and renamed into place, then the process dies
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(archive, "_swap_in", dies_in_the_third_run)
+    with pytest.raises(KeyboardInterrupt):
+        unpack_runs("a.tar.gz", "b", log=quiet)
+    monkeypatch.setattr(archive, "_swap_in", real)
+    assert Path("b/config.json").is_file()  # written first: the folder stays usable
+    assert len(run_results(Path("b"))) == 3 and not list(Path("b").rglob(".unpack-*"))
+    summary = unpack_runs("a.tar.gz", "b", log=quiet)
+    assert len(summary.kept) == 3 and len(summary.finished) == 5
+    assert run_results(Path("b")) == run_results(Path("a"))
+
+
+def test_a_folder_with_a_manifest_but_no_runs_takes_the_archives():
+    run_experiment("random-tasks", out_dir="a", **{**STUDY, "seeds": 1})
+    pack_runs("a", "a.tar.gz", log=quiet)
+    Path("b").mkdir()
+    other = json.loads(Path("a/config.json").read_text())
+    other["config"]["m"] = 4
+    Path("b/config.json").write_text(json.dumps(other))  # as a rerun into it would, accepted
+    unpack_runs("a.tar.gz", "b", log=quiet)
+    assert json.loads(Path("b/config.json").read_text()) == json.loads(
+        Path("a/config.json").read_text())
+
+
+def test_a_run_a_trainer_holds_is_not_replaced(monkeypatch):
+    study = {**STUDY, "methods": ["parallel"], "sweep": False, "seeds": 1}
+    run_experiment("random-tasks", out_dir="a", **study)
+    pack_runs("a", "a.tar.gz", log=quiet)
+    interrupted_at(monkeypatch, 2, lambda: run_experiment("random-tasks", out_dir="b", **study))
+    with FolderLock("b/parallel/seed-0"):  # as a Trainer(out_dir=...) of its own holds it
+        with pytest.raises(FolderLockedError):
+            unpack_runs("a.tar.gz", "b", log=quiet)
+    assert not Path("b/parallel/seed-0/result.json").exists()
