@@ -1228,9 +1228,9 @@ register_study(Study(
     figures=copy_plots(PlotNames.allocation("gumbel-budget"),
                        PlotNames.similarity("gumbel-budget"),
                        PlotNames.allocation_trajectories("gumbel-budget")),
-    remark=("A long study on a CPU (three times the steps of Figs. 5-6, whose run time the "
-            "report gives): it may be run in sittings (`flexmtl pack` / `flexmtl unpack` carry "
-            "the runs between machines)."),
+    remark=("A long study on a CPU (three times the steps of the study it extends, whose run "
+            "time the report gives): it may be run in sittings (`flexmtl pack` / `flexmtl "
+            "unpack` carry the runs between machines; see docs/sittings)."),
     ablation_of="gm-fig5-6",
 ))
 
