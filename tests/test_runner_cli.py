@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from study_helpers import _isolate, quiet  # noqa: F401 (_isolate: autouse)
+from study_helpers import _isolate, interrupting_trainer, quiet  # noqa: F401 (_isolate: autouse)
 
 import flexmtl.runner
 from flexmtl.cli import main
@@ -647,8 +647,6 @@ def test_cli_bad_value_does_not_lock_the_run_folder(capsys):
 def test_cli_interrupted_run_resumes(stop_at, eval_every, resumed_from, monkeypatch, capsys):
     """Ctrl-C: exit 130 with a hint; the rerun continues from last.pt (or starts over when
     none was written) and the logs hold every step exactly once."""
-    from study_helpers import interrupting_trainer
-
     args = ["run", "random-tasks", "n=8", "m=4", f"eval_every={eval_every}", *TINY_RUN]
     monkeypatch.setattr(flexmtl.runner, "Trainer", interrupting_trainer(stop_at))
     assert main(args) == 130

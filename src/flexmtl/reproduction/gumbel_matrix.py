@@ -190,7 +190,7 @@ def _fixed_from(seed_dir: Path) -> tuple[int, int | None, int] | None:
             break
         fixed = step
     settled = next((step for step, p in snaps
-                    if np.mean(np.minimum(p, 1 - p) <= SETTLED) >= CONVERGED), None)
+                    if _settled_share(p) >= CONVERGED), None)
     return fixed, settled, snaps[-1][0]
 
 
@@ -995,8 +995,8 @@ def _assess_fig8(run: StudyRun) -> Assessment:
     for seed_dir in seeds:
         snaps = snapshots(seed_dir)
         first, last = snaps[0][1], snaps[-1][1]
-        settled.append(float(np.mean(np.minimum(last, 1 - last) <= SETTLED)))
-        start.append(float(np.mean(np.minimum(first, 1 - first) <= SETTLED)))
+        settled.append(_settled_share(last))
+        start.append(_settled_share(first))
     end = summarize(settled)
     zero = [_all_zero(s) for s in sharing_summaries(run, "gumbel") if s.get("probabilities")]
     ours = [f"Share of connection probabilities within {SETTLED} of 0 or 1: "
@@ -1060,21 +1060,33 @@ G5_CIFAR = Claim("the CIFAR-100 tasks vary: their cluster's most common embeddin
 G5_CLAIMS = (G5_MNIST, G5_FASHION, G5_SEPARATE, G5_BLOCKS, G5_CIFAR)
 
 
+def _cluster_embeddings(run: StudyRun, method: str
+                        ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per finished seed that records them: each task's cluster (its name up to the first
+    '-'), its embedding and its allocation probabilities (empty where not recorded; tasks x
+    connections)."""
+    out = []
+    for seed_dir in seed_dirs(ExperimentFolder(run.run_dir).method_dir(method)):
+        result = TrainingRun(seed_dir).read_result() or {}
+        sharing = result.get("sharing") or {}
+        emb = np.asarray(sharing.get("embeddings") or [], dtype=float)
+        names = [t.get("name", "") for t in result.get("tasks") or []]
+        if emb.ndim != 2 or len(names) != len(emb):
+            continue
+        out.append((np.array([n.split("-")[0] for n in names]), emb,
+                    np.asarray(sharing.get("probabilities") or [], dtype=float)))
+    return out
+
+
 def _separation(run: StudyRun, method: str) -> list[float]:
     """Per finished seed: mean cosine similarity of the task embeddings within clusters minus
     across clusters (a task's cluster: its name up to the first '-')."""
     out = []
-    for seed_dir in seed_dirs(ExperimentFolder(run.run_dir).method_dir(method)):
-        result = TrainingRun(seed_dir).read_result() or {}
-        emb = np.asarray((result.get("sharing") or {}).get("embeddings") or [], dtype=float)
-        names = [t.get("name", "") for t in result.get("tasks") or []]
-        if emb.ndim != 2 or len(names) != len(emb):
-            continue
+    for group, emb, _ in _cluster_embeddings(run, method):
         unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         sim = unit @ unit.T
-        group = np.array([n.split("-")[0] for n in names])
         same = group[:, None] == group[None, :]
-        off = ~np.eye(len(names), dtype=bool)
+        off = ~np.eye(len(group), dtype=bool)
         if (same & off).any() and (~same).any():
             out.append(float(sim[same & off].mean() - sim[~same].mean()))
     return out
@@ -1088,19 +1100,13 @@ def _differences(run: StudyRun, method: str) -> list[str]:
     training is unlikely to undo."""
     rows: dict[str, list[list[float]]] = {"within": [], "across": []}
     size = 0
-    for seed_dir in seed_dirs(ExperimentFolder(run.run_dir).method_dir(method)):
-        result = TrainingRun(seed_dir).read_result() or {}
-        sharing = result.get("sharing") or {}
-        names = [t.get("name", "") for t in result.get("tasks") or []]
-        emb = np.asarray(sharing.get("embeddings") or [], dtype=float)
-        p = np.asarray(sharing.get("probabilities") or [], dtype=float)  # tasks x connections
-        if emb.ndim != 2 or len(names) != len(emb) or p.shape != emb.shape:
+    for group, emb, p in _cluster_embeddings(run, method):
+        if p.shape != emb.shape:
             continue
-        settled = np.minimum(p, 1 - p) <= SETTLED
-        group = [n.split("-")[0] for n in names]
+        settled = _settled_mask(p)
         pairs: dict[str, list[tuple[int, int]]] = {"within": [], "across": []}
-        for i in range(len(names)):
-            for j in range(i + 1, len(names)):
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
                 pairs["within" if group[i] == group[j] else "across"].append((i, j))
         if not pairs["within"] or not pairs["across"]:
             continue
@@ -1119,11 +1125,16 @@ def _differences(run: StudyRun, method: str) -> list[str]:
                 f"{a_set} settled in both."]
 
 
-def _settled_share(probabilities: list) -> float:
-    """Share of allocation probabilities (nested lists: tasks x connections) within
-    :data:`SETTLED` of 0 or 1."""
+def _settled_mask(probabilities: np.ndarray) -> np.ndarray:
+    """Which allocation probabilities lie within :data:`SETTLED` of 0 or 1."""
+    return np.minimum(probabilities, 1 - probabilities) <= SETTLED
+
+
+def _settled_share(probabilities: list | np.ndarray) -> float:
+    """Share of allocation probabilities (nested lists or an array: tasks x connections)
+    within :data:`SETTLED` of 0 or 1."""
     flat = np.concatenate([np.ravel(np.asarray(p, dtype=float)) for p in probabilities])
-    return float(np.mean(np.minimum(flat, 1 - flat) <= SETTLED))
+    return float(np.mean(_settled_mask(flat)))
 
 
 def _settled_by_step(run: StudyRun, method: str) -> list[str]:
@@ -1134,7 +1145,7 @@ def _settled_by_step(run: StudyRun, method: str) -> list[str]:
     by_step: dict[int, list[float]] = {}
     for seed_dir in seed_dirs(folder):
         for step, p in snapshots(seed_dir):
-            by_step.setdefault(step, []).append(float(np.mean(np.minimum(p, 1 - p) <= SETTLED)))
+            by_step.setdefault(step, []).append(_settled_share(p))
     if len(by_step) < 2:
         return []
     shares = ", ".join(f"{step}: {np.mean(v):.2f}" for step, v in sorted(by_step.items()))

@@ -54,10 +54,10 @@ FORMAT = "flexmtl-runs"
 VERSION = 1
 
 #: the files of a run an archive may hold: of a finished run, of an unfinished one
-FINISHED_FILES = (TrainingRun.RESULT, TrainingRun.TRAIN_LOG, TrainingRun.EVAL_LOG,
-                  TrainingRun.BEST, TrainingRun.SHARING, TrainingRun.FINGERPRINT)
-UNFINISHED_FILES = (TrainingRun.LAST, TrainingRun.TRAIN_LOG, TrainingRun.EVAL_LOG,
-                    TrainingRun.BEST, TrainingRun.SHARING, TrainingRun.FINGERPRINT)
+_EITHER = (TrainingRun.TRAIN_LOG, TrainingRun.EVAL_LOG, TrainingRun.BEST, TrainingRun.SHARING,
+           TrainingRun.FINGERPRINT)
+FINISHED_FILES = (TrainingRun.RESULT, *_EITHER)
+UNFINISHED_FILES = (TrainingRun.LAST, *_EITHER)
 _UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f]')
 _SEED = re.compile(re.escape(ExperimentFolder.SEED_PREFIX) + r"(0|[1-9][0-9]*)", re.ASCII)
 
