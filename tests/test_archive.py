@@ -86,6 +86,35 @@ def test_packing_is_deterministic_and_finished_only_leaves_out_checkpoints(monke
         assert "results.json" not in tar.getnames()  # rewritten by the command, not carried
 
 
+def test_finished_runs_can_travel_without_their_train_logs(monkeypatch):
+    """``without_train_logs`` drops finished runs' per-step losses, which nothing reads once a
+    run has finished: the carried study ends as in one sitting, summary and plots included."""
+    run_experiment("random-tasks", out_dir="ref", **STUDY)
+    stopped_at_step_12(monkeypatch, "a")
+    full = pack_runs("a", "full.tar.gz", log=quiet)
+    summary = pack_runs("a", "light.tar.gz", without_train_logs=True, log=quiet)
+    assert (summary.finished, summary.unfinished) == (full.finished, full.unfinished)
+    assert summary.logs_left_out == summary.finished
+    assert Path("light.tar.gz").stat().st_size < Path("full.tar.gz").stat().st_size
+    with tarfile.open("light.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {f"{rel}/train_log.csv" for rel in full.finished}.isdisjoint(names)
+    assert f"{HALF}/train_log.csv" in names  # an unfinished run goes on appending to it
+    assert {f"{rel}/{name}" for rel in full.finished
+            for name in ("result.json", "eval_log.csv", "best.pt")} <= names
+
+    unpack_runs("light.tar.gz", "b", log=quiet)
+    run_experiment("random-tasks", out_dir="b", **{**STUDY, "plots": True})
+    results, expected = run_results(Path("b")), run_results(Path("ref"))
+    assert results.pop(HALF)["test"]["loss"] == pytest.approx(
+        expected.pop(HALF)["test"]["loss"], rel=1e-6)
+    assert results == expected
+    summary_b = json.loads(Path("b", "results.json").read_text())
+    assert set(summary_b) == set(json.loads(Path("ref", "results.json").read_text()))
+    assert list(Path("b", "plots").glob("*.png"))  # drawn from the carried logs
+    assert main(["pack", "b", "b.tar.gz", "--without-train-logs"]) == 0
+
+
 def test_merging_keeps_every_run_and_prefers_finished_ones(monkeypatch):
     stopped_at_step_12(monkeypatch, "a")
     pack_runs("a", "half.tar.gz", log=quiet)

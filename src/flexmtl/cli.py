@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("archive", metavar="ARCHIVE", help="the .tar.gz to write")
     pack.add_argument("--finished-only", action="store_true",
                       help="leave out unfinished runs (their last.pt checkpoints are large)")
+    pack.add_argument("--without-train-logs", action="store_true",
+                      help="leave out finished runs' train_log.csv (per-step training losses, "
+                           "which nothing reads once a run has finished; often most of an "
+                           "archive's size)")
     unpack = sub.add_parser("unpack", help="merge the runs of a `flexmtl pack` archive into a "
                                            "run folder; rerunning its command then resumes")
     unpack.add_argument("archive", metavar="ARCHIVE")
@@ -472,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_data(args)
         elif args.command == "pack":
             from flexmtl.use.archive import pack_runs
-            pack_runs(args.run_dir, args.archive, finished_only=args.finished_only)
+            pack_runs(args.run_dir, args.archive, finished_only=args.finished_only,
+                      without_train_logs=args.without_train_logs)
         elif args.command == "unpack":
             from flexmtl.use.archive import unpack_runs
             unpack_runs(args.archive, args.run_dir)

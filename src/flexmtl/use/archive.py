@@ -14,7 +14,11 @@ logs, ``best.pt``, ``sharing.pt``, ``fingerprint.json``); of an unfinished run t
 resumes from instead (``last.pt`` and the rest, checked and settled first as a resume would:
 a damaged ``last.pt`` replaced by its fallback, the model its checkpoint selected in
 ``best.pt``). ``finished_only`` leaves unfinished runs out (``last.pt`` holds the optimiser's
-state and the data order, and is often far larger than the rest). Left out always: locks,
+state and the data order, and is often far larger than the rest); ``without_train_logs``
+leaves out finished runs' ``train_log.csv`` (the per-step training losses: nothing flexmtl
+reads once a run has finished -- the summary, the report and the plots read ``result.json``,
+``eval_log.csv`` and ``sharing.pt`` -- and often most of a finished run's bytes; an unfinished
+run keeps it, since its training goes on appending to it). Left out always: locks,
 TensorBoard logs, and what the command rewrites once its runs are done (``results.json``,
 ``floors.json``, ``plots/``). The archive's bytes depend only on the files it holds (sorted,
 with no dates or owners), so packing the same runs twice gives the same file.
@@ -89,12 +93,15 @@ class ArchiveSummary:
     unfinished: list[str] = field(default_factory=list)  # packed, or merged in, to resume
     kept: list[str] = field(default_factory=list)  # unpack: the folder's own run kept
     left_out: list[str] = field(default_factory=list)  # pack: unfinished, finished_only
+    logs_left_out: list[str] = field(default_factory=list)  # pack: without_train_logs
 
     def lines(self) -> list[str]:
         parts = [(self.finished, "finished"), (self.unfinished, "unfinished (to resume)"),
                  (self.kept, "kept as they were in the folder (finished there, or unfinished "
                              "with a checkpoint as late as the archive's)"),
-                 (self.left_out, "unfinished, left out (finished_only)")]
+                 (self.left_out, "unfinished, left out (finished_only)"),
+                 (self.logs_left_out, f"finished, packed without their {TrainingRun.TRAIN_LOG} "
+                                      "(without_train_logs)")]
         return [f"{len(runs)} run(s) {what}: {', '.join(runs)}" for runs, what in parts if runs]
 
 
@@ -102,6 +109,7 @@ class ArchiveSummary:
 
 
 def pack_runs(folder: str | Path, archive: str | Path, finished_only: bool = False,
+              without_train_logs: bool = False,
               log: Callable[[str], None] | None = None) -> ArchiveSummary:
     """Write the runs of the experiment folder ``folder`` to ``archive`` (a ``.tar.gz``).
 
@@ -133,8 +141,13 @@ def pack_runs(folder: str | Path, archive: str | Path, finished_only: bool = Fal
                                            "file system may read otherwise (a separator, "
                                            "drive, wildcard or trailing dot or space); "
                                            "rename its sweep value or method to pack it")
+                    names: tuple[str, ...]
                     if run.read_finished() is not None:
                         names, listed = FINISHED_FILES, summary.finished
+                        if without_train_logs:
+                            names = tuple(n for n in names if n != TrainingRun.TRAIN_LOG)
+                            if run.train_log.is_file():
+                                summary.logs_left_out.append(rel)
                     elif run.last.is_file() or run.last_prev.is_file():
                         if finished_only:
                             summary.left_out.append(rel)
