@@ -369,7 +369,7 @@ def test_fig7_and_clusters_and_image_studies_on_fake_results(tmp_path, monkeypat
             "tasks": [{"name": t} for t in tasks],
             "sharing": {"embeddings": [[int(j // 4 == i // 10) for j in range(12)]
                                        for i in range(30)]}}))
-    a = gm._assess_clusters(st.StudyRun(folder, clusters, "full"))
+    a = gm._assess_clusters(st.StudyRun(folder, clusters, "full"), gm.G5_CIFAR)
     # all 10 tasks share one embedding in each cluster (p = 1/1024); the clusters separate in
     # all 3 seeds; one seed gives the ARI no interval: a trend, so partly -- and the
     # stand-in cluster does not enter the verdict
@@ -377,8 +377,13 @@ def test_fig7_and_clusters_and_image_studies_on_fake_results(tmp_path, monkeypat
     assert a.verdict == st.PARTLY and "10 of 10 tasks" in a.claims[0].evidence
     assert "1.000 ± 0.000 (3 seeds)" in a.claims[2].evidence
     assert "with CIFAR-100 in place" in a.claims[4].evidence
+    for key in ("gm-fig5-6", "gm-fig5-6-long"):  # each names itself as the study to rerun
+        study = st.get_study(key)
+        a = study.assess(st.StudyRun(folder, clusters, "full"))
+        assert [r.claim for r in a.claims] == list(study.claims)
+        assert f"--only {key}  # with CIFAR-100" in a.claims[4].evidence
     clusters["methods"]["gumbel-budget"]["metrics"]["mnist_identical"] = summarize([0.1])
-    a = gm._assess_clusters(_run(clusters, tmp_path))
+    a = gm._assess_clusters(_run(clusters, tmp_path), gm.G5_CIFAR)
     assert a.verdict == st.NOT_REPRODUCED and "1 of 10 tasks" in a.claims[0].evidence
 
     celeba = {"seeds": [0, 1], "methods": {"parallel": _entry(test_accuracy=[0.897, 0.898]),

@@ -516,9 +516,10 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
         source = STUDIES.get(study.runs_with) if study.runs_with else study
         used = source.full if run.mode == "full" else (source.quick or source.full)
         assessment = study.assess(run)
-        judged = [r.claim.text for r in assessment.claims]
-        if study.claims and judged != [c.text for c in study.claims]:
-            raise FlexMTLError(f"{study.key}: assess judged {judged}, not the study's claims")
+        judged = [r.claim for r in assessment.claims]
+        if study.claims and judged != list(study.claims):  # the text, and how to run each
+            raise FlexMTLError(f"{study.key}: assess judged {[c.text for c in judged]} "
+                               f"(needs: {[c.needs for c in judged]}), not the study's claims")
         figures = []
         if study.figures is not None:
             dest = files.study_figures(study.key)
