@@ -288,6 +288,26 @@ def test_reproduce_writes_the_report_and_resumes(tiny_study, tmp_path, capsys):
     assert "full protocol, 2 seed(s)" in doc.read_text()
 
 
+def test_a_study_in_progress_says_how_many_runs_have_finished(tiny_study, tmp_path):
+    """A study whose runs have started but not all finished (carried between sittings, or
+    stopped) is not judged; the report says how far it has got instead of "no finished run"."""
+    out = tmp_path / "runs"
+    assert main(["reproduce", "--quick", "--only", "test-fig2", "--out", str(out), "--doc",
+                 str(tmp_path / "first.md"), "--no-progress"]) == 0
+    folder = out / "quick" / "test-fig2"
+    (folder / "results.json").unlink()
+    for rel in ("n=16/parallel/seed-1", "n=32/permuted/seed-0"):  # as if still training
+        (folder / rel / "result.json").unlink()
+    doc = tmp_path / "other" / "REPRODUCTION.md"  # no earlier report to keep results from
+    assert main(["reproduce", "--report-only", "--out", str(out), "--doc", str(doc)]) == 0
+    entry = json.loads((tmp_path / "other" / "docs" / "reproduction" / "reproduction.json")
+                       .read_text())["studies"][0]
+    assert entry["status"] == "not run yet"
+    assert entry["why"] == (f"in progress: 6 of its 8 runs of the quick protocol have finished "
+                            f"under {folder} (the command below trains only the others)")
+    assert entry["why"] in doc.read_text()
+
+
 def _entry(**metrics: list[float]) -> dict:
     return {"metrics": {k: summarize(v) for k, v in metrics.items()}}
 

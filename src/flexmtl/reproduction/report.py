@@ -182,6 +182,24 @@ def finished_run(out: Path, study: Study) -> StudyRun | None:
     return None
 
 
+def in_progress(out: Path, study: Study) -> str:
+    """Of a study whose runs have started but not all finished (no ``results.json`` yet):
+    how many of its runs have, and where; '' when none has."""
+    for mode in MODES:
+        folder = ReproductionReport.study_folder(out, mode, study.runs_with or study.key)
+        try:
+            manifest = folder.read_manifest()
+        except CorruptFileError:
+            continue  # named by the command that reruns it
+        done = len(folder.finished_runs()) if manifest is not None else 0
+        if manifest is not None and done:
+            total = (len(_manifest_points(manifest)) * len(manifest["methods"])
+                     * len(manifest["seeds"]))
+            return (f"in progress: {done} of its {total} runs of the {mode} protocol have "
+                    f"finished under {folder.path} (the command below trains only the others)")
+    return ""
+
+
 # ---------------------------------------------------------------------- provenance
 
 
@@ -503,7 +521,7 @@ def write_report(out: str | Path = "runs/reproduce", doc: str | Path = Reproduct
         why = unavailable(study)
         if run is None:
             entry["status"] = "not run here" if why else "not run yet"
-            entry["why"] = why or f"no finished run under {out}"
+            entry["why"] = why or in_progress(out, study) or f"no finished run under {out}"
             if study.needs:
                 entry["how"] = ("With the data in place (`flexmtl data` says where" +
                                 ("; a GPU in practice: add `--device cuda`" if study.gpu else "")
