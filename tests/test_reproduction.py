@@ -304,7 +304,7 @@ def test_a_study_in_progress_says_how_many_runs_have_finished(tiny_study, tmp_pa
                        .read_text())["studies"][0]
     assert entry["status"] == "not run yet"
     assert entry["why"] == (f"in progress: 6 of its 8 runs of the quick protocol have finished "
-                            f"under {folder} (the command below trains only the others)")
+                            f"under {folder}; rerunning its command trains only the others")
     assert entry["why"] in doc.read_text()
 
 

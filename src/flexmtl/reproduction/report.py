@@ -196,7 +196,7 @@ def in_progress(out: Path, study: Study) -> str:
             total = (len(_manifest_points(manifest)) * len(manifest["methods"])
                      * len(manifest["seeds"]))
             return (f"in progress: {done} of its {total} runs of the {mode} protocol have "
-                    f"finished under {folder.path} (the command below trains only the others)")
+                    f"finished under {folder.path}; rerunning its command trains only the others")
     return ""
 
 
