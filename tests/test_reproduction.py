@@ -205,6 +205,24 @@ def test_table1_verdict_ignores_the_data_size(tmp_path):
     assert a.verdict == st.NOT_REPRODUCED and a.claims[0].status == st.FAILS
 
 
+def test_table1_counts_the_tasks_that_never_learned(tmp_path):
+    """A task left at chance weighs heavily in a method's mean and spread: the report counts
+    such (task, seed) pairs per method and gives the others' mean accuracy."""
+    from flexmtl.reproduction import gumbel_matrix as gm
+
+    per_seed = {"no-sharing": [[0.9, 0.1, 0.8, 0.7], [0.9, 0.9, 0.2, 0.6]],
+                "gumbel": [[0.95, 0.85, 0.9, 0.9]]}
+    for method, seeds in per_seed.items():
+        for seed, accs in enumerate(seeds):
+            run = tmp_path / method / f"seed-{seed}"
+            run.mkdir(parents=True)
+            (run / "result.json").write_text(json.dumps({"test": {"tasks": {
+                f"t{i}": {"loss": 1.0, "accuracy": a} for i, a in enumerate(accs)}}}))
+    lines = gm._tasks_at_chance(_run({}, tmp_path), ["no-sharing", "shared-bottom", "gumbel"])
+    assert lines[-2:] == ["| no-sharing | 2 of 8 | 80.0 |", "| gumbel | 0 of 4 | 90.0 |"]
+    assert gm._tasks_at_chance(_run({}, tmp_path / "none"), ["gumbel"]) == []
+
+
 def test_select_by_key_or_experiment_with_suggestions():
     keys = [s.key for s in report_mod.select(["four-mnists"])]
     assert keys == ["gm-table1", "gm-table1-fashion", "gm-table1-epochs50",

@@ -439,6 +439,22 @@ def sharing_summaries(run: StudyRun, method: str,
     return out
 
 
+def task_accuracies(run: StudyRun, method: str,
+                    point: tuple[str, Any] | None = None) -> list[dict[str, float]]:
+    """Each finished seed's test accuracy per task of ``method`` (``result.json``), at the
+    sweep value ``point`` if given; seeds that record none are left out."""
+    folder = ExperimentFolder(run.run_dir).method_dir(method, point)
+    out = []
+    for seed_dir in seed_dirs(folder):
+        test = (TrainingRun(seed_dir).read_result() or {}).get("test")
+        tasks = test.get("tasks") if isinstance(test, dict) else None
+        acc = {name: float(v["accuracy"]) for name, v in (tasks or {}).items()
+               if isinstance(v, dict) and isinstance(v.get("accuracy"), (int, float))}
+        if acc:
+            out.append(acc)
+    return out
+
+
 def eval_losses(seed_dir: Path) -> dict[int, float]:
     """``{step: combined validation loss}`` of a run's ``eval_log.csv`` (empty if none)."""
     try:
