@@ -191,8 +191,10 @@ def in_progress(out: Path, study: Study) -> str:
             manifest = folder.read_manifest()
         except CorruptFileError:
             continue  # named by the command that reruns it
-        done = len(folder.finished_runs()) if manifest is not None else 0
-        if manifest is not None and done:
+        if manifest is None:
+            continue
+        done = len(folder.finished_runs())
+        if done:
             total = (len(_manifest_points(manifest)) * len(manifest["methods"])
                      * len(manifest["seeds"]))
             return (f"in progress: {done} of its {total} runs of the {mode} protocol have "

@@ -425,28 +425,30 @@ def copy_plots(*names: str) -> Callable[[StudyRun, Path], list[Path]]:
     return figures
 
 
+def seed_results(run: StudyRun, method: str,
+                 point: tuple[str, Any] | None = None) -> list[dict]:
+    """The ``result.json`` of each finished seed of ``method``, at the sweep value ``point``
+    (``(key, value)``) if given."""
+    folder = ExperimentFolder(run.run_dir).method_dir(method, point)
+    return [TrainingRun(seed_dir).read_result() or {} for seed_dir in seed_dirs(folder)]
+
+
 def sharing_summaries(run: StudyRun, method: str,
                       point: tuple[str, Any] | None = None) -> list[dict]:
     """What each finished seed of ``method`` learned about sharing (``result.json``'s
     ``sharing``: for an allocation core its probabilities, embeddings and layer sizes; for
     soft ordering its scales), at the sweep value ``point`` (``(key, value)``) if given."""
-    folder = ExperimentFolder(run.run_dir).method_dir(method, point)
-    out = []
-    for seed_dir in seed_dirs(folder):
-        sharing = (TrainingRun(seed_dir).read_result() or {}).get("sharing")
-        if isinstance(sharing, dict):
-            out.append(sharing)
-    return out
+    return [r["sharing"] for r in seed_results(run, method, point)
+            if isinstance(r.get("sharing"), dict)]
 
 
 def task_accuracies(run: StudyRun, method: str,
                     point: tuple[str, Any] | None = None) -> list[dict[str, float]]:
     """Each finished seed's test accuracy per task of ``method`` (``result.json``), at the
     sweep value ``point`` if given; seeds that record none are left out."""
-    folder = ExperimentFolder(run.run_dir).method_dir(method, point)
     out = []
-    for seed_dir in seed_dirs(folder):
-        test = (TrainingRun(seed_dir).read_result() or {}).get("test")
+    for result in seed_results(run, method, point):
+        test = result.get("test")
         tasks = test.get("tasks") if isinstance(test, dict) else None
         acc = {name: float(v["accuracy"]) for name, v in (tasks or {}).items()
                if isinstance(v, dict) and isinstance(v.get("accuracy"), (int, float))}

@@ -125,6 +125,8 @@ def pack_runs(folder: str | Path, archive: str | Path, finished_only: bool = Fal
                            f"{exp.MANIFEST}); pass the folder a `flexmtl run --out` or a "
                            "reproduction study wrote, e.g. runs/reproduce/full/STUDY")
     summary = ArchiveSummary()
+    finished_files = tuple(n for n in FINISHED_FILES
+                           if not (without_train_logs and n == TrainingRun.TRAIN_LOG))
     files: dict[str, Path] = {}
     steps: dict[str, int] = {}
     with FolderLock(exp.path):
@@ -141,13 +143,10 @@ def pack_runs(folder: str | Path, archive: str | Path, finished_only: bool = Fal
                                            "file system may read otherwise (a separator, "
                                            "drive, wildcard or trailing dot or space); "
                                            "rename its sweep value or method to pack it")
-                    names: tuple[str, ...]
                     if run.read_finished() is not None:
-                        names, listed = FINISHED_FILES, summary.finished
-                        if without_train_logs:
-                            names = tuple(n for n in names if n != TrainingRun.TRAIN_LOG)
-                            if run.train_log.is_file():
-                                summary.logs_left_out.append(rel)
+                        names, listed = finished_files, summary.finished
+                        if without_train_logs and run.train_log.is_file():
+                            summary.logs_left_out.append(rel)
                     elif run.last.is_file() or run.last_prev.is_file():
                         if finished_only:
                             summary.left_out.append(rel)
