@@ -717,7 +717,6 @@ def test_clusters_embedding_differences_within_and_across(monkeypatch, tmp_path)
         (seed_dir / "result.json").write_text(json.dumps({
             "tasks": [{"name": n} for n in ("a-0", "a-1", "b-0", "b-1")],
             "sharing": {"embeddings": emb, "probabilities": prob}}))
-    monkeypatch.setattr(gm, "seed_dirs", lambda f: sorted(f.glob("seed-*")))
     line = gm._differences(st.StudyRun(tmp_path, {}, "full"), "gumbel-budget")[1]
     # within: (a-0, a-1) differ in 1 (unsettled in a-1), (b-0, b-1) in 0 -> 0.5 and 0;
     # across: a-0 vs b-*: 4 each, a-1 vs b-*: 3 each, all settled in both -> 3.5 and 3.5

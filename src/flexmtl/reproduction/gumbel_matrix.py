@@ -33,6 +33,7 @@ from flexmtl.reproduction.studies import (
     points,
     register_study,
     seed_dirs,
+    seed_results,
     sharing_summaries,
     snapshots,
     table,
@@ -1090,8 +1091,7 @@ def _cluster_embeddings(run: StudyRun, method: str
     '-'), its embedding and its allocation probabilities (empty where not recorded; tasks x
     connections)."""
     out = []
-    for seed_dir in seed_dirs(ExperimentFolder(run.run_dir).method_dir(method)):
-        result = TrainingRun(seed_dir).read_result() or {}
+    for result in seed_results(run, method):
         sharing = result.get("sharing") or {}
         emb = np.asarray(sharing.get("embeddings") or [], dtype=float)
         names = [t.get("name", "") for t in result.get("tasks") or []]
